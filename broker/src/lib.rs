@@ -1,1 +1,31 @@
+//! The Herald broker.
+//!
+//! Modules follow a request's path:
+//!
+//! - [`net`]: the listener (accept, connection limit) and one session per client (handshake,
+//!   frames in and out, requests in flight).
+//! - [`cmd`]: one handler per request: takes a decoded frame, returns the reply frame.
+//! - [`domain`]: the semantics: topics, publish routing, consumer groups.
+//! - [`storage`]: sled, the partition logs, and the writer thread that commits in groups.
+//!
+//! [`server`] wires them together; [`config`] holds the flags. Arrows point down only.
+//!
+//! ```no_run
+//! # async fn run() -> anyhow::Result<()> {
+//! let broker = herald_broker::Broker::start(herald_broker::Config::ephemeral("/tmp/herald")).await?;
+//! println!("listening on {}", broker.local_addr());
+//! broker.shutdown().await?;
+//! # Ok(()) }
+//! ```
 
+pub mod cmd;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod net;
+pub mod server;
+pub mod storage;
+
+pub use config::{Config, Fsync};
+pub use error::BrokerError;
+pub use server::Broker;

@@ -82,12 +82,3 @@ impl Encoder<Message> for FrameCodec {
         Ok(())
     }
 }
-
-impl Encoder<&Message> for FrameCodec {
-    type Error = CodecError;
-
-    fn encode(&mut self, item: &Message, dst: &mut BytesMut) -> Result<(), CodecError> {
-        item.encode(dst);
-        Ok(())
-    }
-}

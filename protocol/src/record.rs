@@ -255,35 +255,52 @@ impl Batch {
         Ok(stats)
     }
 
-    /// The records `[from, from + max)` of this batch as a new batch sharing its bytes.
-    /// Returns `None` when the range holds no record of this batch.
-    pub fn slice(&self, from: u64, max: u32) -> Result<Option<Batch>, DecodeError> {
+    /// The records from offset `from` on, at most `max_records` of them and at most
+    /// `max_bytes` of encoding (header included), as a new batch sharing this one's bytes.
+    /// The first record is always included, however large, so a reader can progress.
+    /// Returns `None` when no record of this batch is at or after `from`.
+    pub fn slice(
+        &self,
+        from: u64,
+        max_records: u32,
+        max_bytes: usize,
+    ) -> Result<Option<Batch>, DecodeError> {
         let start = from.max(self.base_offset);
-        let end = self.next_offset().min(start.saturating_add(u64::from(max)));
+        let end = self
+            .next_offset()
+            .min(start.saturating_add(u64::from(max_records)));
         if start >= end {
             return Ok(None);
         }
-        if start == self.base_offset && end == self.next_offset() {
+        let whole = start == self.base_offset && end == self.next_offset();
+        if whole && self.encoded_len() <= max_bytes {
             return Ok(Some(self.clone()));
         }
         let mut reader = Reader::new(self.records.clone());
-        let skip = |reader: &mut Reader, n: u64| -> Result<usize, DecodeError> {
-            let mut bytes = 0;
-            for _ in 0..n {
-                let before = reader.remaining();
-                let len = reader.varint_len()?;
-                reader.take(len)?;
-                bytes += before - reader.remaining();
-            }
-            Ok(bytes)
+        let next_len = |reader: &mut Reader| -> Result<usize, DecodeError> {
+            let before = reader.remaining();
+            let len = reader.varint_len()?;
+            reader.take(len)?;
+            Ok(before - reader.remaining())
         };
-        let head = skip(&mut reader, start - self.base_offset)?;
-        let body = skip(&mut reader, end - start)?;
+        let mut head = 0;
+        for _ in self.base_offset..start {
+            head += next_len(&mut reader)?;
+        }
+        let (mut body, mut count) = (0, 0u64);
+        while start + count < end {
+            let len = next_len(&mut reader)?;
+            if count > 0 && BATCH_HEADER_LEN + body + len > max_bytes {
+                break;
+            }
+            body += len;
+            count += 1;
+        }
         Ok(Some(Batch {
             base_offset: start,
             append_time_ms: self.append_time_ms,
             base_timestamp: self.base_timestamp,
-            record_count: (end - start) as u32,
+            record_count: count as u32,
             records: self.records.slice(head..head + body),
         }))
     }
@@ -445,12 +462,26 @@ mod tests {
             .unwrap()
             .encode_as(10, 0, &mut stored);
         let batch = Batch::parse(stored.freeze()).unwrap();
-        let middle = batch.slice(11, 1).unwrap().unwrap();
+        let middle = batch.slice(11, 1, usize::MAX).unwrap().unwrap();
         assert_eq!(middle.base_offset, 11);
         let only: Vec<_> = middle.iter().map(|r| r.unwrap().record.payload).collect();
         assert_eq!(only, vec![Bytes::from_static(b"two")]);
-        assert_eq!(batch.slice(13, 5).unwrap(), None);
-        assert_eq!(batch.slice(0, 100).unwrap().unwrap(), batch);
+        assert_eq!(batch.slice(13, 5, usize::MAX).unwrap(), None);
+        assert_eq!(batch.slice(0, 100, usize::MAX).unwrap().unwrap(), batch);
+    }
+
+    #[test]
+    fn slice_respects_max_bytes_but_keeps_one_record() {
+        let batch = Batch::parse(encode_batch(&sample())).unwrap();
+        let one = batch.slice(0, 100, 1).unwrap().unwrap();
+        assert_eq!(one.record_count, 1);
+        let all = batch.slice(0, 100, batch.encoded_len()).unwrap().unwrap();
+        assert_eq!(all, batch);
+        let two = batch
+            .slice(0, 100, batch.encoded_len() - 1)
+            .unwrap()
+            .unwrap();
+        assert_eq!(two.record_count, 2);
     }
 
     #[test]

@@ -415,7 +415,7 @@ proptest! {
                 Ok(Frame::Publish(Publish { batch, .. })) | Ok(Frame::Deliver(Deliver { batch, .. })) => {
                     if let Ok(batch) = Batch::parse(batch) {
                         let _ = batch.validate();
-                        let _ = batch.slice(batch.base_offset + 1, 1);
+                        let _ = batch.slice(batch.base_offset + 1, 1, 64);
                     }
                 }
                 Ok(Frame::FetchOk(FetchOk { batches, .. })) => {

@@ -1,0 +1,100 @@
+//! Request handlers: each takes a decoded request and returns its reply frame. Handlers
+//! never touch a socket; the session writes what they return.
+
+mod admin;
+mod fetch;
+mod group;
+mod publish;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use herald_protocol::{ErrorCode, ErrorFrame, Frame};
+
+use crate::error::BrokerError;
+use crate::server::Shared;
+
+/// What a handler needs to know about the broker and the session asking.
+#[derive(Clone)]
+pub struct Context {
+    pub shared: Arc<Shared>,
+    pub peer: SocketAddr,
+    pub session_id: u64,
+}
+
+/// A handler's answer: ready now, or a future the session runs beside other requests.
+pub enum Reply {
+    Now(Frame),
+    Later(BoxFuture<'static, Frame>),
+}
+
+impl Reply {
+    fn later<F>(future: F) -> Reply
+    where
+        F: std::future::Future<Output = Result<Frame, BrokerError>> + Send + 'static,
+    {
+        Reply::Later(future.map(into_frame).boxed())
+    }
+}
+
+fn into_frame(result: Result<Frame, BrokerError>) -> Frame {
+    match result {
+        Ok(frame) => frame,
+        Err(err) => {
+            tracing::debug!(%err, "request failed");
+            err.to_frame().into()
+        }
+    }
+}
+
+/// Routes a request to its handler. The returned future does the part of the request that
+/// must happen in arrival order (for a publish: validating and queueing the append).
+pub async fn dispatch(ctx: &Context, frame: Frame) -> Reply {
+    let ctx = ctx.clone();
+    match frame {
+        Frame::Publish(req) => publish::handle_publish(ctx, req).await,
+        Frame::Fetch(req) => Reply::later(fetch::handle_fetch(ctx, req)),
+        Frame::CreateTopic(req) => Reply::later(admin::handle_create_topic(ctx, req)),
+        Frame::DeleteTopic(req) => Reply::later(admin::handle_delete_topic(ctx, req)),
+        Frame::ListTopics(_) => Reply::Now(admin::handle_list_topics(&ctx)),
+        Frame::DescribeTopic(req) => {
+            Reply::Now(into_frame(admin::handle_describe_topic(&ctx, req)))
+        }
+        Frame::JoinGroup(req) => Reply::later(group::handle_join(ctx, req)),
+        Frame::Commit(req) => Reply::later(group::handle_commit(ctx, req)),
+        Frame::LeaveGroup(req) => Reply::later(group::handle_leave(ctx, req)),
+        Frame::ListGroups(req) => Reply::later(group::handle_list(ctx, req)),
+        Frame::DescribeGroup(req) => Reply::later(group::handle_describe(ctx, req)),
+        frame @ (Frame::SyncGroup(_)
+        | Frame::CreateGroup(_)
+        | Frame::ResetGroup(_)
+        | Frame::DeleteGroup(_)
+        | Frame::Subscribe(_)
+        | Frame::Unsubscribe(_)
+        | Frame::Ack(_)
+        | Frame::Nack(_)
+        | Frame::Reject(_)
+        | Frame::Touch(_)) => Reply::Now(
+            ErrorFrame::new(
+                ErrorCode::NotSupported,
+                format!(
+                    "{:?} is not supported by this broker version yet",
+                    frame.opcode()
+                ),
+            )
+            .into(),
+        ),
+        other => Reply::Now(
+            ErrorFrame::new(
+                ErrorCode::UnexpectedFrame,
+                format!(
+                    "{:?} is a frame the broker sends, not a request",
+                    other.opcode()
+                ),
+            )
+            .into(),
+        ),
+    }
+}

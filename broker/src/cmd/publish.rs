@@ -1,0 +1,59 @@
+//! `Publish` → `PublishOk`.
+
+use herald_protocol::{Batch, Durability, Frame, OffsetRun, Publish, PublishOk, ANY_PARTITION};
+
+use super::{Context, Reply};
+use crate::error::BrokerError;
+use crate::storage;
+
+/// Validates and queues the batch now (so publishes keep their order); the reply follows
+/// once the store has committed it.
+pub async fn handle_publish(ctx: Context, req: Publish) -> Reply {
+    match queue(&ctx, req).await {
+        Ok(committed) => Reply::later(committed),
+        Err(err) => Reply::later(async move { Err(err) }),
+    }
+}
+
+async fn queue(
+    ctx: &Context,
+    req: Publish,
+) -> Result<
+    impl std::future::Future<Output = Result<Frame, BrokerError>> + Send + 'static,
+    BrokerError,
+> {
+    let batch = Batch::parse(req.batch).map_err(BrokerError::BadBatch)?;
+    let topic = ctx.shared.topics.get_or_create(&req.topic).await?;
+    let partition = (req.partition != ANY_PARTITION).then_some(req.partition);
+    let committed = topic.publish(
+        &ctx.shared.store,
+        batch,
+        partition,
+        ctx.shared.config.max_message_bytes,
+    )?;
+    Ok(async move {
+        let published = committed.await?;
+        let runs = published
+            .runs
+            .iter()
+            .map(|run| OffsetRun {
+                partition: run.partition,
+                base_offset: run.base_offset,
+                count: run.count,
+            })
+            .collect();
+        Ok(PublishOk {
+            durability: durability(published.durability),
+            runs,
+        }
+        .into())
+    })
+}
+
+fn durability(durability: storage::Durability) -> Durability {
+    match durability {
+        storage::Durability::Buffered => Durability::Buffered,
+        storage::Durability::Written => Durability::Written,
+        storage::Durability::Synced => Durability::Synced,
+    }
+}

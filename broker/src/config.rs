@@ -1,0 +1,122 @@
+//! The broker's settings: command-line flags, each with an `HERALD_*` environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::storage::{FsyncPolicy, StoreConfig};
+
+/// When confirmed data must reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Fsync {
+    /// Confirm only after the data is flushed; concurrent publishes share one flush.
+    Always,
+    /// Flush every `--fsync-interval-ms`; confirm without waiting.
+    Interval,
+    /// Never flush explicitly; the store writes back in the background.
+    Never,
+}
+
+/// Herald broker settings.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "herald-broker", version, about = "The Herald message broker")]
+pub struct Config {
+    /// Address to listen on; port 0 picks a free port (the bound address is logged).
+    #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:7420")]
+    pub listen: SocketAddr,
+
+    /// Directory of the sled store.
+    #[arg(long, env = "HERALD_DATA_DIR", default_value = "./herald-data")]
+    pub data_dir: PathBuf,
+
+    /// Refuse publishes to missing topics with UnknownTopic instead of creating them.
+    #[arg(long, env = "HERALD_NO_AUTO_CREATE_TOPICS")]
+    pub no_auto_create_topics: bool,
+
+    /// Durability policy for confirms.
+    #[arg(long, env = "HERALD_FSYNC", value_enum, default_value = "always")]
+    pub fsync: Fsync,
+
+    /// Flush period under `--fsync interval`.
+    #[arg(long, env = "HERALD_FSYNC_INTERVAL_MS", default_value_t = 100)]
+    pub fsync_interval_ms: u64,
+
+    /// sled's page cache, in MiB.
+    #[arg(long, env = "HERALD_CACHE_MB", default_value_t = 128)]
+    pub cache_mb: u64,
+
+    /// Most simultaneous client connections; more are refused with TooManyConnections.
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Largest frame accepted, in bytes (checked on the frame header).
+    #[arg(long, env = "HERALD_MAX_FRAME_BYTES", default_value_t = herald_protocol::DEFAULT_MAX_FRAME_BYTES)]
+    pub max_frame_bytes: u32,
+
+    /// Largest record (key + headers + payload), in bytes.
+    #[arg(long, env = "HERALD_MAX_MESSAGE_BYTES", default_value_t = 1024 * 1024)]
+    pub max_message_bytes: u32,
+
+    /// Most requests one connection may have in flight; more get TooManyRequests.
+    #[arg(long, env = "HERALD_MAX_IN_FLIGHT", default_value_t = 1024)]
+    pub max_in_flight: usize,
+
+    /// Most frames queued for one connection's socket before its requests wait.
+    #[arg(long, env = "HERALD_OUTBOUND_QUEUE", default_value_t = 256)]
+    pub outbound_queue: usize,
+
+    /// Most topics the broker holds.
+    #[arg(long, env = "HERALD_MAX_TOPICS", default_value_t = 10_000)]
+    pub max_topics: usize,
+
+    /// Most partitions one topic may have.
+    #[arg(long, env = "HERALD_MAX_PARTITIONS", default_value_t = 1024)]
+    pub max_partitions: u32,
+
+    /// Session timeout granted to clients that ask for none.
+    #[arg(long, env = "HERALD_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
+    pub session_timeout_ms: u32,
+
+    /// How long shutdown waits for requests in flight before closing anyway.
+    #[arg(long, env = "HERALD_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::parse_from(["herald-broker"])
+    }
+}
+
+impl Config {
+    /// Settings for a broker on `127.0.0.1:0` storing in `data_dir` (tests, benches).
+    pub fn ephemeral(data_dir: impl Into<PathBuf>) -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: data_dir.into(),
+            ..Config::default()
+        }
+    }
+
+    /// The store settings these flags select.
+    pub fn store(&self) -> StoreConfig {
+        let fsync = match self.fsync {
+            Fsync::Always => FsyncPolicy::Always,
+            Fsync::Interval => {
+                FsyncPolicy::Interval(Duration::from_millis(self.fsync_interval_ms.max(1)))
+            }
+            Fsync::Never => FsyncPolicy::Never,
+        };
+        StoreConfig {
+            fsync,
+            cache_bytes: self.cache_mb.saturating_mul(1024 * 1024),
+        }
+    }
+
+    /// The heartbeat interval granted with the session timeout: a third of it.
+    pub fn heartbeat_interval_ms(&self) -> u32 {
+        (self.session_timeout_ms / 3).max(1)
+    }
+}

@@ -1,0 +1,88 @@
+//! The broker's error type and its mapping to the protocol's stable error codes.
+
+use herald_protocol::{DecodeError, ErrorCode, ErrorFrame};
+
+use crate::storage::StorageError;
+
+/// Why a request failed. Each variant maps to one [`ErrorCode`] sent in the error frame.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("invalid topic name {0:?}: names are 1 to 200 of A-Z a-z 0-9 . _ -")]
+    InvalidTopicName(String),
+    #[error("invalid group name {0:?}: names are 1 to 200 of A-Z a-z 0-9 . _ -")]
+    InvalidGroupName(String),
+    #[error("unknown topic {0:?}")]
+    UnknownTopic(String),
+    #[error("topic {0:?} already exists")]
+    TopicExists(String),
+    #[error("topic {topic:?} has no partition {partition}")]
+    UnknownPartition { topic: String, partition: u32 },
+    #[error("a publish must carry at least one record")]
+    EmptyBatch,
+    #[error("a record of {size} bytes exceeds the maximum message size of {max} bytes")]
+    MessageTooLarge { size: usize, max: u32 },
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("offset {offset} is out of range: the partition holds {first}..{next}")]
+    OffsetOutOfRange { offset: u64, first: u64, next: u64 },
+    #[error("malformed record batch: {0}")]
+    BadBatch(DecodeError),
+    #[error("group {group:?} is a {actual} group, not {requested}")]
+    GroupModeMismatch {
+        group: String,
+        actual: &'static str,
+        requested: &'static str,
+    },
+    #[error("unknown group {0:?}")]
+    UnknownGroup(String),
+    #[error("the broker holds its maximum of {0} topics")]
+    TooManyTopics(usize),
+    #[error("{0}")]
+    NotSupported(&'static str),
+    #[error("the broker is shutting down")]
+    ShuttingDown,
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl BrokerError {
+    /// The stable code sent for this error.
+    pub fn code(&self) -> ErrorCode {
+        use BrokerError::*;
+        match self {
+            InvalidTopicName(_) => ErrorCode::InvalidTopicName,
+            InvalidGroupName(_) | InvalidArgument(_) => ErrorCode::InvalidArgument,
+            UnknownTopic(_) => ErrorCode::UnknownTopic,
+            TopicExists(_) => ErrorCode::TopicExists,
+            UnknownPartition { .. } => ErrorCode::UnknownPartition,
+            EmptyBatch => ErrorCode::EmptyBatch,
+            MessageTooLarge { .. } => ErrorCode::MessageTooLarge,
+            OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
+            BadBatch(_) => ErrorCode::MalformedFrame,
+            GroupModeMismatch { .. } => ErrorCode::GroupModeMismatch,
+            UnknownGroup(_) => ErrorCode::UnknownGroup,
+            TooManyTopics(_) => ErrorCode::TooManyTopics,
+            NotSupported(_) => ErrorCode::NotSupported,
+            ShuttingDown => ErrorCode::ShuttingDown,
+            Storage(_) => ErrorCode::StorageError,
+        }
+    }
+
+    /// The error frame that reports this error.
+    pub fn to_frame(&self) -> ErrorFrame {
+        match self {
+            BrokerError::OffsetOutOfRange { first, next, .. } => {
+                ErrorFrame::offset_out_of_range(*first, *next, self.to_string())
+            }
+            other => ErrorFrame::new(other.code(), other.to_string()),
+        }
+    }
+}
+
+/// Checks a topic or group name against `[A-Za-z0-9._-]{1,200}`.
+pub fn valid_name(name: &str) -> bool {
+    (1..=200).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}

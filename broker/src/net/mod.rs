@@ -1,0 +1,4 @@
+//! The network edge: accepting connections and serving one client's session.
+
+pub mod listener;
+pub mod session;

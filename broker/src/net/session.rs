@@ -1,0 +1,244 @@
+//! One client's session: the handshake, reading requests, running them concurrently,
+//! and writing replies in whatever order they finish.
+//!
+//! Requests are read in order and each is *prepared* in order (a publish is validated and
+//! queued for storage before the next frame is read, so one connection's publishes keep
+//! their order); what is left — waiting for a commit, a long-poll, a store read — runs as
+//! its own task, so a slow request never holds up the ones behind it. At most
+//! `--max-in-flight` requests run at once; replies go through a bounded queue to one writer
+//! task, so a client that stops reading stalls only itself.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use futures::{SinkExt, StreamExt};
+use herald_protocol::{
+    CodecError, DecodeError, ErrorCode, ErrorFrame, Frame, FrameCodec, GoingAway, Hello, HelloOk,
+    Message, RawFrame, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::cmd::{self, Reply};
+use crate::server::Shared;
+
+/// Serves one connection until the client leaves, the stream breaks, or shutdown.
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::info_span!("session", id, %peer);
+    serve_session(id, stream, peer, shared, shutdown)
+        .instrument(span)
+        .await
+}
+
+async fn serve_session(
+    id: u64,
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    tracing::debug!("connected");
+    let (read, write) = stream.into_split();
+    let (out, outbound) = mpsc::channel(shared.config.outbound_queue.max(1));
+    let writer = tokio::spawn(write_loop(write, outbound, shared.config.max_frame_bytes));
+    let mut session = Session {
+        id,
+        peer,
+        in_flight: Arc::new(Semaphore::new(shared.config.max_in_flight.max(1))),
+        requests: TaskTracker::new(),
+        greeted: false,
+        out,
+        shared,
+    };
+    let reason = session.read_loop(read, &shutdown).await;
+    session.requests.close();
+    session.requests.wait().await;
+    if shutdown.is_cancelled() {
+        let going = GoingAway {
+            reconnect_after_ms: 1000,
+            reason: "broker shutting down".into(),
+        };
+        let _ = session.out.send(Message::new(0, going)).await;
+    }
+    drop(session);
+    let _ = writer.await;
+    tracing::debug!(reason, "disconnected");
+}
+
+struct Session {
+    id: u64,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    out: mpsc::Sender<Message>,
+    in_flight: Arc<Semaphore>,
+    requests: TaskTracker,
+    greeted: bool,
+}
+
+impl Session {
+    async fn read_loop(
+        &mut self,
+        read: tokio::net::tcp::OwnedReadHalf,
+        shutdown: &CancellationToken,
+    ) -> &'static str {
+        let mut frames = FramedRead::new(read, FrameCodec::new(self.shared.config.max_frame_bytes));
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => return "shutdown",
+                next = frames.next() => next,
+            };
+            match next {
+                None => return "closed by client",
+                Some(Ok(raw)) => self.on_frame(raw).await,
+                Some(Err(err)) => {
+                    self.on_stream_error(err).await;
+                    return "unreadable stream";
+                }
+            }
+        }
+    }
+
+    /// The stream cannot continue: say why (when the socket still works), then close.
+    async fn on_stream_error(&self, err: CodecError) {
+        tracing::info!(%err, "closing connection");
+        let code = match err {
+            CodecError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
+            CodecError::FrameTooShort(_) => ErrorCode::MalformedFrame,
+            CodecError::Io(_) => return,
+        };
+        let _ = self
+            .out
+            .send(Message::new(0, ErrorFrame::new(code, err.to_string())))
+            .await;
+    }
+
+    async fn on_frame(&mut self, raw: RawFrame) {
+        let correlation_id = raw.correlation_id;
+        let frame = match raw.decode() {
+            Ok(frame) => frame,
+            Err(err) => {
+                let code = match err {
+                    DecodeError::UnknownOpcode(_) => ErrorCode::UnknownOpcode,
+                    _ => ErrorCode::MalformedFrame,
+                };
+                return self
+                    .reply(
+                        correlation_id,
+                        ErrorFrame::new(code, err.to_string()).into(),
+                    )
+                    .await;
+            }
+        };
+        match (frame, self.greeted) {
+            (Frame::Heartbeat(_), _) => {}
+            (Frame::Hello(hello), false) => {
+                let reply = self.hello(hello);
+                self.reply(correlation_id, reply).await
+            }
+            (_, false) => {
+                let error = ErrorFrame::new(
+                    ErrorCode::HelloRequired,
+                    "the first frame of a session must be Hello",
+                );
+                self.reply(correlation_id, error.into()).await
+            }
+            (Frame::Hello(_), true) => {
+                let error = ErrorFrame::new(
+                    ErrorCode::UnexpectedFrame,
+                    "this session already said Hello",
+                );
+                self.reply(correlation_id, error.into()).await
+            }
+            (frame, true) => self.request(correlation_id, frame).await,
+        }
+    }
+
+    fn hello(&mut self, hello: Hello) -> Frame {
+        if hello.min_version > PROTOCOL_VERSION || hello.max_version < MIN_PROTOCOL_VERSION {
+            return ErrorFrame::unsupported_version(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION).into();
+        }
+        self.greeted = true;
+        let config = &self.shared.config;
+        tracing::debug!(client = hello.client_id, "hello");
+        HelloOk {
+            version: PROTOCOL_VERSION.min(hello.max_version),
+            broker_version: env!("CARGO_PKG_VERSION").to_string(),
+            session_id: self.id,
+            heartbeat_interval_ms: config.heartbeat_interval_ms(),
+            session_timeout_ms: config.session_timeout_ms,
+            max_frame_bytes: config.max_frame_bytes,
+            max_message_bytes: config.max_message_bytes,
+        }
+        .into()
+    }
+
+    async fn request(&mut self, correlation_id: u32, frame: Frame) {
+        let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {
+            let message = format!(
+                "more than {} requests in flight",
+                self.shared.config.max_in_flight
+            );
+            return self
+                .reply(
+                    correlation_id,
+                    ErrorFrame::new(ErrorCode::TooManyRequests, message).into(),
+                )
+                .await;
+        };
+        let context = cmd::Context {
+            shared: Arc::clone(&self.shared),
+            peer: self.peer,
+            session_id: self.id,
+        };
+        match cmd::dispatch(&context, frame).await {
+            Reply::Now(reply) => self.reply(correlation_id, reply).await,
+            Reply::Later(pending) => {
+                let out = self.out.clone();
+                self.requests.spawn(async move {
+                    let reply = pending.await;
+                    let _ = out.send(Message::new(correlation_id, reply)).await;
+                    drop(permit);
+                });
+            }
+        }
+    }
+
+    async fn reply(&self, correlation_id: u32, frame: Frame) {
+        let _ = self.out.send(Message::new(correlation_id, frame)).await;
+    }
+}
+
+/// Writes queued frames, gathering whatever is ready into one write.
+async fn write_loop(
+    write: OwnedWriteHalf,
+    mut outbound: mpsc::Receiver<Message>,
+    max_frame_bytes: u32,
+) {
+    let mut sink = FramedWrite::new(write, FrameCodec::new(max_frame_bytes));
+    while let Some(message) = outbound.recv().await {
+        if sink.feed(message).await.is_err() {
+            return;
+        }
+        while let Ok(message) = outbound.try_recv() {
+            if sink.feed(message).await.is_err() {
+                return;
+            }
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = sink.close().await;
+}

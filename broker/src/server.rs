@@ -1,0 +1,107 @@
+//! Starting and stopping a broker: open the store, bind, serve, shut down with a deadline.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::domain::{PullGroups, TopicLimits, Topics};
+use crate::net::listener;
+use crate::storage::{blocking, Store};
+
+/// Everything the request handlers share.
+pub struct Shared {
+    pub config: Config,
+    pub store: Arc<Store>,
+    pub topics: Topics,
+    pub pull_groups: PullGroups,
+    /// Source of session ids.
+    pub next_session: AtomicU64,
+}
+
+/// A running broker.
+pub struct Broker {
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Broker {
+    /// Opens the store, binds `config.listen` and starts serving.
+    pub async fn start(config: Config) -> anyhow::Result<Broker> {
+        let store_config = config.store();
+        let dir = config.data_dir.clone();
+        let store = blocking(move || Store::open(&dir, store_config))
+            .await
+            .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+        let limits = TopicLimits {
+            auto_create: !config.no_auto_create_topics,
+            max_topics: config.max_topics,
+            max_partitions: config.max_partitions,
+        };
+        let topics_store = Arc::clone(&store);
+        let topics = blocking(move || Topics::load(topics_store, limits))
+            .await
+            .context("cannot load topics")?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let local_addr = listener.local_addr()?;
+        tracing::info!(fsync = config.store().fsync.name(), data_dir = %config.data_dir.display(), "listening on {local_addr}");
+        let shared = Arc::new(Shared {
+            pull_groups: PullGroups::new(Arc::clone(&store)),
+            store,
+            topics,
+            config,
+            next_session: AtomicU64::new(1),
+        });
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        tracker.spawn(listener::run(
+            listener,
+            Arc::clone(&shared),
+            shutdown.clone(),
+            tracker.clone(),
+        ));
+        Ok(Broker {
+            local_addr,
+            shared,
+            shutdown,
+            tracker,
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting, lets sessions finish their requests in flight (up to
+    /// `--shutdown-timeout-ms`), tells clients to go away, then flushes and closes the store.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.tracker.close();
+        let budget = Duration::from_millis(self.shared.config.shutdown_timeout_ms);
+        if tokio::time::timeout(budget, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "sessions still open after the shutdown timeout; closing the store anyway"
+            );
+        }
+        let store = Arc::clone(&self.shared.store);
+        blocking(move || store.close())
+            .await
+            .context("flushing the store")?;
+        tracing::info!("broker stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,172 @@
+//! One partition's log: record batches keyed by base offset in a sled tree.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::{Bytes, BytesMut};
+use herald_protocol::Batch;
+
+use super::StorageError;
+
+/// A partition's log and its bounds.
+///
+/// Offsets are dense from 0 and never reused. Only the writer thread appends; readers see
+/// offsets below [`next_offset`](Self::next_offset), which moves only after a commit, so a
+/// consumer never reads a record whose publisher has not been (or could not be) confirmed.
+#[derive(Debug)]
+pub struct PartitionLog {
+    tree: sled::Tree,
+    next: AtomicU64,
+    write_next: AtomicU64,
+    first: AtomicU64,
+    bytes: AtomicU64,
+    appended: tokio::sync::Notify,
+}
+
+/// What a read returns: batches starting exactly at the requested offset.
+#[derive(Debug, Clone, Default)]
+pub struct ReadBatches {
+    pub batches: Vec<Batch>,
+    pub bytes: usize,
+    pub records: u64,
+}
+
+impl ReadBatches {
+    /// The batches end to end, as a fetch carries them.
+    pub fn concat(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(self.bytes);
+        for batch in &self.batches {
+            batch.encode(&mut out);
+        }
+        out.freeze()
+    }
+}
+
+impl PartitionLog {
+    /// Opens a log over `tree`, recovering its bounds from the stored batches. Blocks.
+    pub(super) fn open(tree: sled::Tree) -> Result<PartitionLog, StorageError> {
+        let first = match tree.first()? {
+            Some((_, value)) => parse(value)?.base_offset,
+            None => 0,
+        };
+        let next = match tree.last()? {
+            Some((_, value)) => parse(value)?.next_offset(),
+            None => 0,
+        };
+        let mut bytes = 0u64;
+        for value in tree.iter().values() {
+            bytes += value?.len() as u64;
+        }
+        Ok(PartitionLog {
+            tree,
+            next: AtomicU64::new(next),
+            write_next: AtomicU64::new(next),
+            first: AtomicU64::new(first),
+            bytes: AtomicU64::new(bytes),
+            appended: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// One past the last committed offset: where the next record will go.
+    pub fn next_offset(&self) -> u64 {
+        self.next.load(Ordering::Acquire)
+    }
+
+    /// The first retained offset.
+    pub fn first_offset(&self) -> u64 {
+        self.first.load(Ordering::Acquire)
+    }
+
+    /// Bytes stored for this partition (encoded batches).
+    pub fn size_bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Resolves after the next commit that made new records readable.
+    pub fn appended(&self) -> tokio::sync::futures::Notified<'_> {
+        self.appended.notified()
+    }
+
+    /// Reads committed records from `offset`: at most `max_records`, and at most `max_bytes`
+    /// of encoded batches except that the first record is always returned. Blocks.
+    pub fn read(
+        &self,
+        offset: u64,
+        max_records: u32,
+        max_bytes: usize,
+    ) -> Result<ReadBatches, StorageError> {
+        let next = self.next_offset();
+        let mut out = ReadBatches::default();
+        if offset >= next || max_records == 0 {
+            return Ok(out);
+        }
+        let start = match self.tree.range(..=key(offset)).next_back() {
+            Some(entry) => entry?.0,
+            None => sled::IVec::from(&key(offset)),
+        };
+        let mut cursor = offset;
+        for entry in self.tree.range(start..) {
+            let batch = parse(entry?.1)?;
+            if batch.base_offset >= next || out.records >= u64::from(max_records) {
+                break;
+            }
+            let left_records = (u64::from(max_records) - out.records) as u32;
+            let left_bytes = max_bytes.saturating_sub(out.bytes);
+            if out.records > 0 && left_bytes < herald_protocol::record::BATCH_HEADER_LEN {
+                break;
+            }
+            let slice = batch
+                .slice(cursor, left_records, left_bytes)
+                .map_err(|e| StorageError::Corrupt(format!("stored batch: {e}")))?;
+            let Some(slice) = slice else { continue };
+            if out.records > 0 && slice.encoded_len() > left_bytes {
+                break;
+            }
+            cursor = slice.next_offset();
+            out.records += u64::from(slice.record_count);
+            out.bytes += slice.encoded_len();
+            let partial = slice.next_offset() < batch.next_offset();
+            out.batches.push(slice);
+            if partial {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Called by the writer thread: the offset the next batch gets.
+    pub(super) fn write_next(&self) -> u64 {
+        self.write_next.load(Ordering::Relaxed)
+    }
+
+    /// Called by the writer thread: stores `stored` (a batch whose offsets start at
+    /// [`write_next`](Self::write_next)).
+    pub(super) fn insert(
+        &self,
+        base_offset: u64,
+        stored: Bytes,
+        count: u32,
+    ) -> Result<(), StorageError> {
+        self.tree.insert(key(base_offset), stored.as_ref())?;
+        self.write_next
+            .store(base_offset + u64::from(count), Ordering::Relaxed);
+        self.bytes.fetch_add(stored.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Called by the writer thread after a commit: makes every written record readable.
+    pub(super) fn publish(&self) {
+        let written = self.write_next.load(Ordering::Relaxed);
+        if self.next.fetch_max(written, Ordering::AcqRel) < written {
+            self.appended.notify_waiters();
+        }
+    }
+}
+
+fn key(offset: u64) -> [u8; 8] {
+    offset.to_be_bytes()
+}
+
+fn parse(value: sled::IVec) -> Result<Batch, StorageError> {
+    Batch::parse(Bytes::from_owner(value))
+        .map_err(|e| StorageError::Corrupt(format!("stored batch: {e}")))
+}

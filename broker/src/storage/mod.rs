@@ -1,0 +1,319 @@
+//! Storage on sled: topic metadata, partition logs, group positions, and the one writer
+//! thread that commits them.
+//!
+//! # Layout
+//!
+//! ```text
+//! tree "meta"        "format" -> u32 layout version (marks the directory as Herald's)
+//! tree "topics"      topic name -> TopicRecord (id, partitions, retention)
+//! tree "log.ID.P"    base offset (u64 BE) -> one stored record batch (protocol encoding,
+//!                    base_offset and append time filled in)
+//! tree "groups"      topic id (u64 BE) ++ group name -> GroupRecord (mode)
+//! tree "offsets"     topic id (u64 BE) ++ partition (u32 BE) ++ group name -> offset (u64 BE)
+//! ```
+//!
+//! A batch is stored exactly as it travels, so a fetch returns stored bytes without
+//! re-encoding, and the ordered keys of a partition's tree are its offset index: the batch
+//! holding offset `o` is the last key `<= o`.
+//!
+//! sled calls block, so everything here runs on the writer thread ([`commit`]) or inside
+//! `spawn_blocking`; nothing in this module knows about sockets or frames.
+
+pub mod commit;
+pub mod log;
+mod records;
+
+use std::path::Path;
+use std::sync::Arc;
+
+pub use commit::{Appended, Durability, FsyncPolicy};
+pub use log::PartitionLog;
+pub use records::{GroupRecord, RetentionPolicy, TopicRecord};
+
+use commit::CommitWriter;
+
+const FORMAT_VERSION: u32 = 1;
+
+/// A storage failure.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StorageError {
+    #[error("store error: {0}")]
+    Sled(String),
+    #[error("damaged store: {0}")]
+    Corrupt(String),
+    #[error("the store is closed")]
+    Closed,
+    #[error("{0} is not a Herald data directory (it holds other files)")]
+    NotHerald(String),
+}
+
+impl From<sled::Error> for StorageError {
+    fn from(err: sled::Error) -> Self {
+        match err {
+            sled::Error::Corruption { .. } => StorageError::Corrupt(err.to_string()),
+            other => StorageError::Sled(other.to_string()),
+        }
+    }
+}
+
+/// How the store is opened.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// When confirmed data must reach the disk.
+    pub fsync: FsyncPolicy,
+    /// sled's page cache, in bytes.
+    pub cache_bytes: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            fsync: FsyncPolicy::Always,
+            cache_bytes: 128 * 1024 * 1024,
+        }
+    }
+}
+
+/// The broker's store: one sled database and its writer thread.
+pub struct Store {
+    db: sled::Db,
+    topics: sled::Tree,
+    groups: sled::Tree,
+    offsets: sled::Tree,
+    writer: CommitWriter,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`. Blocks.
+    pub fn open(dir: &Path, config: StoreConfig) -> Result<Arc<Store>, StorageError> {
+        check_directory(dir)?;
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(config.cache_bytes)
+            .mode(sled::Mode::HighThroughput)
+            .open()?;
+        let meta = db.open_tree("meta")?;
+        match meta.get("format")? {
+            None => {
+                meta.insert("format", &FORMAT_VERSION.to_be_bytes())?;
+                db.flush()?;
+            }
+            Some(v) if v.as_ref() == FORMAT_VERSION.to_be_bytes() => {}
+            Some(_) => {
+                return Err(StorageError::Corrupt(
+                    "unknown storage format version".into(),
+                ))
+            }
+        }
+        let writer = CommitWriter::start(db.clone(), config.fsync)?;
+        Ok(Arc::new(Store {
+            topics: db.open_tree("topics")?,
+            groups: db.open_tree("groups")?,
+            offsets: db.open_tree("offsets")?,
+            db,
+            writer,
+        }))
+    }
+
+    /// Every stored topic. Blocks.
+    pub fn load_topics(&self) -> Result<Vec<TopicRecord>, StorageError> {
+        self.topics
+            .iter()
+            .map(|entry| {
+                let (name, value) = entry?;
+                TopicRecord::decode(&name, &value)
+            })
+            .collect()
+    }
+
+    /// Stores a new topic and opens its partition logs. Blocks until durable.
+    pub fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        retention: RetentionPolicy,
+    ) -> Result<(TopicRecord, Vec<Arc<PartitionLog>>), StorageError> {
+        let record = TopicRecord {
+            name: name.to_string(),
+            id: self.db.generate_id()?,
+            partitions,
+            retention,
+        };
+        let logs = self.open_logs(&record)?;
+        self.topics.insert(name.as_bytes(), record.encode())?;
+        self.db.flush()?;
+        Ok((record, logs))
+    }
+
+    /// Opens the partition logs of a stored topic. Blocks.
+    pub fn open_logs(&self, topic: &TopicRecord) -> Result<Vec<Arc<PartitionLog>>, StorageError> {
+        (0..topic.partitions)
+            .map(|p| {
+                PartitionLog::open(self.db.open_tree(log_tree_name(topic.id, p))?).map(Arc::new)
+            })
+            .collect()
+    }
+
+    /// Deletes a topic, its logs and its groups' state. Runs on the writer thread so it
+    /// is ordered after every append already queued. Blocks until done.
+    pub fn delete_topic(&self, topic: &TopicRecord) -> Result<(), StorageError> {
+        let (db, topics, groups, offsets) = (
+            self.db.clone(),
+            self.topics.clone(),
+            self.groups.clone(),
+            self.offsets.clone(),
+        );
+        let topic = topic.clone();
+        self.writer.run(move || {
+            topics.remove(topic.name.as_bytes())?;
+            for p in 0..topic.partitions {
+                db.drop_tree(log_tree_name(topic.id, p))?;
+            }
+            for tree in [&groups, &offsets] {
+                for key in tree.scan_prefix(topic.id.to_be_bytes()).keys() {
+                    tree.remove(key?)?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Queues `batch` for appending to `log`; see [`CommitWriter::append`].
+    pub fn append(
+        &self,
+        log: &Arc<PartitionLog>,
+        batch: herald_protocol::Batch,
+    ) -> tokio::sync::oneshot::Receiver<Result<Appended, StorageError>> {
+        self.writer.append(log, batch)
+    }
+
+    /// The stored group record. Blocks.
+    pub fn group(&self, topic_id: u64, group: &str) -> Result<Option<GroupRecord>, StorageError> {
+        self.groups
+            .get(group_key(topic_id, group))?
+            .map(|v| GroupRecord::decode(&v))
+            .transpose()
+    }
+
+    /// Every group of a topic, by name. Blocks.
+    pub fn groups(&self, topic_id: u64) -> Result<Vec<(String, GroupRecord)>, StorageError> {
+        self.groups
+            .scan_prefix(topic_id.to_be_bytes())
+            .map(|entry| {
+                let (key, value) = entry?;
+                let name = String::from_utf8_lossy(&key[8..]).into_owned();
+                Ok((name, GroupRecord::decode(&value)?))
+            })
+            .collect()
+    }
+
+    /// Stores a group record durably (through the writer, so it shares its commits).
+    pub fn put_group(
+        &self,
+        topic_id: u64,
+        group: &str,
+        record: GroupRecord,
+    ) -> Result<(), StorageError> {
+        let (groups, key) = (self.groups.clone(), group_key(topic_id, group));
+        self.writer.run(move || {
+            groups
+                .insert(key, record.encode())
+                .map(drop)
+                .map_err(Into::into)
+        })
+    }
+
+    /// The committed offset of a group on a partition. Blocks.
+    pub fn offset(
+        &self,
+        topic_id: u64,
+        partition: u32,
+        group: &str,
+    ) -> Result<Option<u64>, StorageError> {
+        let value = self.offsets.get(offset_key(topic_id, partition, group))?;
+        value.map(|v| records::decode_u64(&v)).transpose()
+    }
+
+    /// Stores committed offsets durably (through the writer, so they share its commits).
+    pub fn put_offsets(
+        &self,
+        topic_id: u64,
+        group: &str,
+        offsets: &[(u32, u64)],
+    ) -> Result<(), StorageError> {
+        let tree = self.offsets.clone();
+        let entries: Vec<_> = offsets
+            .iter()
+            .map(|&(partition, offset)| {
+                (offset_key(topic_id, partition, group), offset.to_be_bytes())
+            })
+            .collect();
+        self.writer.run(move || {
+            for (key, value) in entries {
+                tree.insert(key, &value)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Stops the writer after everything queued and flushes sled. Blocks.
+    pub fn close(&self) -> Result<(), StorageError> {
+        self.writer.stop();
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+fn log_tree_name(topic_id: u64, partition: u32) -> String {
+    format!("log.{topic_id}.{partition}")
+}
+
+fn group_key(topic_id: u64, group: &str) -> Vec<u8> {
+    [&topic_id.to_be_bytes()[..], group.as_bytes()].concat()
+}
+
+fn offset_key(topic_id: u64, partition: u32, group: &str) -> Vec<u8> {
+    [
+        &topic_id.to_be_bytes()[..],
+        &partition.to_be_bytes()[..],
+        group.as_bytes(),
+    ]
+    .concat()
+}
+
+/// Refuses a directory that holds files but is not a sled database (no `conf` and `db`).
+fn check_directory(dir: &Path) -> Result<(), StorageError> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(()); // missing: sled creates it; unreadable: sled reports it
+    };
+    let names: Vec<String> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let is_sled = names.iter().any(|n| n == "conf") && names.iter().any(|n| n == "db");
+    if names.is_empty() || is_sled {
+        Ok(())
+    } else {
+        Err(StorageError::NotHerald(dir.display().to_string()))
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.writer.stop();
+    }
+}
+
+/// Runs a blocking store call off the async worker threads.
+pub async fn blocking<T, F>(f: F) -> Result<T, StorageError>
+where
+    F: FnOnce() -> Result<T, StorageError> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| StorageError::Closed)?
+}
+
+#[cfg(test)]
+mod tests;
