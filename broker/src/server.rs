@@ -23,6 +23,8 @@ pub struct Shared {
     pub pull_groups: PullGroups,
     /// Source of session ids.
     pub next_session: AtomicU64,
+    /// Cancelled when the broker starts shutting down.
+    pub shutdown: CancellationToken,
 }
 
 /// A running broker.
@@ -55,14 +57,15 @@ impl Broker {
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let local_addr = listener.local_addr()?;
         tracing::info!(fsync = config.store().fsync.name(), data_dir = %config.data_dir.display(), "listening on {local_addr}");
+        let shutdown = CancellationToken::new();
         let shared = Arc::new(Shared {
             pull_groups: PullGroups::new(Arc::clone(&store)),
             store,
             topics,
             config,
             next_session: AtomicU64::new(1),
+            shutdown: shutdown.clone(),
         });
-        let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         tracker.spawn(listener::run(
             listener,

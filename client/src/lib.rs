@@ -1,1 +1,39 @@
+//! The Herald client library.
+//!
+//! - [`Client`]: one connection to a broker, shared by cheap clones; every call may run
+//!   concurrently with the others over that connection.
+//! - [`Producer`]: publishes records, batching those sent close together and keeping
+//!   several batches in flight; each record's [`Confirm`] carries its partition and offset.
+//! - Reading: [`Client::fetch`] by partition and offset; [`Client::join_group`] and
+//!   [`Client::commit`] for a pull group's committed positions.
+//! - Administration: topics and groups (`create_topic`, `describe_topic`, `list_groups`, …).
+//! - [`Error`]: typed errors; the broker's error codes arrive as [`ErrorCode`] values.
+//!
+//! ```no_run
+//! use herald_client::{Client, Record};
+//!
+//! # async fn run() -> herald_client::Result<()> {
+//! let client = Client::connect("127.0.0.1:7420").await?;
+//! let producer = client.producer();
+//! let confirm = producer.send("orders", Record::new("hello").with_key("customer-7")).await?;
+//! println!("stored at {}:{}", confirm.partition, confirm.offset);
+//! # Ok(()) }
+//! ```
 
+mod admin;
+pub mod cli;
+mod client;
+mod connection;
+mod error;
+mod producer;
+mod pull;
+
+pub use client::Client;
+pub use connection::ConnectOptions;
+pub use error::{BrokerError, Error, Result};
+pub use herald_protocol::{
+    Durability, ErrorCode, GroupInfo, GroupMode, GroupSummary, Record, Retention, StartPosition,
+    StoredRecord, TopicInfo, TopicSummary,
+};
+pub use producer::{Confirm, PendingConfirm, Producer, ProducerConfig};
+pub use pull::{FetchRequest, Fetched};

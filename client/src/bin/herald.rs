@@ -1,1 +1,20 @@
-fn main() {}
+//! `herald`: the Herald command-line client.
+
+use clap::Parser;
+use herald_client::cli::{self, Cli};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    if let Err(err) = cli::run(cli).await {
+        eprintln!("herald: {err:#}");
+        std::process::exit(1);
+    }
+}

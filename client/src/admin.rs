@@ -1,0 +1,81 @@
+//! Topic and group administration calls.
+
+use herald_protocol::{
+    CreateTopic, DeleteTopic, DescribeGroup, DescribeTopic, GroupInfo, GroupSummary, ListGroups,
+    ListTopics, Retention, TopicInfo, TopicSummary,
+};
+
+use crate::client::{expect_reply, Client};
+use crate::error::Result;
+
+impl Client {
+    /// Creates a topic with `partitions` partitions and no retention limit.
+    pub async fn create_topic(&self, name: &str, partitions: u32) -> Result<TopicInfo> {
+        self.create_topic_with(name, partitions, Retention::default())
+            .await
+    }
+
+    /// Creates a topic with per-partition retention limits (0 = unlimited).
+    pub async fn create_topic_with(
+        &self,
+        name: &str,
+        partitions: u32,
+        retention: Retention,
+    ) -> Result<TopicInfo> {
+        let request = CreateTopic {
+            name: name.to_string(),
+            partitions,
+            retention,
+        };
+        expect_reply!(self.call(request).await?, TopicInfo)
+    }
+
+    /// Deletes a topic and all its records.
+    pub async fn delete_topic(&self, name: &str) -> Result<()> {
+        expect_reply!(
+            self.call(DeleteTopic {
+                name: name.to_string()
+            })
+            .await?,
+            Ok
+        )
+        .map(drop)
+    }
+
+    /// Every topic, sorted by name.
+    pub async fn list_topics(&self) -> Result<Vec<TopicSummary>> {
+        Ok(expect_reply!(self.call(ListTopics {}).await?, TopicList)?.topics)
+    }
+
+    /// A topic's settings and partitions.
+    pub async fn describe_topic(&self, name: &str) -> Result<TopicInfo> {
+        expect_reply!(
+            self.call(DescribeTopic {
+                name: name.to_string()
+            })
+            .await?,
+            TopicInfo
+        )
+    }
+
+    /// A topic's consumer groups, sorted by name.
+    pub async fn list_groups(&self, topic: &str) -> Result<Vec<GroupSummary>> {
+        Ok(expect_reply!(
+            self.call(ListGroups {
+                topic: topic.to_string()
+            })
+            .await?,
+            GroupList
+        )?
+        .groups)
+    }
+
+    /// A group's settings, members and progress.
+    pub async fn describe_group(&self, topic: &str, group: &str) -> Result<GroupInfo> {
+        let request = DescribeGroup {
+            topic: topic.to_string(),
+            group: group.to_string(),
+        };
+        expect_reply!(self.call(request).await?, GroupInfo)
+    }
+}
