@@ -256,3 +256,93 @@ async fn topics_and_offsets_survive_a_restart() {
         broker.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn topics_are_created_described_and_deleted() {
+    let broker = TestBroker::start().await;
+    let client = broker.client().await;
+    let info = client.create_topic("gone", 2).await.unwrap();
+    assert_eq!(info.partitions.len(), 2);
+    let err = client.create_topic("gone", 2).await.unwrap_err();
+    assert_eq!(err.code(), Some(herald_client::ErrorCode::TopicExists));
+    client
+        .producer()
+        .send("gone", Record::new("x"))
+        .await
+        .unwrap();
+    client.delete_topic("gone").await.unwrap();
+    assert!(client.list_topics().await.unwrap().is_empty());
+    let err = client.describe_topic("gone").await.unwrap_err();
+    assert_eq!(err.code(), Some(herald_client::ErrorCode::UnknownTopic));
+    let err = client.delete_topic("gone").await.unwrap_err();
+    assert_eq!(err.code(), Some(herald_client::ErrorCode::UnknownTopic));
+    client.create_topic("gone", 1).await.unwrap();
+    let confirm = client
+        .producer()
+        .send("gone", Record::new("again"))
+        .await
+        .unwrap();
+    assert_eq!(confirm.offset, 0, "a re-created topic starts empty");
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn cli_json_output_carries_every_field() {
+    let broker = TestBroker::start().await;
+    let client = broker.client().await;
+    client.create_topic("json", 1).await.unwrap();
+    let producer = client.producer();
+    producer
+        .send(
+            "json",
+            Record::new("text").with_key("k1").with_header("h", "v"),
+        )
+        .await
+        .unwrap();
+    producer
+        .send("json", Record::new(vec![0xff, 0x00, 0xfe]))
+        .await
+        .unwrap();
+    let out = Command::new(binary("herald"))
+        .args([
+            "--broker",
+            &broker.addr().to_string(),
+            "consume",
+            "json",
+            "--group",
+            "g",
+            "--count",
+            "2",
+        ])
+        .args(["--output", "json"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    let first = &lines[0];
+    assert_eq!(first["topic"], "json");
+    assert_eq!(first["partition"], 0);
+    assert_eq!(first["offset"], 0);
+    assert_eq!(first["key"], "k1");
+    assert_eq!(first["headers"]["h"], "v");
+    assert_eq!(first["payload"], "text");
+    assert_eq!(first["redelivered"], false);
+    assert_eq!(first["delivery_count"], 1);
+    assert!(first["timestamp"].as_u64().unwrap() > 1_600_000_000_000);
+    let second = &lines[1];
+    assert_eq!(second["offset"], 1);
+    assert!(second["key"].is_null());
+    assert!(second.get("payload").is_none());
+    assert_eq!(second["payload_base64"], "/wD+");
+    broker.stop().await;
+}

@@ -2,6 +2,7 @@
 
 use clap::Parser;
 use herald_broker::{Broker, Config};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -20,27 +21,41 @@ async fn main() {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
+    // Handlers first: a signal that arrives while starting must stop us cleanly too.
+    let mut signals = Signals::install()?;
     let broker = Broker::start(config).await?;
     // Also on stdout, for scripts that start the broker on port 0 and read its address.
     println!("herald-broker listening on {}", broker.local_addr());
-    wait_for_signal().await?;
+    signals.next().await;
     tracing::info!("shutting down");
-    let second = tokio::spawn(async {
-        if wait_for_signal().await.is_ok() {
-            eprintln!("herald-broker: second signal, exiting now");
-            std::process::exit(130);
-        }
+    let second = tokio::spawn(async move {
+        signals.next().await;
+        eprintln!("herald-broker: second signal, exiting now");
+        std::process::exit(130);
     });
     broker.shutdown().await?;
     second.abort();
     Ok(())
 }
 
-async fn wait_for_signal() -> std::io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => result,
-        _ = term.recv() => Ok(()),
+/// SIGINT and SIGTERM.
+struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
     }
 }

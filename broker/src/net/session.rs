@@ -11,11 +11,12 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use herald_protocol::{
-    CodecError, DecodeError, ErrorCode, ErrorFrame, Frame, FrameCodec, GoingAway, Hello, HelloOk,
-    Message, RawFrame, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    CodecError, DecodeError, ErrorCode, ErrorFrame, Frame, FrameCodec, GoingAway, Heartbeat, Hello,
+    HelloOk, Message, RawFrame, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
@@ -52,7 +53,13 @@ async fn serve_session(
     tracing::debug!("connected");
     let (read, write) = stream.into_split();
     let (out, outbound) = mpsc::channel(shared.config.outbound_queue.max(1));
-    let writer = tokio::spawn(write_loop(write, outbound, shared.config.max_frame_bytes));
+    let heartbeat = Duration::from_millis(u64::from(shared.config.heartbeat_interval_ms()));
+    let writer = tokio::spawn(write_loop(
+        write,
+        outbound,
+        shared.config.max_frame_bytes,
+        heartbeat,
+    ));
     let mut session = Session {
         id,
         peer,
@@ -94,10 +101,18 @@ impl Session {
         shutdown: &CancellationToken,
     ) -> &'static str {
         let mut frames = FramedRead::new(read, FrameCodec::new(self.shared.config.max_frame_bytes));
+        let timeout = Duration::from_millis(u64::from(self.shared.config.session_timeout_ms));
         loop {
             let next = tokio::select! {
                 _ = shutdown.cancelled() => return "shutdown",
-                next = frames.next() => next,
+                next = tokio::time::timeout(timeout, frames.next()) => match next {
+                    Ok(next) => next,
+                    Err(_) => {
+                        let message = format!("nothing received for the session timeout of {timeout:?}");
+                        self.reply(0, ErrorFrame::new(ErrorCode::SessionExpired, message).into()).await;
+                        return "session expired";
+                    }
+                },
             };
             match next {
                 None => return "closed by client",
@@ -220,14 +235,21 @@ impl Session {
     }
 }
 
-/// Writes queued frames, gathering whatever is ready into one write.
+/// Writes queued frames, gathering whatever is ready into one write, and sends a heartbeat
+/// whenever nothing else was sent for one interval.
 async fn write_loop(
     write: OwnedWriteHalf,
     mut outbound: mpsc::Receiver<Message>,
     max_frame_bytes: u32,
+    heartbeat: Duration,
 ) {
     let mut sink = FramedWrite::new(write, FrameCodec::new(max_frame_bytes));
-    while let Some(message) = outbound.recv().await {
+    loop {
+        let message = match tokio::time::timeout(heartbeat, outbound.recv()).await {
+            Ok(Some(message)) => message,
+            Ok(None) => break,
+            Err(_) => Message::new(0, Heartbeat {}),
+        };
         if sink.feed(message).await.is_err() {
             return;
         }
