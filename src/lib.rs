@@ -62,7 +62,9 @@ impl TestBroker {
 }
 
 /// The path of a binary built by this workspace (`herald`, `herald-broker`), next to the
-/// running test's own directory. `cargo test --workspace` builds both before any test runs.
+/// running test's own directory. `cargo test --workspace` builds both before any test runs;
+/// `cargo test -p herald-suite` alone does not rebuild them, so run
+/// `cargo build --workspace` first when iterating on one test file.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");

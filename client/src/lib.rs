@@ -21,7 +21,6 @@
 //! ```
 
 mod admin;
-pub mod cli;
 mod client;
 mod connection;
 mod error;
@@ -32,8 +31,8 @@ pub use client::Client;
 pub use connection::ConnectOptions;
 pub use error::{BrokerError, Error, Result};
 pub use herald_protocol::{
-    Durability, ErrorCode, GroupInfo, GroupMode, GroupSummary, Record, Retention, StartPosition,
-    StoredRecord, TopicInfo, TopicSummary,
+    Assignment, Durability, ErrorCode, GroupInfo, GroupMode, GroupSummary, Record, Retention,
+    StartPosition, StoredRecord, TopicInfo, TopicSummary,
 };
 pub use producer::{Confirm, PendingConfirm, Producer, ProducerConfig};
 pub use pull::{FetchRequest, Fetched};

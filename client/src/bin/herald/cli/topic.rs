@@ -4,7 +4,7 @@ use std::io::Write;
 
 use clap::Subcommand;
 
-use crate::{Client, Retention, TopicInfo};
+use herald_client::{Client, Retention, TopicInfo};
 
 #[derive(Debug, Subcommand)]
 pub enum TopicCommand {

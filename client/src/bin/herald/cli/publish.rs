@@ -7,7 +7,7 @@ use bytes::Bytes;
 use clap::Args;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::{Client, PendingConfirm, Producer, Record};
+use herald_client::{Client, PendingConfirm, Producer, Record};
 
 /// Most unconfirmed messages held at once while reading stdin.
 const WINDOW: usize = 16 * 1024;

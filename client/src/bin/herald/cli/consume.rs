@@ -11,7 +11,7 @@ use clap::{Args, ValueEnum};
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::time::Instant;
 
-use crate::{Client, Error, ErrorCode, FetchRequest, Fetched, StartPosition, StoredRecord};
+use herald_client::{Client, Error, ErrorCode, FetchRequest, Fetched, StartPosition, StoredRecord};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Mode {

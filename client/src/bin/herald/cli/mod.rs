@@ -1,12 +1,13 @@
 //! The `herald` command line: topics, publish, consume.
 
+mod bench;
 mod consume;
 mod publish;
 mod topic;
 
 use clap::{Parser, Subcommand};
 
-use crate::Client;
+use herald_client::Client;
 
 /// Herald's command-line client.
 #[derive(Debug, Parser)]
@@ -38,6 +39,8 @@ pub enum Command {
     Publish(publish::PublishArgs),
     /// Consume a topic as a member of a group and print each message.
     Consume(consume::ConsumeArgs),
+    /// Measure throughput and latency; every message is checked on the consuming side.
+    Bench(bench::BenchArgs),
 }
 
 /// Runs one command against the broker.
@@ -46,6 +49,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Topic(command) => topic::run(&connect(&cli.broker).await?, command).await,
         Command::Publish(args) => publish::run(&connect(&cli.broker).await?, args).await,
         Command::Consume(args) => consume::run(&cli.broker, args).await,
+        Command::Bench(args) => bench::run(&cli.broker, args).await,
     }
 }
 

@@ -1,7 +1,9 @@
 //! `herald`: the Herald command-line client.
 
 use clap::Parser;
-use herald_client::cli::{self, Cli};
+mod cli;
+
+use cli::Cli;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]

@@ -1,0 +1,180 @@
+//! The bench's results: a table for people, one JSON object for scripts.
+
+use std::io::Write;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Throughput of one side of a run.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Throughput {
+    pub msgs_per_sec: f64,
+    /// Payload megabytes (10^6 bytes) per second.
+    pub mb_per_sec: f64,
+}
+
+impl Throughput {
+    pub fn new(messages: u64, size: usize, elapsed: Duration) -> Self {
+        let secs = elapsed.as_secs_f64().max(1e-9);
+        let msgs_per_sec = messages as f64 / secs;
+        Throughput {
+            msgs_per_sec,
+            mb_per_sec: msgs_per_sec * size as f64 / 1e6,
+        }
+    }
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Percentiles {
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+impl Percentiles {
+    /// `None` for an empty histogram.
+    pub fn of(histogram: &Histogram<u64>) -> Option<Self> {
+        (!histogram.is_empty()).then(|| Percentiles {
+            p50: histogram.value_at_quantile(0.50),
+            p90: histogram.value_at_quantile(0.90),
+            p99: histogram.value_at_quantile(0.99),
+            p999: histogram.value_at_quantile(0.999),
+            max: histogram.max(),
+        })
+    }
+}
+
+/// A latency histogram in microseconds, from 1 µs to an hour, 3 significant digits.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Latencies {
+    pub confirm: Option<Percentiles>,
+    pub delivery: Option<Percentiles>,
+}
+
+/// The machine a run used.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub cores: usize,
+    pub memory_mb: u64,
+    pub kernel: String,
+}
+
+impl Machine {
+    pub fn this() -> Self {
+        let memory_kb = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|info| {
+                let line = info
+                    .lines()
+                    .find(|l| l.starts_with("MemTotal:"))?
+                    .to_string();
+                line.split_whitespace().nth(1)?.parse::<u64>().ok()
+            })
+            .unwrap_or(0);
+        Machine {
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            memory_mb: memory_kb / 1024,
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").map_or_else(
+                |_| std::env::consts::OS.to_string(),
+                |k| k.trim().to_string(),
+            ),
+        }
+    }
+}
+
+/// Everything a run reports. The field order is the JSON's.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub scenario: &'static str,
+    pub messages: u64,
+    pub size: usize,
+    pub producers: usize,
+    pub consumers: usize,
+    pub fsync: String,
+    pub publish: Option<Throughput>,
+    pub consume: Option<Throughput>,
+    pub latency_us: Latencies,
+    pub partitions: u32,
+    pub batch: usize,
+    pub rate: u64,
+    pub groups: usize,
+    pub mode: &'static str,
+    pub topic: String,
+    pub verified: bool,
+    pub machine: Machine,
+}
+
+impl Report {
+    pub fn print_json(&self, out: &mut impl Write) -> anyhow::Result<()> {
+        serde_json::to_writer(&mut *out, self)?;
+        writeln!(out)?;
+        Ok(())
+    }
+
+    pub fn print_table(&self, out: &mut impl Write) -> std::io::Result<()> {
+        writeln!(
+            out,
+            "scenario {}  topic {}  mode {}",
+            self.scenario, self.topic, self.mode
+        )?;
+        writeln!(
+            out,
+            "settings: {} messages of {} B, {} producer(s), {} consumer(s), {} partition(s), batch {}, rate {}, groups {}, fsync {}",
+            self.messages,
+            self.size,
+            self.producers,
+            self.consumers,
+            self.partitions,
+            self.batch,
+            if self.rate == 0 { "unlimited".to_string() } else { format!("{}/s", self.rate) },
+            self.groups,
+            self.fsync
+        )?;
+        let m = &self.machine;
+        writeln!(
+            out,
+            "machine: {} cores, {} MiB memory, kernel {}",
+            m.cores, m.memory_mb, m.kernel
+        )?;
+        writeln!(out, "verified: every message delivered exactly once")?;
+        writeln!(out)?;
+        writeln!(out, "{:<10} {:>14} {:>10}", "", "msgs/s", "MB/s")?;
+        for (name, t) in [("publish", self.publish), ("consume", self.consume)] {
+            if let Some(t) = t {
+                writeln!(
+                    out,
+                    "{:<10} {:>14.0} {:>10.1}",
+                    name, t.msgs_per_sec, t.mb_per_sec
+                )?;
+            }
+        }
+        writeln!(out)?;
+        writeln!(
+            out,
+            "{:<20} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "latency (µs)", "p50", "p90", "p99", "p99.9", "max"
+        )?;
+        let lat = &self.latency_us;
+        for (name, p) in [
+            ("publish→confirm", lat.confirm),
+            ("publish→delivery", lat.delivery),
+        ] {
+            if let Some(p) = p {
+                writeln!(
+                    out,
+                    "{:<20} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                    name, p.p50, p.p90, p.p99, p.p999, p.max
+                )?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,321 @@
+//! The two halves of every scenario: producers that publish numbered messages and record
+//! publish→confirm latency, and pull consumers that read, verify and commit everything.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use hdrhistogram::Histogram;
+use herald_client::{
+    Client, Confirm, Durability, Error, ErrorCode, FetchRequest, Fetched, ProducerConfig, Record,
+    StartPosition,
+};
+use indicatif::ProgressBar;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::payload;
+use super::report::histogram;
+use super::verify::{Expected, Verifier};
+
+/// How producers publish.
+#[derive(Debug, Clone)]
+pub struct PublishPlan {
+    pub addr: String,
+    pub topic: String,
+    pub expected: Expected,
+    pub size: usize,
+    pub batch: usize,
+    /// Messages per second over all producers; 0 = as fast as possible.
+    pub rate: u64,
+}
+
+/// What the producers measured.
+pub struct Published {
+    pub elapsed: Duration,
+    pub confirm: Histogram<u64>,
+    pub durability: Option<Durability>,
+}
+
+/// Runs every producer on its own connection until all messages are confirmed.
+pub async fn publish(plan: &PublishPlan, progress: &ProgressBar) -> anyhow::Result<Published> {
+    let start = Instant::now();
+    let mut producers = Vec::new();
+    for p in 0..plan.expected.producers {
+        let client = Client::connect(&plan.addr).await?;
+        producers.push(tokio::spawn(run_producer(
+            client,
+            plan.clone(),
+            p,
+            progress.clone(),
+        )));
+    }
+    let mut confirm = histogram();
+    let mut durability = None;
+    for producer in producers {
+        let (latencies, seen) = producer.await??;
+        confirm.add(&latencies)?;
+        durability = durability.or(seen);
+    }
+    Ok(Published {
+        elapsed: start.elapsed(),
+        confirm,
+        durability,
+    })
+}
+
+async fn run_producer(
+    client: Client,
+    plan: PublishPlan,
+    producer: usize,
+    progress: ProgressBar,
+) -> anyhow::Result<(Histogram<u64>, Option<Durability>)> {
+    let config = ProducerConfig {
+        batch_records: plan.batch.max(1),
+        ..ProducerConfig::default()
+    };
+    let sender = client.producer_with(config);
+    let (pending_tx, mut pending_rx) = mpsc::channel(64 * 1024);
+    let confirmer = tokio::spawn(async move {
+        let mut latencies = histogram();
+        let mut durability = None;
+        while let Some((sent_ns, pending)) = pending_rx.recv().await {
+            let confirm: Confirm = pending.await?;
+            latencies.saturating_record((payload::now_ns().saturating_sub(sent_ns) / 1000).max(1));
+            durability.get_or_insert(confirm.durability);
+            progress.inc(1);
+        }
+        Ok::<_, Error>((latencies, durability))
+    });
+    let count = plan.expected.count(producer);
+    let per_producer_rate = plan.rate as f64 / plan.expected.producers as f64;
+    let start = Instant::now();
+    for sequence in 0..count {
+        if per_producer_rate > 0.0 {
+            let due = start + Duration::from_secs_f64(sequence as f64 / per_producer_rate);
+            tokio::time::sleep_until(due).await;
+        }
+        let sent_ns = payload::now_ns();
+        let body = payload::encode(producer as u32, sequence, sent_ns, plan.size);
+        let pending = sender.enqueue(&plan.topic, Record::new(body)).await?;
+        if pending_tx.send((sent_ns, pending)).await.is_err() {
+            break; // the confirmer failed; its error is reported below
+        }
+    }
+    drop(pending_tx);
+    Ok(confirmer.await??)
+}
+
+/// How one group of pull consumers reads.
+#[derive(Debug, Clone)]
+pub struct ConsumePlan {
+    pub addr: String,
+    pub topic: String,
+    pub group: String,
+    pub consumers: usize,
+    pub expected: Expected,
+    /// Most records per fetch.
+    pub max_messages: u32,
+    /// Give up when nothing new arrived for this long.
+    pub stall_timeout: Duration,
+    /// Measure publish→delivery latency from the timestamps in the payloads.
+    pub measure_delivery: bool,
+}
+
+/// What one group's consumers measured.
+pub struct Consumed {
+    pub elapsed: Duration,
+    pub verifier: Verifier,
+    pub delivery: Histogram<u64>,
+}
+
+struct Shared {
+    verifier: Mutex<Verifier>,
+    delivery: Mutex<Histogram<u64>>,
+    received: AtomicU64,
+    done: tokio_util::sync::CancellationToken,
+}
+
+/// Runs `plan.consumers` members of one group, each on its own connection and each
+/// reading its share of the partitions, until every expected message has arrived or
+/// nothing arrived for the stall timeout. Every fetch is followed by a commit.
+pub async fn consume_pull(plan: &ConsumePlan, progress: &ProgressBar) -> anyhow::Result<Consumed> {
+    let shared = Arc::new(Shared {
+        verifier: Mutex::new(Verifier::new(plan.expected)),
+        delivery: Mutex::new(histogram()),
+        received: AtomicU64::new(0),
+        done: tokio_util::sync::CancellationToken::new(),
+    });
+    let start = Instant::now();
+    let mut members = Vec::new();
+    for member in 0..plan.consumers {
+        let client = Client::connect(&plan.addr).await?;
+        let task = run_member(
+            client,
+            plan.clone(),
+            member,
+            Arc::clone(&shared),
+            progress.clone(),
+        );
+        members.push(tokio::spawn(task));
+    }
+    let watchdog = tokio::spawn(watch_for_stall(Arc::clone(&shared), plan.stall_timeout));
+    for member in members {
+        member.await??;
+    }
+    let elapsed = start.elapsed();
+    watchdog.abort();
+    let _ = watchdog.await; // cancelled: its handle on the results is gone once this returns
+    let shared = Arc::into_inner(shared)
+        .ok_or_else(|| anyhow::anyhow!("consumer tasks still hold the results"))?;
+    Ok(Consumed {
+        elapsed,
+        verifier: shared
+            .verifier
+            .into_inner()
+            .map_err(|_| anyhow::anyhow!("a consumer panicked"))?,
+        delivery: shared
+            .delivery
+            .into_inner()
+            .map_err(|_| anyhow::anyhow!("a consumer panicked"))?,
+    })
+}
+
+async fn watch_for_stall(shared: Arc<Shared>, timeout: Duration) {
+    let mut last = shared.received.load(Ordering::Relaxed);
+    loop {
+        tokio::time::sleep(timeout).await;
+        let now = shared.received.load(Ordering::Relaxed);
+        if now == last {
+            shared.done.cancel();
+            return;
+        }
+        last = now;
+    }
+}
+
+async fn run_member(
+    client: Client,
+    plan: ConsumePlan,
+    member: usize,
+    shared: Arc<Shared>,
+    progress: ProgressBar,
+) -> anyhow::Result<()> {
+    let assignment = client
+        .join_group(&plan.topic, &plan.group, StartPosition::Earliest)
+        .await?;
+    let mine: Vec<(u32, u64)> = assignment
+        .partitions
+        .iter()
+        .filter(|p| p.partition as usize % plan.consumers == member)
+        .map(|p| (p.partition, p.committed))
+        .collect();
+    let mut readers = FuturesUnordered::new();
+    for (partition, offset) in mine {
+        let reader = PartitionReader {
+            client: client.clone(),
+            plan: plan.clone(),
+            partition,
+            shared: Arc::clone(&shared),
+        };
+        readers.push(reader.run(offset, &assignment, &progress));
+    }
+    while let Some(result) = readers.next().await {
+        result?;
+    }
+    Ok(())
+}
+
+struct PartitionReader {
+    client: Client,
+    plan: ConsumePlan,
+    partition: u32,
+    shared: Arc<Shared>,
+}
+
+impl PartitionReader {
+    /// Reads with one fetch always in flight while the previous one is checked and committed.
+    async fn run(
+        self,
+        mut offset: u64,
+        assignment: &herald_client::Assignment,
+        progress: &ProgressBar,
+    ) -> anyhow::Result<()> {
+        let mut next = Box::pin(self.fetch(offset));
+        loop {
+            let fetched = tokio::select! {
+                fetched = &mut next => fetched,
+                _ = self.shared.done.cancelled() => return Ok(()),
+            };
+            let fetched = match fetched {
+                Ok(fetched) => fetched,
+                Err(Error::Broker(err)) if err.code == Some(ErrorCode::OffsetOutOfRange) => {
+                    anyhow::bail!(
+                        "partition {} lost records below offset {:?}",
+                        self.partition,
+                        err.offsets
+                    )
+                }
+                Err(err) => return Err(err.into()),
+            };
+            if let Some(last) = fetched.records.last() {
+                offset = last.offset + 1;
+            }
+            next = Box::pin(self.fetch(offset));
+            if !fetched.records.is_empty() {
+                self.check(&fetched, progress);
+                let commit = [(self.partition, offset)];
+                self.client
+                    .commit(&self.plan.topic, &self.plan.group, assignment, &commit)
+                    .await?;
+            }
+            if self.shared.done.is_cancelled() {
+                return Ok(());
+            }
+        }
+    }
+
+    fn fetch(
+        &self,
+        offset: u64,
+    ) -> impl std::future::Future<Output = Result<Fetched, Error>> + 'static {
+        let mut request = FetchRequest::new(&self.plan.topic, self.partition, offset);
+        request.max_messages = self.plan.max_messages.max(1);
+        request.max_bytes = 4 * 1024 * 1024;
+        request.max_wait_ms = 200;
+        let client = self.client.clone();
+        async move { client.fetch(request).await }
+    }
+
+    fn check(&self, fetched: &Fetched, progress: &ProgressBar) {
+        let now = payload::now_ns();
+        let mut delivery = self
+            .shared
+            .delivery
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut verifier = self
+            .shared
+            .verifier
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for stored in &fetched.records {
+            match payload::decode(&stored.record.payload) {
+                Some((producer, sequence, sent_ns)) => {
+                    verifier.record(producer, sequence);
+                    if self.plan.measure_delivery {
+                        delivery.saturating_record((now.saturating_sub(sent_ns) / 1000).max(1));
+                    }
+                }
+                None => verifier.record_foreign(),
+            }
+        }
+        let count = fetched.records.len() as u64;
+        progress.inc(count);
+        self.shared.received.fetch_add(count, Ordering::Relaxed);
+        if verifier.complete() {
+            self.shared.done.cancel();
+        }
+    }
+}

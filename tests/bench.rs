@@ -1,0 +1,229 @@
+//! `herald bench`: every scenario reports as documented, and a run whose consuming side
+//! misses or duplicates a message fails instead of printing figures.
+
+use herald_client::{FetchRequest, Record};
+use herald_suite::{binary, TestBroker};
+use serde_json::Value;
+use tokio::process::Command;
+
+async fn bench(args: &[&str]) -> std::process::Output {
+    Command::new(binary("herald"))
+        .arg("bench")
+        .args(args)
+        .output()
+        .await
+        .unwrap()
+}
+
+async fn bench_json(args: &[&str]) -> Value {
+    let out = bench(&[args, &["--json"]].concat()).await;
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn assert_throughput(section: &Value) {
+    assert!(section["msgs_per_sec"].as_f64().unwrap() > 0.0, "{section}");
+    assert!(section["mb_per_sec"].as_f64().unwrap() > 0.0, "{section}");
+}
+
+fn assert_percentiles(section: &Value) {
+    let p = |name: &str| {
+        section[name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{name} in {section}"))
+    };
+    assert!(
+        p("p50") <= p("p90")
+            && p("p90") <= p("p99")
+            && p("p99") <= p("p999")
+            && p("p999") <= p("max")
+    );
+}
+
+#[tokio::test]
+async fn publish_reports_confirm_latency_and_no_consume_section() {
+    let report = bench_json(&[
+        "--embedded",
+        "--fsync",
+        "never",
+        "--scenario",
+        "publish",
+        "--messages",
+        "3000",
+        "--size",
+        "64",
+    ])
+    .await;
+    assert_eq!(report["scenario"], "publish");
+    assert_eq!(
+        (report["messages"].as_u64(), report["size"].as_u64()),
+        (Some(3000), Some(64))
+    );
+    assert_eq!(
+        (report["producers"].as_u64(), report["consumers"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(report["fsync"], "never");
+    assert_throughput(&report["publish"]);
+    assert!(report["consume"].is_null());
+    assert_percentiles(&report["latency_us"]["confirm"]);
+    assert!(report["latency_us"]["delivery"].is_null());
+    assert_eq!(report["verified"], true);
+}
+
+#[tokio::test]
+async fn consume_pubsub_and_fanout_report_their_sections() {
+    let common = [
+        "--embedded",
+        "--messages",
+        "3000",
+        "--partitions",
+        "3",
+        "--producers",
+        "2",
+    ];
+    let consume =
+        bench_json(&[&common[..], &["--scenario", "consume", "--consumers", "2"]].concat()).await;
+    assert_throughput(&consume["publish"]);
+    assert_throughput(&consume["consume"]);
+    assert!(consume["latency_us"]["delivery"].is_null());
+
+    let pubsub =
+        bench_json(&[&common[..], &["--scenario", "pubsub", "--rate", "20000"]].concat()).await;
+    assert_throughput(&pubsub["consume"]);
+    assert_percentiles(&pubsub["latency_us"]["confirm"]);
+    assert_percentiles(&pubsub["latency_us"]["delivery"]);
+
+    let fanout =
+        bench_json(&[&common[..], &["--scenario", "fanout", "--groups", "3"]].concat()).await;
+    assert_eq!(fanout["groups"], 3);
+    assert_throughput(&fanout["consume"]);
+}
+
+#[tokio::test]
+async fn the_table_names_settings_and_machine() {
+    let out = bench(&["--embedded", "--scenario", "publish", "--messages", "500"]).await;
+    assert!(out.status.success());
+    let table = String::from_utf8(out.stdout).unwrap();
+    for needle in [
+        "msgs/s",
+        "MB/s",
+        "p99.9",
+        "publish→confirm",
+        "fsync always",
+        "cores",
+        "kernel",
+    ] {
+        assert!(table.contains(needle), "{needle} missing from:\n{table}");
+    }
+}
+
+#[tokio::test]
+async fn a_missing_message_fails_the_run() {
+    let broker = TestBroker::start().await;
+    let addr = broker.addr().to_string();
+    let wrote = bench(&[
+        "--broker",
+        &addr,
+        "--scenario",
+        "publish",
+        "--topic",
+        "short",
+        "--messages",
+        "1000",
+    ])
+    .await;
+    assert!(
+        wrote.status.success(),
+        "{}",
+        String::from_utf8_lossy(&wrote.stderr)
+    );
+    // Reading it back as if 1,500 had been published: 500 never arrive.
+    let args = [
+        "--scenario",
+        "consume",
+        "--topic",
+        "short",
+        "--messages",
+        "1500",
+        "--timeout-ms",
+        "500",
+        "--json",
+    ];
+    let out = bench(&[&["--broker", addr.as_str()][..], &args].concat()).await;
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty(), "a failed run prints no figures");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("verification failed: 500 missing"),
+        "{stderr}"
+    );
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_duplicated_message_fails_the_run() {
+    let broker = TestBroker::start().await;
+    let addr = broker.addr().to_string();
+    let wrote = bench(&[
+        "--broker",
+        &addr,
+        "--scenario",
+        "publish",
+        "--topic",
+        "dup",
+        "--messages",
+        "1000",
+    ])
+    .await;
+    assert!(
+        wrote.status.success(),
+        "{}",
+        String::from_utf8_lossy(&wrote.stderr)
+    );
+    let client = broker.client().await;
+    let original = client
+        .fetch(FetchRequest::new("dup", 0, 500))
+        .await
+        .unwrap()
+        .records[0]
+        .record
+        .clone();
+    client
+        .producer()
+        .send("dup", Record::new(original.payload))
+        .await
+        .unwrap();
+    let out = bench(&[
+        "--broker",
+        &addr,
+        "--scenario",
+        "consume",
+        "--topic",
+        "dup",
+        "--messages",
+        "1000",
+    ])
+    .await;
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("verification failed"));
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn bad_settings_are_refused() {
+    for args in [
+        &["--embedded", "--size", "4"][..],
+        &["--embedded", "--messages", "0"],
+        &["--embedded", "--mode", "push", "--scenario", "consume"],
+    ] {
+        let out = bench(args).await;
+        assert!(!out.status.success(), "{args:?}");
+        assert!(!out.stderr.is_empty());
+    }
+}
