@@ -11,6 +11,7 @@ const MESSAGES: usize = 10_000;
 
 fn bench_end_to_end(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _context = runtime.enter(); // the producer spawns its batching task
     let mut group = c.benchmark_group("end_to_end");
     group
         .sample_size(10)

@@ -122,26 +122,31 @@ async fn the_table_names_settings_and_machine() {
     }
 }
 
-#[tokio::test]
-async fn a_missing_message_fails_the_run() {
-    let broker = TestBroker::start().await;
-    let addr = broker.addr().to_string();
-    let wrote = bench(&[
+/// Publishes 1,000 bench messages to `topic` with a verified bench run.
+async fn seed(addr: &str, topic: &str) {
+    let args = [
         "--broker",
-        &addr,
+        addr,
         "--scenario",
         "publish",
         "--topic",
-        "short",
+        topic,
         "--messages",
         "1000",
-    ])
-    .await;
+    ];
+    let wrote = bench(&args).await;
     assert!(
         wrote.status.success(),
         "{}",
         String::from_utf8_lossy(&wrote.stderr)
     );
+}
+
+#[tokio::test]
+async fn a_missing_message_fails_the_run() {
+    let broker = TestBroker::start().await;
+    let addr = broker.addr().to_string();
+    seed(&addr, "short").await;
     // Reading it back as if 1,500 had been published: 500 never arrive.
     let args = [
         "--scenario",
@@ -169,22 +174,7 @@ async fn a_missing_message_fails_the_run() {
 async fn a_duplicated_message_fails_the_run() {
     let broker = TestBroker::start().await;
     let addr = broker.addr().to_string();
-    let wrote = bench(&[
-        "--broker",
-        &addr,
-        "--scenario",
-        "publish",
-        "--topic",
-        "dup",
-        "--messages",
-        "1000",
-    ])
-    .await;
-    assert!(
-        wrote.status.success(),
-        "{}",
-        String::from_utf8_lossy(&wrote.stderr)
-    );
+    seed(&addr, "dup").await;
     let client = broker.client().await;
     let original = client
         .fetch(FetchRequest::new("dup", 0, 500))

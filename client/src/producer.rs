@@ -87,12 +87,13 @@ pub struct Producer {
 }
 
 impl Client {
-    /// A producer with default settings.
+    /// A producer with default settings. Call it inside a Tokio runtime: the producer
+    /// runs its batching on a task of its own.
     pub fn producer(&self) -> Producer {
         self.producer_with(ProducerConfig::default())
     }
 
-    /// A producer with the given settings.
+    /// A producer with the given settings; see [`Client::producer`].
     pub fn producer_with(&self, config: ProducerConfig) -> Producer {
         let (commands, rx) = mpsc::channel(config.queue.max(1));
         let max_message_bytes = self.session().max_message_bytes as usize;
