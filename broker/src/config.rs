@@ -79,6 +79,10 @@ pub struct Config {
     #[arg(long, env = "HERALD_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
     pub session_timeout_ms: u32,
 
+    /// How often retention limits are enforced.
+    #[arg(long, env = "HERALD_RETENTION_CHECK_MS", default_value_t = 1_000)]
+    pub retention_check_ms: u64,
+
     /// How long shutdown waits for requests in flight before closing anyway.
     #[arg(long, env = "HERALD_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
     pub shutdown_timeout_ms: u64,

@@ -8,7 +8,8 @@
 //! - [`domain`]: the semantics: topics, publish routing, consumer groups.
 //! - [`storage`]: sled, the partition logs, and the writer thread that commits in groups.
 //!
-//! [`server`] wires them together; [`config`] holds the flags. Arrows point down only.
+//! [`tasks`] holds the periodic duties (retention). [`server`] wires everything together;
+//! [`config`] holds the flags. Arrows point down only.
 //!
 //! ```no_run
 //! # async fn run() -> anyhow::Result<()> {
@@ -25,6 +26,7 @@ pub mod error;
 pub mod net;
 pub mod server;
 pub mod storage;
+pub mod tasks;
 
 pub use config::{Config, Fsync};
 pub use error::BrokerError;

@@ -14,12 +14,13 @@ use crate::config::Config;
 use crate::domain::{PullGroups, TopicLimits, Topics};
 use crate::net::listener;
 use crate::storage::{blocking, Store};
+use crate::tasks::retention;
 
 /// Everything the request handlers share.
 pub struct Shared {
     pub config: Config,
     pub store: Arc<Store>,
-    pub topics: Topics,
+    pub topics: Arc<Topics>,
     pub pull_groups: PullGroups,
     /// Source of session ids.
     pub next_session: AtomicU64,
@@ -61,12 +62,18 @@ impl Broker {
         let shared = Arc::new(Shared {
             pull_groups: PullGroups::new(Arc::clone(&store)),
             store,
-            topics,
+            topics: Arc::new(topics),
             config,
             next_session: AtomicU64::new(1),
             shutdown: shutdown.clone(),
         });
         let tracker = TaskTracker::new();
+        let every = Duration::from_millis(shared.config.retention_check_ms.max(1));
+        tracker.spawn(retention::run(
+            Arc::clone(&shared.topics),
+            every,
+            shutdown.clone(),
+        ));
         tracker.spawn(listener::run(
             listener,
             Arc::clone(&shared),

@@ -53,7 +53,6 @@ async fn queue(
 fn durability(durability: storage::Durability) -> Durability {
     match durability {
         storage::Durability::Buffered => Durability::Buffered,
-        storage::Durability::Written => Durability::Written,
         storage::Durability::Synced => Durability::Synced,
     }
 }

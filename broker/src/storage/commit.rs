@@ -5,6 +5,7 @@
 //! records readable and answers each publisher. Publishes that arrive during a flush wait for
 //! the next one and share it: that is group commit, and it is why `always` stays fast.
 
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -14,10 +15,16 @@ use crossbeam::channel::{self, Receiver, RecvTimeoutError, Sender};
 use herald_protocol::{record::now_ms, Batch};
 use tokio::sync::oneshot;
 
-use super::{PartitionLog, StorageError};
+use super::sync::Syncer;
+use super::{PartitionLog, RetentionPolicy, StorageError};
 
 /// The most operations one commit gathers, so one flush never waits on an unbounded backlog.
 const MAX_GROUP: usize = 4096;
+
+/// The largest stored value (a chunk of a batch). A sled leaf holds up to 16 entries and
+/// moves a node over 128 KiB to a blob file; 16 chunks of 7 KiB stay well under that. A
+/// single record larger than this is stored alone, and the syncer covers its blob.
+pub const MAX_VALUE_BYTES: usize = 7 * 1024;
 
 /// When confirmed data must reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,8 +53,6 @@ impl FsyncPolicy {
 pub enum Durability {
     /// In the store's memory; a crash may lose it.
     Buffered,
-    /// Flushed out of the process (sled's flush): survives a broker crash.
-    Written,
     /// fdatasync'ed: survives a power loss.
     Synced,
 }
@@ -72,6 +77,11 @@ pub(super) enum Op {
         job: Job,
         reply: channel::Sender<Result<(), StorageError>>,
     },
+    Trim {
+        log: Arc<PartitionLog>,
+        policy: RetentionPolicy,
+        reply: oneshot::Sender<Result<bool, StorageError>>,
+    },
     Stop,
 }
 
@@ -82,7 +92,13 @@ pub(super) struct CommitWriter {
 }
 
 impl CommitWriter {
-    pub(super) fn start(db: sled::Db, policy: FsyncPolicy) -> Result<CommitWriter, StorageError> {
+    pub(super) fn start(
+        db: sled::Db,
+        policy: FsyncPolicy,
+        dir: &Path,
+    ) -> Result<CommitWriter, StorageError> {
+        let syncer = Syncer::open(dir)
+            .map_err(|e| StorageError::Sled(format!("cannot sync the store: {e}")))?;
         let (tx, rx) = channel::unbounded();
         let thread = std::thread::Builder::new()
             .name("herald-writer".into())
@@ -90,6 +106,7 @@ impl CommitWriter {
                 Writer {
                     db,
                     policy,
+                    syncer,
                     last_flush: Instant::now(),
                 }
                 .run(rx)
@@ -114,6 +131,24 @@ impl CommitWriter {
             reply,
         };
         if let Err(channel::SendError(Op::Append { reply, .. })) = self.tx.send(op) {
+            let _ = reply.send(Err(StorageError::Closed));
+        }
+        rx
+    }
+
+    /// Queues a retention pass over `log`; the receiver says whether anything was deleted.
+    pub(super) fn trim(
+        &self,
+        log: &Arc<PartitionLog>,
+        policy: RetentionPolicy,
+    ) -> oneshot::Receiver<Result<bool, StorageError>> {
+        let (reply, rx) = oneshot::channel();
+        let op = Op::Trim {
+            log: Arc::clone(log),
+            policy,
+            reply,
+        };
+        if let Err(channel::SendError(Op::Trim { reply, .. })) = self.tx.send(op) {
             let _ = reply.send(Err(StorageError::Closed));
         }
         rx
@@ -147,6 +182,7 @@ impl CommitWriter {
 struct Writer {
     db: sled::Db,
     policy: FsyncPolicy,
+    syncer: Syncer,
     last_flush: Instant,
 }
 
@@ -159,6 +195,11 @@ enum Done {
     Run {
         reply: channel::Sender<Result<(), StorageError>>,
         result: Result<(), StorageError>,
+    },
+    Trim {
+        log: Arc<PartitionLog>,
+        reply: oneshot::Sender<Result<bool, StorageError>>,
+        result: Result<bool, StorageError>,
     },
 }
 
@@ -184,11 +225,18 @@ impl Writer {
             };
             let mut done = Vec::new();
             let mut encode_buf = BytesMut::new();
+            let mut touched: Vec<Arc<PartitionLog>> = Vec::new();
             for op in std::iter::once(first).chain(rx.try_iter().take(MAX_GROUP - 1)) {
                 match op {
                     Op::Append { log, batch, reply } => {
                         let result = write_batch(&log, &batch, &mut encode_buf);
+                        touch(&mut touched, &log);
                         done.push(Done::Append { log, reply, result });
+                    }
+                    Op::Trim { log, policy, reply } => {
+                        let result = log.trim(&policy, now_ms());
+                        touch(&mut touched, &log);
+                        done.push(Done::Trim { log, reply, result });
                     }
                     Op::Run { job, reply } => done.push(Done::Run {
                         reply,
@@ -197,25 +245,35 @@ impl Writer {
                     Op::Stop => stopping = true,
                 }
             }
-            let commit = self.commit(stopping);
+            // Bounds go into the same commit as the writes they describe.
+            let saved = touched.iter().try_for_each(|log| log.save_bounds());
+            let commit = saved.and_then(|()| self.commit(stopping));
             self.answer(done, commit);
         }
-        if let Err(err) = self.db.flush() {
+        if let Err(err) = self.flush_and_sync() {
             tracing::error!(%err, "final flush failed");
         }
+    }
+
+    fn flush_and_sync(&mut self) -> Result<(), StorageError> {
+        self.db.flush()?;
+        self.syncer
+            .sync()
+            .map_err(|e| StorageError::Sled(format!("fdatasync failed: {e}")))?;
+        self.last_flush = Instant::now();
+        Ok(())
     }
 
     /// Makes this group's writes as durable as the policy asks.
     fn commit(&mut self, force: bool) -> Result<Durability, StorageError> {
         match self.policy {
             FsyncPolicy::Always => {
-                self.db.flush()?;
-                self.last_flush = Instant::now();
-                Ok(Durability::Written)
+                self.flush_and_sync()?;
+                Ok(Durability::Synced)
             }
             _ if force => {
-                self.db.flush()?;
-                Ok(Durability::Written)
+                self.flush_and_sync()?;
+                Ok(Durability::Synced)
             }
             FsyncPolicy::Interval(_) => {
                 self.flush_if_due();
@@ -228,7 +286,7 @@ impl Writer {
     fn flush_if_due(&mut self) {
         if let FsyncPolicy::Interval(every) = self.policy {
             if self.last_flush.elapsed() >= every {
-                if let Err(err) = self.db.flush() {
+                if let Err(err) = self.flush_and_sync() {
                     tracing::error!(%err, "interval flush failed");
                 }
                 self.last_flush = Instant::now();
@@ -257,19 +315,39 @@ impl Writer {
                 Done::Run { reply, result } => {
                     let _ = reply.send(result.and(commit.clone().map(drop)));
                 }
+                Done::Trim { log, reply, result } => {
+                    let result = commit.clone().and(result);
+                    if matches!(result, Ok(true)) {
+                        log.publish();
+                    }
+                    let _ = reply.send(result);
+                }
             }
         }
     }
 }
 
+/// Stores `batch` at the log's next offset, as chunks of at most [`MAX_VALUE_BYTES`].
 fn write_batch(
     log: &PartitionLog,
     batch: &Batch,
     buf: &mut BytesMut,
 ) -> Result<(u64, u32), StorageError> {
     let base = log.write_next();
-    batch.encode_as(base, now_ms(), buf);
-    let stored = buf.split().freeze();
-    log.insert(base, stored, batch.record_count)?;
+    let appended_at = now_ms();
+    let chunks = batch
+        .chunks(MAX_VALUE_BYTES)
+        .map_err(|e| StorageError::Corrupt(format!("batch: {e}")))?;
+    for chunk in chunks {
+        let offset = base + (chunk.base_offset - batch.base_offset);
+        chunk.encode_as(offset, appended_at, buf);
+        log.insert(offset, buf.split().freeze(), chunk.record_count)?;
+    }
     Ok((base, batch.record_count))
+}
+
+fn touch(touched: &mut Vec<Arc<PartitionLog>>, log: &Arc<PartitionLog>) {
+    if !touched.iter().any(|t| Arc::ptr_eq(t, log)) {
+        touched.push(Arc::clone(log));
+    }
 }

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::{Bytes, BytesMut};
 use herald_protocol::Batch;
 
-use super::StorageError;
+use super::{RetentionPolicy, StorageError};
 
 /// A partition's log and its bounds.
 ///
@@ -15,6 +15,8 @@ use super::StorageError;
 #[derive(Debug)]
 pub struct PartitionLog {
     tree: sled::Tree,
+    /// Where this log's bounds are kept (see [`PartitionLog::save_bounds`]).
+    bounds: sled::Tree,
     next: AtomicU64,
     write_next: AtomicU64,
     first: AtomicU64,
@@ -42,26 +44,29 @@ impl ReadBatches {
 }
 
 impl PartitionLog {
-    /// Opens a log over `tree`, recovering its bounds from the stored batches. Blocks.
-    pub(super) fn open(tree: sled::Tree) -> Result<PartitionLog, StorageError> {
-        let first = match tree.first()? {
-            Some((_, value)) => parse(value)?.base_offset,
-            None => 0,
+    /// Opens a log over `tree`, recovering its bounds. The saved bounds keep offsets from
+    /// restarting when retention emptied the log; the stored batches are the truth for
+    /// anything the saved bounds do not cover yet. Blocks.
+    pub(super) fn open(tree: sled::Tree, bounds: sled::Tree) -> Result<PartitionLog, StorageError> {
+        let saved = match bounds.get(tree.name())? {
+            Some(value) => Bounds::decode(&value)?,
+            None => Bounds::default(),
         };
         let next = match tree.last()? {
-            Some((_, value)) => parse(value)?.next_offset(),
-            None => 0,
+            Some((_, value)) => parse(value)?.next_offset().max(saved.next),
+            None => saved.next,
         };
-        let mut bytes = 0u64;
-        for value in tree.iter().values() {
-            bytes += value?.len() as u64;
-        }
+        let first = match tree.first()? {
+            Some((_, value)) => parse(value)?.base_offset,
+            None => next,
+        };
         Ok(PartitionLog {
             tree,
+            bounds,
             next: AtomicU64::new(next),
             write_next: AtomicU64::new(next),
             first: AtomicU64::new(first),
-            bytes: AtomicU64::new(bytes),
+            bytes: AtomicU64::new(saved.bytes),
             appended: tokio::sync::Notify::new(),
         })
     }
@@ -153,12 +158,75 @@ impl PartitionLog {
         Ok(())
     }
 
+    /// Called by the writer thread: deletes whole stored batches from the head while the
+    /// log stays at or beyond every limit of `policy` without them (and, for age, while the
+    /// head batch is older than the limit). So a partition keeps at least what the policy
+    /// asks for and at most one stored batch (a few KiB) more. Returns whether it deleted.
+    pub(super) fn trim(&self, policy: &RetentionPolicy, now_ms: u64) -> Result<bool, StorageError> {
+        let mut trimmed = false;
+        while let Some((key, value)) = self.tree.first()? {
+            let size = value.len() as u64;
+            let head = parse(value)?;
+            let left = self.write_next().saturating_sub(head.next_offset());
+            let bytes_left = self.size_bytes().saturating_sub(size);
+            let expired = policy.max_age_ms > 0
+                && head.append_time_ms.saturating_add(policy.max_age_ms) <= now_ms;
+            let too_many = policy.max_messages > 0 && left >= policy.max_messages;
+            let too_big = policy.max_bytes > 0 && bytes_left >= policy.max_bytes;
+            if !(expired || too_many || too_big) {
+                break;
+            }
+            self.tree.remove(key)?;
+            self.bytes.fetch_sub(size, Ordering::Relaxed);
+            self.first.store(head.next_offset(), Ordering::Release);
+            trimmed = true;
+        }
+        Ok(trimmed)
+    }
+
+    /// Called by the writer thread: records the log's bounds and size beside it, in the
+    /// same commit as the writes they describe.
+    pub(super) fn save_bounds(&self) -> Result<(), StorageError> {
+        let bounds = Bounds {
+            bytes: self.size_bytes(),
+            next: self.write_next(),
+        };
+        self.bounds.insert(self.tree.name(), &bounds.encode())?;
+        Ok(())
+    }
+
     /// Called by the writer thread after a commit: makes every written record readable.
     pub(super) fn publish(&self) {
         let written = self.write_next.load(Ordering::Relaxed);
         if self.next.fetch_max(written, Ordering::AcqRel) < written {
             self.appended.notify_waiters();
         }
+    }
+}
+
+/// A log's saved size and next offset: `bytes u64, next u64`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Bounds {
+    bytes: u64,
+    next: u64,
+}
+
+impl Bounds {
+    fn encode(&self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&self.bytes.to_be_bytes());
+        out[8..].copy_from_slice(&self.next.to_be_bytes());
+        out
+    }
+
+    fn decode(value: &[u8]) -> Result<Bounds, StorageError> {
+        if value.len() != 16 {
+            return Err(StorageError::Corrupt("partition bounds".into()));
+        }
+        Ok(Bounds {
+            bytes: super::records::decode_u64(&value[..8])?,
+            next: super::records::decode_u64(&value[8..])?,
+        })
     }
 }
 

@@ -10,6 +10,8 @@
 //!                    base_offset and append time filled in)
 //! tree "groups"      topic id (u64 BE) ++ group name -> GroupRecord (mode)
 //! tree "offsets"     topic id (u64 BE) ++ partition (u32 BE) ++ group name -> offset (u64 BE)
+//! tree "partitions"  "log.ID.P" -> size in bytes (u64 BE) ++ next offset (u64 BE)
+//! file "herald.lock" held locked while a broker uses the directory
 //! ```
 //!
 //! A batch is stored exactly as it travels, so a fetch returns stored bytes without
@@ -22,6 +24,7 @@
 pub mod commit;
 pub mod log;
 mod records;
+mod sync;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -45,6 +48,8 @@ pub enum StorageError {
     Closed,
     #[error("{0} is not a Herald data directory (it holds other files)")]
     NotHerald(String),
+    #[error("{0} is in use by another running broker")]
+    InUse(String),
 }
 
 impl From<sled::Error> for StorageError {
@@ -77,6 +82,9 @@ impl Default for StoreConfig {
 /// The broker's store: one sled database and its writer thread.
 pub struct Store {
     db: sled::Db,
+    /// Held (locked) for as long as the store is open.
+    _lock: std::fs::File,
+    bounds: sled::Tree,
     topics: sled::Tree,
     groups: sled::Tree,
     offsets: sled::Tree,
@@ -87,26 +95,13 @@ impl Store {
     /// Opens (or creates) the store in `dir`. Blocks.
     pub fn open(dir: &Path, config: StoreConfig) -> Result<Arc<Store>, StorageError> {
         check_directory(dir)?;
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(config.cache_bytes)
-            .mode(sled::Mode::HighThroughput)
-            .open()?;
-        let meta = db.open_tree("meta")?;
-        match meta.get("format")? {
-            None => {
-                meta.insert("format", &FORMAT_VERSION.to_be_bytes())?;
-                db.flush()?;
-            }
-            Some(v) if v.as_ref() == FORMAT_VERSION.to_be_bytes() => {}
-            Some(_) => {
-                return Err(StorageError::Corrupt(
-                    "unknown storage format version".into(),
-                ))
-            }
-        }
-        let writer = CommitWriter::start(db.clone(), config.fsync)?;
+        let lock = lock_directory(dir)?;
+        let db = open_sled(dir, &config)?;
+        check_format(dir, &db)?;
+        let writer = CommitWriter::start(db.clone(), config.fsync, dir)?;
         Ok(Arc::new(Store {
+            _lock: lock,
+            bounds: db.open_tree("partitions")?,
             topics: db.open_tree("topics")?,
             groups: db.open_tree("groups")?,
             offsets: db.open_tree("offsets")?,
@@ -149,7 +144,8 @@ impl Store {
     pub fn open_logs(&self, topic: &TopicRecord) -> Result<Vec<Arc<PartitionLog>>, StorageError> {
         (0..topic.partitions)
             .map(|p| {
-                PartitionLog::open(self.db.open_tree(log_tree_name(topic.id, p))?).map(Arc::new)
+                let tree = self.db.open_tree(log_tree_name(topic.id, p))?;
+                PartitionLog::open(tree, self.bounds.clone()).map(Arc::new)
             })
             .collect()
     }
@@ -185,6 +181,15 @@ impl Store {
         batch: herald_protocol::Batch,
     ) -> tokio::sync::oneshot::Receiver<Result<Appended, StorageError>> {
         self.writer.append(log, batch)
+    }
+
+    /// Queues a retention pass over `log`; resolves with whether anything was deleted.
+    pub fn trim(
+        &self,
+        log: &Arc<PartitionLog>,
+        policy: RetentionPolicy,
+    ) -> tokio::sync::oneshot::Receiver<Result<bool, StorageError>> {
+        self.writer.trim(log, policy)
     }
 
     /// The stored group record. Blocks.
@@ -281,20 +286,98 @@ fn offset_key(topic_id: u64, partition: u32, group: &str) -> Vec<u8> {
     .concat()
 }
 
-/// Refuses a directory that holds files but is not a sled database (no `conf` and `db`).
+const LOCK_FILE: &str = "herald.lock";
+/// Written (and synced) once a store is initialised; sled never touches it.
+const MARKER_FILE: &str = "herald.store";
+
+/// Opens sled, turning a panic inside it (some damage makes sled panic) into an error.
+fn open_sled(dir: &Path, config: &StoreConfig) -> Result<sled::Db, StorageError> {
+    let open = || {
+        sled::Config::new()
+            .path(dir)
+            .cache_capacity(config.cache_bytes)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+    };
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(open)) {
+        Ok(db) => Ok(db?),
+        Err(_) => Err(StorageError::Corrupt(format!(
+            "sled could not read the store in {}",
+            dir.display()
+        ))),
+    }
+}
+
+/// Initialises a new store, or checks an existing one. sled treats damage at the head of
+/// its log as a torn write and recovers an empty database; the marker file tells that
+/// apart from a new store, so a damaged store is refused instead of silently emptied.
+fn check_format(dir: &Path, db: &sled::Db) -> Result<(), StorageError> {
+    let meta = db.open_tree("meta")?;
+    let initialised = dir.join(MARKER_FILE).exists();
+    match meta.get("format")? {
+        Some(v) if v.as_ref() == FORMAT_VERSION.to_be_bytes() => Ok(()),
+        Some(_) => Err(StorageError::Corrupt(
+            "unknown storage format version".into(),
+        )),
+        None if initialised => Err(StorageError::Corrupt(format!(
+            "{} was a Herald store, but its data can no longer be read",
+            dir.display()
+        ))),
+        None => {
+            meta.insert("format", &FORMAT_VERSION.to_be_bytes())?;
+            db.flush()?;
+            let io = |e: std::io::Error| StorageError::Sled(format!("{}: {e}", dir.display()));
+            std::fs::File::open(dir.join("db"))
+                .and_then(|f| f.sync_all())
+                .map_err(io)?;
+            let marker = std::fs::File::create(dir.join(MARKER_FILE)).map_err(io)?;
+            std::io::Write::write_all(
+                &mut &marker,
+                format!("herald store format {FORMAT_VERSION}\n").as_bytes(),
+            )
+            .and_then(|()| marker.sync_all())
+            .map_err(io)?;
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io)
+        }
+    }
+}
+
+/// Refuses a directory that holds files but is not a Herald store (sled's `conf` and `db`,
+/// or only our lock file, left by a start that stopped before sled created its files).
 fn check_directory(dir: &Path) -> Result<(), StorageError> {
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return Ok(()); // missing: sled creates it; unreadable: sled reports it
+        return Ok(()); // missing: it is created; unreadable: opening reports it
     };
     let names: Vec<String> = entries
         .filter_map(Result::ok)
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     let is_sled = names.iter().any(|n| n == "conf") && names.iter().any(|n| n == "db");
-    if names.is_empty() || is_sled {
+    if names.iter().all(|n| n == LOCK_FILE || n == MARKER_FILE) || is_sled {
         Ok(())
     } else {
         Err(StorageError::NotHerald(dir.display().to_string()))
+    }
+}
+
+/// Takes the directory's lock, so two brokers never share a store.
+fn lock_directory(dir: &Path) -> Result<std::fs::File, StorageError> {
+    let io = |e: std::io::Error| StorageError::Sled(format!("{}: {e}", dir.display()));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(LOCK_FILE))
+        .map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err(StorageError::InUse(dir.display().to_string()))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
     }
 }
 

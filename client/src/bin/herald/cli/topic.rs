@@ -14,6 +14,15 @@ pub enum TopicCommand {
         /// Number of partitions.
         #[arg(long, default_value_t = 1)]
         partitions: u32,
+        /// Delete records older than this, per partition (0 = keep forever).
+        #[arg(long, default_value_t = 0)]
+        retention_ms: u64,
+        /// Keep about this many bytes per partition, deleting the oldest (0 = no limit).
+        #[arg(long, default_value_t = 0)]
+        retention_bytes: u64,
+        /// Keep about this many records per partition, deleting the oldest (0 = no limit).
+        #[arg(long, default_value_t = 0)]
+        retention_messages: u64,
     },
     /// List topic names, one per line.
     List,
@@ -26,9 +35,20 @@ pub enum TopicCommand {
 pub async fn run(client: &Client, command: TopicCommand) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     match command {
-        TopicCommand::Create { name, partitions } => {
+        TopicCommand::Create {
+            name,
+            partitions,
+            retention_ms,
+            retention_bytes,
+            retention_messages,
+        } => {
+            let retention = Retention {
+                max_age_ms: retention_ms,
+                max_bytes: retention_bytes,
+                max_messages: retention_messages,
+            };
             let info = client
-                .create_topic_with(&name, partitions, Retention::default())
+                .create_topic_with(&name, partitions, retention)
                 .await?;
             writeln!(
                 out,

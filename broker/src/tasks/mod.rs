@@ -1,0 +1,3 @@
+//! Periodic duties, one file each.
+
+pub mod retention;

@@ -1,0 +1,46 @@
+//! Retention: deletes records from the head of each partition once a topic's limits
+//! (age, bytes, count) no longer need them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::Topics;
+
+/// Every `every`, trims each partition of each topic that has a retention limit. Deletions
+/// go through the storage writer, in order with appends; a failure is logged and retried at
+/// the next tick.
+pub async fn run(topics: Arc<Topics>, every: Duration, shutdown: CancellationToken) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        for topic in topics.list() {
+            let policy = topic.record().retention;
+            if policy == Default::default() {
+                continue;
+            }
+            for (partition, log) in topic.partitions().iter().enumerate() {
+                match topics.store().trim(log, policy).await {
+                    Ok(Ok(true)) => {
+                        tracing::debug!(
+                            topic = topic.name(),
+                            partition,
+                            first = log.first_offset(),
+                            "retention trimmed"
+                        )
+                    }
+                    Ok(Ok(false)) => {}
+                    Ok(Err(err)) => {
+                        tracing::warn!(topic = topic.name(), partition, %err, "retention failed")
+                    }
+                    Err(_) => return, // the store is closed
+                }
+            }
+        }
+    }
+}
