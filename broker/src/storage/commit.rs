@@ -21,10 +21,23 @@ use super::{PartitionLog, RetentionPolicy, StorageError};
 /// The most operations one commit gathers, so one flush never waits on an unbounded backlog.
 const MAX_GROUP: usize = 4096;
 
-/// The largest stored value (a chunk of a batch). A sled leaf holds up to 16 entries and
-/// moves a node over 128 KiB to a blob file; 16 chunks of 7 KiB stay well under that. A
-/// single record larger than this is stored alone, and the syncer covers its blob.
+/// The largest stored value (a chunk of a batch) when commits are synced. A sled leaf holds
+/// up to 16 entries and moves a node over 128 KiB to a blob file; 16 chunks of 7 KiB stay
+/// well under that, so the fdatasync of sled's log covers them. A single record larger than
+/// this is stored alone, and the syncer covers its blob.
+///
+/// Under `--fsync never` nothing is synced, so batches are stored whole: sled then keeps
+/// large batches in blob files written once, which is faster and smaller on disk than
+/// inline values that its node consolidation rewrites.
 pub const MAX_VALUE_BYTES: usize = 7 * 1024;
+
+/// The largest stored value under `policy`; see [`MAX_VALUE_BYTES`].
+fn max_value_bytes(policy: FsyncPolicy) -> usize {
+    match policy {
+        FsyncPolicy::Never => usize::MAX,
+        FsyncPolicy::Always | FsyncPolicy::Interval(_) => MAX_VALUE_BYTES,
+    }
+}
 
 /// When confirmed data must reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +121,8 @@ impl CommitWriter {
                     policy,
                     syncer,
                     last_flush: Instant::now(),
+                    unsaved: Vec::new(),
+                    bounds_saved: Instant::now(),
                 }
                 .run(rx)
             })
@@ -184,7 +199,15 @@ struct Writer {
     policy: FsyncPolicy,
     syncer: Syncer,
     last_flush: Instant,
+    /// Logs written since their bounds were last saved, and when that was.
+    unsaved: Vec<Arc<PartitionLog>>,
+    bounds_saved: Instant,
 }
+
+/// How often the writer records partition bounds when no retention pass asks for it.
+/// Only a log that retention emptied needs its saved next offset (and one is saved at
+/// once); the size they record may lag a crash by this much.
+const BOUNDS_EVERY: Duration = Duration::from_millis(100);
 
 enum Done {
     Append {
@@ -206,6 +229,8 @@ enum Done {
 impl Writer {
     fn run(mut self, rx: Receiver<Op>) {
         let mut stopping = false;
+        // One buffer for encoding every stored value, reused across commits.
+        let mut encode_buf = BytesMut::new();
         while !stopping {
             let first = match self.policy {
                 FsyncPolicy::Interval(every) => {
@@ -224,18 +249,19 @@ impl Writer {
                 },
             };
             let mut done = Vec::new();
-            let mut encode_buf = BytesMut::new();
-            let mut touched: Vec<Arc<PartitionLog>> = Vec::new();
+            let mut trimmed = false;
             for op in std::iter::once(first).chain(rx.try_iter().take(MAX_GROUP - 1)) {
                 match op {
                     Op::Append { log, batch, reply } => {
-                        let result = write_batch(&log, &batch, &mut encode_buf);
-                        touch(&mut touched, &log);
+                        let max = max_value_bytes(self.policy);
+                        let result = write_batch(&log, &batch, max, &mut encode_buf);
+                        touch(&mut self.unsaved, &log);
                         done.push(Done::Append { log, reply, result });
                     }
                     Op::Trim { log, policy, reply } => {
                         let result = log.trim(&policy, now_ms());
-                        touch(&mut touched, &log);
+                        trimmed |= matches!(result, Ok(true));
+                        touch(&mut self.unsaved, &log);
                         done.push(Done::Trim { log, reply, result });
                     }
                     Op::Run { job, reply } => done.push(Done::Run {
@@ -245,14 +271,26 @@ impl Writer {
                     Op::Stop => stopping = true,
                 }
             }
-            // Bounds go into the same commit as the writes they describe.
-            let saved = touched.iter().try_for_each(|log| log.save_bounds());
+            let saved = self.save_bounds(trimmed || stopping);
             let commit = saved.and_then(|()| self.commit(stopping));
             self.answer(done, commit);
         }
         if let Err(err) = self.flush_and_sync() {
             tracing::error!(%err, "final flush failed");
         }
+    }
+
+    /// Records the bounds of the logs written since the last save, in this commit, when
+    /// `now` or when [`BOUNDS_EVERY`] has passed.
+    fn save_bounds(&mut self, now: bool) -> Result<(), StorageError> {
+        if self.unsaved.is_empty() || !(now || self.bounds_saved.elapsed() >= BOUNDS_EVERY) {
+            return Ok(());
+        }
+        for log in self.unsaved.drain(..) {
+            log.save_bounds()?;
+        }
+        self.bounds_saved = Instant::now();
+        Ok(())
     }
 
     fn flush_and_sync(&mut self) -> Result<(), StorageError> {
@@ -327,21 +365,23 @@ impl Writer {
     }
 }
 
-/// Stores `batch` at the log's next offset, as chunks of at most [`MAX_VALUE_BYTES`].
+/// Stores `batch` at the log's next offset, as chunks of at most `max_value_bytes`.
 fn write_batch(
     log: &PartitionLog,
     batch: &Batch,
+    max_value_bytes: usize,
     buf: &mut BytesMut,
 ) -> Result<(u64, u32), StorageError> {
     let base = log.write_next();
     let appended_at = now_ms();
     let chunks = batch
-        .chunks(MAX_VALUE_BYTES)
+        .chunks(max_value_bytes)
         .map_err(|e| StorageError::Corrupt(format!("batch: {e}")))?;
     for chunk in chunks {
         let offset = base + (chunk.base_offset - batch.base_offset);
+        buf.clear(); // reused: no allocation per stored value
         chunk.encode_as(offset, appended_at, buf);
-        log.insert(offset, buf.split().freeze(), chunk.record_count)?;
+        log.insert(offset, buf, chunk.record_count)?;
     }
     Ok((base, batch.record_count))
 }

@@ -148,10 +148,10 @@ impl PartitionLog {
     pub(super) fn insert(
         &self,
         base_offset: u64,
-        stored: Bytes,
+        stored: &[u8],
         count: u32,
     ) -> Result<(), StorageError> {
-        self.tree.insert(key(base_offset), stored.as_ref())?;
+        self.tree.insert(key(base_offset), stored)?;
         self.write_next
             .store(base_offset + u64::from(count), Ordering::Relaxed);
         self.bytes.fetch_add(stored.len() as u64, Ordering::Relaxed);
