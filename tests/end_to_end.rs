@@ -346,3 +346,48 @@ async fn cli_json_output_carries_every_field() {
     assert_eq!(second["payload_base64"], "/wD+");
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn a_fetch_waits_for_min_bytes_or_the_end_of_its_wait() {
+    let broker = TestBroker::start().await;
+    let client = broker.client().await;
+    client.create_topic("min", 1).await.unwrap();
+    let producer = client.producer();
+    let record = || Record::new(vec![7u8; 200]);
+
+    // Enough bytes for three records: one is not enough, three are.
+    let mut request = FetchRequest::new("min", 0, 0);
+    request.max_wait_ms = 10_000;
+    request.min_bytes = 3 * 200;
+    let waiting = tokio::spawn({
+        let (client, request) = (client.clone(), request.clone());
+        async move { client.fetch(request).await }
+    });
+    producer.send("min", record()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "answered with fewer than min_bytes");
+    producer
+        .send_batch("min", vec![record(), record()])
+        .await
+        .unwrap();
+    let fetched = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(fetched.records.len(), 3);
+
+    // min_bytes never reached: the wait ends and what is there comes back.
+    let mut request = FetchRequest::new("min", 0, 3);
+    request.max_wait_ms = 400;
+    request.min_bytes = 1 << 20;
+    producer.send("min", record()).await.unwrap();
+    let started = std::time::Instant::now();
+    let fetched = client.fetch(request).await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "answered before max_wait_ms"
+    );
+    assert_eq!(fetched.records.len(), 1);
+    broker.stop().await;
+}
