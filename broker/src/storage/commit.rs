@@ -134,20 +134,18 @@ impl CommitWriter {
     }
 
     /// Queues an append; the receiver resolves once it is committed under the policy.
+    /// If the writer has stopped, the reply is dropped and the receiver reports that.
     pub(super) fn append(
         &self,
         log: &Arc<PartitionLog>,
         batch: Batch,
     ) -> oneshot::Receiver<Result<Appended, StorageError>> {
         let (reply, rx) = oneshot::channel();
-        let op = Op::Append {
+        let _ = self.tx.send(Op::Append {
             log: Arc::clone(log),
             batch,
             reply,
-        };
-        if let Err(channel::SendError(Op::Append { reply, .. })) = self.tx.send(op) {
-            let _ = reply.send(Err(StorageError::Closed));
-        }
+        });
         rx
     }
 
@@ -158,14 +156,11 @@ impl CommitWriter {
         policy: RetentionPolicy,
     ) -> oneshot::Receiver<Result<bool, StorageError>> {
         let (reply, rx) = oneshot::channel();
-        let op = Op::Trim {
+        let _ = self.tx.send(Op::Trim {
             log: Arc::clone(log),
             policy,
             reply,
-        };
-        if let Err(channel::SendError(Op::Trim { reply, .. })) = self.tx.send(op) {
-            let _ = reply.send(Err(StorageError::Closed));
-        }
+        });
         rx
     }
 
