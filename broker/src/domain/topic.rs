@@ -137,8 +137,9 @@ impl Topic {
             entry.0.push(record);
             entry.1.push(index);
         }
-        if by_partition.len() == 1 {
-            let (&p, _) = by_partition.iter().next().expect("one entry");
+        // Every record to one partition: store the batch as it came, without re-encoding.
+        let mut partitions = by_partition.keys();
+        if let (Some(&p), None) = (partitions.next(), partitions.next()) {
             return Ok(vec![(&self.partitions[p as usize], p, batch, None)]);
         }
         by_partition
