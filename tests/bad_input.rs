@@ -431,3 +431,45 @@ async fn cli_reports_bad_input_with_a_message_and_a_nonzero_exit() {
     assert!(String::from_utf8_lossy(&unreachable.stderr).contains("cannot connect"));
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_that_leaves_a_long_poll_behind_frees_its_slot() {
+    let broker = TestBroker::start_with(|c| c.max_connections = 1).await;
+    let mut raw = Raw::greeted(&broker).await;
+    raw.send(
+        2,
+        CreateTopic {
+            name: "quiet".into(),
+            partitions: 1,
+            ..CreateTopic::default()
+        },
+    )
+    .await;
+    assert!(matches!(raw.recv().await, (2, Frame::TopicInfo(_))));
+    let fetch = herald_protocol::Fetch {
+        topic: "quiet".into(),
+        partition: 0,
+        offset: 0,
+        max_messages: 10,
+        max_bytes: 1 << 20,
+        max_wait_ms: u32::MAX,
+        min_bytes: 1,
+    };
+    raw.send(3, fetch).await;
+    drop(raw);
+    // The only slot comes back although the fetch could have waited for 49 days.
+    let mut connected = None;
+    for _ in 0..100 {
+        if let Ok(client) = herald_client::Client::connect(broker.addr()).await {
+            connected = Some(client);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    connected
+        .expect("the slot was freed")
+        .list_topics()
+        .await
+        .unwrap();
+    broker.stop().await;
+}

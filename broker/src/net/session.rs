@@ -65,11 +65,17 @@ async fn serve_session(
         peer,
         in_flight: Arc::new(Semaphore::new(shared.config.max_in_flight.max(1))),
         requests: TaskTracker::new(),
+        client_gone: CancellationToken::new(),
         greeted: false,
         out,
         shared,
     };
     let reason = session.read_loop(read, &shutdown).await;
+    if !shutdown.is_cancelled() {
+        // Nobody will read the replies: stop waiting for them. Appends already queued are
+        // committed by the storage writer all the same.
+        session.client_gone.cancel();
+    }
     session.requests.close();
     session.requests.wait().await;
     if shutdown.is_cancelled() {
@@ -91,6 +97,8 @@ struct Session {
     out: mpsc::Sender<Message>,
     in_flight: Arc<Semaphore>,
     requests: TaskTracker,
+    /// Cancelled when the client has gone, so its long-polls end with it.
+    client_gone: CancellationToken,
     greeted: bool,
 }
 
@@ -220,10 +228,14 @@ impl Session {
         match cmd::dispatch(&context, frame).await {
             Reply::Now(reply) => self.reply(correlation_id, reply).await,
             Reply::Later(pending) => {
-                let out = self.out.clone();
+                let (out, gone) = (self.out.clone(), self.client_gone.clone());
                 self.requests.spawn(async move {
-                    let reply = pending.await;
-                    let _ = out.send(Message::new(correlation_id, reply)).await;
+                    tokio::select! {
+                        reply = pending => {
+                            let _ = out.send(Message::new(correlation_id, reply)).await;
+                        }
+                        _ = gone.cancelled() => {}
+                    }
                     drop(permit);
                 });
             }
