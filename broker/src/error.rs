@@ -64,6 +64,7 @@ impl BrokerError {
             TooManyTopics(_) => ErrorCode::TooManyTopics,
             NotSupported(_) => ErrorCode::NotSupported,
             ShuttingDown => ErrorCode::ShuttingDown,
+            Storage(StorageError::Deleted) => ErrorCode::UnknownTopic,
             Storage(_) => ErrorCode::StorageError,
         }
     }

@@ -122,7 +122,8 @@ impl Topics {
             .remove(name);
         let store = Arc::clone(&self.store);
         let record = topic.record().clone();
-        blocking(move || store.delete_topic(&record)).await?;
+        let logs = topic.partitions().to_vec();
+        blocking(move || store.delete_topic(&record, &logs)).await?;
         tracing::info!(topic = name, "topic deleted");
         Ok(())
     }

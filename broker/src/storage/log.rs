@@ -1,6 +1,6 @@
 //! One partition's log: record batches keyed by base offset in a sled tree.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use herald_protocol::Batch;
@@ -22,6 +22,8 @@ pub struct PartitionLog {
     first: AtomicU64,
     bytes: AtomicU64,
     appended: tokio::sync::Notify,
+    /// Set when its topic is deleted: later appends fail, nothing more is saved.
+    retired: AtomicBool,
 }
 
 /// What a read returns: batches starting exactly at the requested offset.
@@ -68,6 +70,7 @@ impl PartitionLog {
             first: AtomicU64::new(first),
             bytes: AtomicU64::new(saved.bytes),
             appended: tokio::sync::Notify::new(),
+            retired: AtomicBool::new(false),
         })
     }
 
@@ -138,6 +141,20 @@ impl PartitionLog {
         Ok(out)
     }
 
+    /// Called by the writer thread when the topic is deleted: refuses further appends,
+    /// empties the log and forgets its bounds. The tree itself stays registered (sled frees
+    /// a dropped tree's pages under any handle still in use) and is dropped at next start.
+    pub(super) fn retire(&self) -> Result<(), StorageError> {
+        self.retired.store(true, Ordering::Release);
+        self.tree.clear()?;
+        self.bounds.remove(self.tree.name())?;
+        Ok(())
+    }
+
+    fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
+    }
+
     /// Called by the writer thread: the offset the next batch gets.
     pub(super) fn write_next(&self) -> u64 {
         self.write_next.load(Ordering::Relaxed)
@@ -151,6 +168,9 @@ impl PartitionLog {
         stored: &[u8],
         count: u32,
     ) -> Result<(), StorageError> {
+        if self.is_retired() {
+            return Err(StorageError::Deleted);
+        }
         self.tree.insert(key(base_offset), stored)?;
         self.write_next
             .store(base_offset + u64::from(count), Ordering::Relaxed);
@@ -164,6 +184,9 @@ impl PartitionLog {
     /// asks for and at most one stored batch (a few KiB) more. Returns whether it deleted.
     pub(super) fn trim(&self, policy: &RetentionPolicy, now_ms: u64) -> Result<bool, StorageError> {
         let mut trimmed = false;
+        if self.is_retired() {
+            return Ok(false);
+        }
         while let Some((key, value)) = self.tree.first()? {
             let size = value.len() as u64;
             let head = parse(value)?;
@@ -187,6 +210,9 @@ impl PartitionLog {
     /// Called by the writer thread: records the log's bounds and size beside it, in the
     /// same commit as the writes they describe.
     pub(super) fn save_bounds(&self) -> Result<(), StorageError> {
+        if self.is_retired() {
+            return Ok(());
+        }
         let bounds = Bounds {
             bytes: self.size_bytes(),
             next: self.write_next(),

@@ -50,6 +50,8 @@ pub enum StorageError {
     NotHerald(String),
     #[error("{0} is in use by another running broker")]
     InUse(String),
+    #[error("the topic was deleted")]
+    Deleted,
 }
 
 impl From<sled::Error> for StorageError {
@@ -98,6 +100,7 @@ impl Store {
         let lock = lock_directory(dir)?;
         let db = open_sled(dir, &config)?;
         check_format(dir, &db)?;
+        drop_retired_logs(&db)?;
         let writer = CommitWriter::start(db.clone(), config.fsync, dir)?;
         Ok(Arc::new(Store {
             _lock: lock,
@@ -152,18 +155,21 @@ impl Store {
 
     /// Deletes a topic, its logs and its groups' state. Runs on the writer thread so it
     /// is ordered after every append already queued. Blocks until done.
-    pub fn delete_topic(&self, topic: &TopicRecord) -> Result<(), StorageError> {
-        let (db, topics, groups, offsets) = (
-            self.db.clone(),
+    pub fn delete_topic(
+        &self,
+        topic: &TopicRecord,
+        logs: &[Arc<PartitionLog>],
+    ) -> Result<(), StorageError> {
+        let (topics, groups, offsets) = (
             self.topics.clone(),
             self.groups.clone(),
             self.offsets.clone(),
         );
-        let topic = topic.clone();
+        let (topic, logs) = (topic.clone(), logs.to_vec());
         self.writer.run(move || {
             topics.remove(topic.name.as_bytes())?;
-            for p in 0..topic.partitions {
-                db.drop_tree(log_tree_name(topic.id, p))?;
+            for log in &logs {
+                log.retire()?;
             }
             for tree in [&groups, &offsets] {
                 for key in tree.scan_prefix(topic.id.to_be_bytes()).keys() {
@@ -267,6 +273,29 @@ impl Store {
         self.db.flush()?;
         Ok(())
     }
+}
+
+/// Drops the partition trees of deleted topics (see [`PartitionLog::retire`]); at start,
+/// before anything holds a handle to them, dropping is safe.
+fn drop_retired_logs(db: &sled::Db) -> Result<(), StorageError> {
+    let topics = db.open_tree("topics")?;
+    let mut live = std::collections::HashSet::new();
+    for entry in topics.iter() {
+        let (name, value) = entry?;
+        live.insert(TopicRecord::decode(&name, &value)?.id);
+    }
+    for name in db.tree_names() {
+        let Some(rest) = name.strip_prefix(b"log.") else {
+            continue;
+        };
+        let id = std::str::from_utf8(rest)
+            .ok()
+            .and_then(|r| r.split('.').next()?.parse::<u64>().ok());
+        if id.is_some_and(|id| !live.contains(&id)) {
+            db.drop_tree(&name)?;
+        }
+    }
+    Ok(())
 }
 
 fn log_tree_name(topic_id: u64, partition: u32) -> String {

@@ -83,9 +83,26 @@ async fn deleting_a_topic_removes_its_logs_and_offsets() {
         .unwrap();
     append(&store, &logs[0], &["x"]).await;
     store.put_offsets(record.id, "g", &[(0, 1)]).unwrap();
-    store.delete_topic(&record).unwrap();
+    store.delete_topic(&record, &logs).unwrap();
     assert!(store.load_topics().unwrap().is_empty());
     assert_eq!(store.offset(record.id, 0, "g").unwrap(), None);
+    // A publish that still held the log is refused, not written into a dead tree.
+    let late = store.append(&logs[0], batch(&["late"])).await.unwrap();
+    assert!(matches!(late, Err(StorageError::Deleted)), "{late:?}");
+    assert!(logs[0].read(0, 10, usize::MAX).unwrap().batches.is_empty());
+    let tree = log_tree_name(record.id, 0);
+    assert!(
+        store.db.tree_names().iter().any(|n| n == tree.as_bytes()),
+        "kept until restart"
+    );
+    drop(logs);
+    store.close().unwrap();
+    drop(store);
+    let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+    assert!(
+        !store.db.tree_names().iter().any(|n| n == tree.as_bytes()),
+        "dropped at start"
+    );
 }
 
 #[test]
