@@ -35,6 +35,32 @@ pub enum BrokerError {
     },
     #[error("unknown group {0:?}")]
     UnknownGroup(String),
+    #[error(
+        "group {group:?} is at generation {current}, not {sent}: sync to learn the new assignment"
+    )]
+    StaleGeneration {
+        group: String,
+        sent: u32,
+        current: u32,
+    },
+    #[error("member {member:?} does not own partition {partition} of group {group:?}")]
+    NotPartitionOwner {
+        group: String,
+        member: String,
+        partition: u32,
+    },
+    #[error(
+        "{member:?} is not a member of group {group:?}: it left or its session ended; join again"
+    )]
+    UnknownMember { group: String, member: String },
+    #[error("group {group:?} has {members} member(s); {action} needs a group without members")]
+    GroupNotEmpty {
+        group: String,
+        members: usize,
+        action: &'static str,
+    },
+    #[error("group {0:?} already exists")]
+    GroupExists(String),
     #[error("the broker holds its maximum of {0} topics")]
     TooManyTopics(usize),
     #[error("{0}")]
@@ -61,6 +87,11 @@ impl BrokerError {
             BadBatch(_) => ErrorCode::MalformedFrame,
             GroupModeMismatch { .. } => ErrorCode::GroupModeMismatch,
             UnknownGroup(_) => ErrorCode::UnknownGroup,
+            StaleGeneration { .. } => ErrorCode::StaleGeneration,
+            NotPartitionOwner { .. } => ErrorCode::NotPartitionOwner,
+            UnknownMember { .. } => ErrorCode::UnknownMember,
+            GroupNotEmpty { .. } => ErrorCode::GroupNotEmpty,
+            GroupExists(_) => ErrorCode::GroupExists,
             TooManyTopics(_) => ErrorCode::TooManyTopics,
             NotSupported(_) => ErrorCode::NotSupported,
             ShuttingDown => ErrorCode::ShuttingDown,

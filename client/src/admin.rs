@@ -1,8 +1,9 @@
 //! Topic and group administration calls.
 
 use herald_protocol::{
-    CreateTopic, DeleteTopic, DescribeGroup, DescribeTopic, GroupInfo, GroupSummary, ListGroups,
-    ListTopics, Retention, TopicInfo, TopicSummary,
+    CreateGroup, CreateTopic, DeleteGroup, DeleteTopic, DescribeGroup, DescribeTopic, GroupInfo,
+    GroupMode, GroupSummary, ListGroups, ListTopics, ResetGroup, ResetTarget, Retention,
+    StartPosition, TopicInfo, TopicSummary,
 };
 
 use crate::client::{expect_reply, Client};
@@ -77,5 +78,42 @@ impl Client {
             group: group.to_string(),
         };
         expect_reply!(self.call(request).await?, GroupInfo)
+    }
+
+    /// Creates a pull group that starts at `start`; fails with `GroupExists` if it exists.
+    pub async fn create_pull_group(
+        &self,
+        topic: &str,
+        group: &str,
+        start: StartPosition,
+    ) -> Result<()> {
+        let request = CreateGroup {
+            topic: topic.to_string(),
+            group: group.to_string(),
+            mode: GroupMode::Pull,
+            start,
+            ..CreateGroup::default()
+        };
+        expect_reply!(self.call(request).await?, Ok).map(drop)
+    }
+
+    /// Moves a group on every partition; only while it has no members. An offset is
+    /// clamped to each partition's retained range.
+    pub async fn reset_group(&self, topic: &str, group: &str, to: ResetTarget) -> Result<()> {
+        let request = ResetGroup {
+            topic: topic.to_string(),
+            group: group.to_string(),
+            to,
+        };
+        expect_reply!(self.call(request).await?, Ok).map(drop)
+    }
+
+    /// Deletes a group without members and its committed offsets.
+    pub async fn delete_group(&self, topic: &str, group: &str) -> Result<()> {
+        let request = DeleteGroup {
+            topic: topic.to_string(),
+            group: group.to_string(),
+        };
+        expect_reply!(self.call(request).await?, Ok).map(drop)
     }
 }

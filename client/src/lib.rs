@@ -4,8 +4,11 @@
 //!   concurrently with the others over that connection.
 //! - [`Producer`]: publishes records, batching those sent close together and keeping
 //!   several batches in flight; each record's [`Confirm`] carries its partition and offset.
-//! - Reading: [`Client::fetch`] by partition and offset; [`Client::join_group`] and
-//!   [`Client::commit`] for a pull group's committed positions.
+//! - [`PullConsumer`]: a pull-group member as an async stream of records, following the
+//!   broker's partition assignment and committing what it handed out.
+//! - Reading without a group: [`Client::fetch`] by partition and offset (a long-poll when
+//!   `max_wait_ms` is set). The group calls underneath the consumer ([`Client::join_group`],
+//!   [`Client::sync_group`], [`Client::commit`]) are public too.
 //! - Administration: topics and groups (`create_topic`, `describe_topic`, `list_groups`, …).
 //! - [`Error`]: typed errors; the broker's error codes arrive as [`ErrorCode`] values.
 //!
@@ -23,16 +26,18 @@
 mod admin;
 mod client;
 mod connection;
+mod consumer;
 mod error;
 mod producer;
 mod pull;
 
 pub use client::Client;
 pub use connection::ConnectOptions;
+pub use consumer::{Membership, PullConsumer, PullConsumerConfig, PulledRecord};
 pub use error::{BrokerError, Error, Result};
 pub use herald_protocol::{
-    Assignment, Durability, ErrorCode, GroupInfo, GroupMode, GroupSummary, Record, Retention,
-    StartPosition, StoredRecord, TopicInfo, TopicSummary,
+    Assignment, Durability, ErrorCode, GroupInfo, GroupMode, GroupSummary, Record, ResetTarget,
+    Retention, StartPosition, StoredRecord, TopicInfo, TopicSummary,
 };
 pub use producer::{Confirm, PendingConfirm, Producer, ProducerConfig};
 pub use pull::{FetchRequest, Fetched};

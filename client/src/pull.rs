@@ -2,7 +2,7 @@
 
 use herald_protocol::{
     read_batches, Assignment, Commit, Fetch, JoinGroup, LeaveGroup, PartitionOffset, StartPosition,
-    StoredRecord,
+    StoredRecord, SyncGroup,
 };
 
 use crate::client::{expect_reply, Client};
@@ -80,31 +80,68 @@ impl Client {
         })
     }
 
-    /// Joins a pull group (created at `start` if new) and returns the partitions to read
-    /// with the committed offset of each.
+    /// Joins a pull group (created at `start` if new) as a new member and returns its
+    /// member id, the group's generation and the partitions it may read, each with its
+    /// committed offset. Most applications use [`Client::pull_consumer`] instead, which
+    /// follows reassignments itself.
     pub async fn join_group(
         &self,
         topic: &str,
         group: &str,
         start: StartPosition,
     ) -> Result<Assignment> {
+        self.rejoin_group(topic, group, "", start).await
+    }
+
+    /// Joins again under a known member id (keeping its partitions if it is still a
+    /// member); an empty id joins as a new member.
+    pub async fn rejoin_group(
+        &self,
+        topic: &str,
+        group: &str,
+        member_id: &str,
+        start: StartPosition,
+    ) -> Result<Assignment> {
         let request = JoinGroup {
             topic: topic.to_string(),
             group: group.to_string(),
-            member_id: String::new(),
+            member_id: member_id.to_string(),
             start,
         };
         expect_reply!(self.call(request).await?, Assignment)
     }
 
-    /// Commits, for each partition, the next offset the group should read.
+    /// Hands back `released` partitions (commit them first) and returns the member's
+    /// current assignment. A partition the member owns but that is missing from the answer
+    /// is one it must commit and release.
+    pub async fn sync_group(
+        &self,
+        topic: &str,
+        group: &str,
+        assignment: &Assignment,
+        released: &[u32],
+    ) -> Result<Assignment> {
+        let request = SyncGroup {
+            topic: topic.to_string(),
+            group: group.to_string(),
+            member_id: assignment.member_id.clone(),
+            generation: assignment.generation,
+            released: released.to_vec(),
+        };
+        expect_reply!(self.call(request).await?, Assignment)
+    }
+
+    /// Commits, for each partition, the next offset the group should read, and returns the
+    /// group's generation (a member whose generation differs should sync). A member must
+    /// own the partitions and carry the current generation; a standalone reader passes
+    /// `Assignment::default()`, which the broker accepts while the group has no members.
     pub async fn commit(
         &self,
         topic: &str,
         group: &str,
         assignment: &Assignment,
         offsets: &[(u32, u64)],
-    ) -> Result<()> {
+    ) -> Result<u32> {
         let request = Commit {
             topic: topic.to_string(),
             group: group.to_string(),
@@ -115,10 +152,10 @@ impl Client {
                 .map(|&(partition, offset)| PartitionOffset { partition, offset })
                 .collect(),
         };
-        expect_reply!(self.call(request).await?, CommitOk).map(drop)
+        expect_reply!(self.call(request).await?, CommitOk).map(|ok| ok.generation)
     }
 
-    /// Leaves a pull group.
+    /// Leaves a pull group; its partitions go to the other members.
     pub async fn leave_group(
         &self,
         topic: &str,

@@ -26,7 +26,9 @@ pub async fn handle_create_topic(ctx: Context, req: CreateTopic) -> Result<Frame
 }
 
 pub async fn handle_delete_topic(ctx: Context, req: DeleteTopic) -> Result<Frame, BrokerError> {
+    let id = ctx.shared.topics.get(&req.name)?.record().id;
     ctx.shared.topics.delete(&req.name).await?;
+    ctx.shared.pull_groups.topic_deleted(id);
     Ok(OkReply {}.into())
 }
 

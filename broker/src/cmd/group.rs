@@ -1,74 +1,102 @@
-//! Pull-group requests: join, commit, leave, list, describe.
+//! Group requests: join, sync, commit, leave (pull members) and create, reset, delete,
+//! list, describe (administration).
 
 use herald_protocol::{
-    AssignedPartition, Assignment, Commit, CommitOk, DescribeGroup, Frame, GroupInfo, GroupList,
-    GroupMode, GroupPartitionInfo, GroupSummary, JoinGroup, LeaveGroup, ListGroups, OkReply,
-    StartPosition,
+    AssignedPartition, Assignment, Commit, CommitOk, CreateGroup, DeleteGroup, DescribeGroup,
+    Frame, GroupInfo, GroupList, GroupMode, GroupPartitionInfo, GroupSummary, JoinGroup,
+    LeaveGroup, ListGroups, MemberInfo, OkReply, ResetGroup, ResetTarget, StartPosition, SyncGroup,
 };
 
 use super::Context;
-use crate::domain::pull_group::{Start, MODE_PUSH};
+use crate::domain::pull_group::{Granted, Joiner, ResetTo, Start, MODE_PUSH};
 use crate::error::BrokerError;
 
 pub async fn handle_join(ctx: Context, req: JoinGroup) -> Result<Frame, BrokerError> {
     let topic = ctx.shared.topics.get(&req.topic)?;
-    let start = match req.start {
-        StartPosition::Earliest => Start::Earliest,
-        StartPosition::Latest => Start::Latest,
+    let joiner = Joiner {
+        session: ctx.session_id,
+        address: ctx.peer.to_string(),
     };
-    let positions = ctx
+    let granted = ctx
         .shared
         .pull_groups
-        .join(topic, &req.group, start)
+        .join(&topic, &req.group, &req.member_id, start(req.start), joiner)
         .await?;
-    let member_id = if req.member_id.is_empty() {
-        format!("{}-{}", req.group, ctx.session_id)
-    } else {
-        req.member_id
-    };
-    let partitions = positions
-        .iter()
-        .map(|p| AssignedPartition {
-            partition: p.partition,
-            committed: p.offset,
-        })
-        .collect();
-    Ok(Assignment {
-        member_id,
-        generation: 0,
-        partitions,
-    }
-    .into())
+    Ok(assignment(granted))
+}
+
+pub fn handle_sync(ctx: &Context, req: SyncGroup) -> Result<Frame, BrokerError> {
+    let topic = ctx.shared.topics.get(&req.topic)?;
+    let granted = ctx
+        .shared
+        .pull_groups
+        .sync(&topic, &req.group, &req.member_id, &req.released)?;
+    Ok(assignment(granted))
 }
 
 pub async fn handle_commit(ctx: Context, req: Commit) -> Result<Frame, BrokerError> {
     let topic = ctx.shared.topics.get(&req.topic)?;
-    let offsets = req
+    let offsets: Vec<(u32, u64)> = req
         .offsets
         .iter()
         .map(|o| (o.partition, o.offset))
         .collect();
-    ctx.shared
+    let generation = ctx
+        .shared
         .pull_groups
-        .commit(topic, &req.group, offsets)
+        .commit(&topic, &req.group, &req.member_id, req.generation, &offsets)
         .await?;
-    Ok(CommitOk { generation: 0 }.into())
+    Ok(CommitOk { generation }.into())
 }
 
-pub async fn handle_leave(ctx: Context, req: LeaveGroup) -> Result<Frame, BrokerError> {
-    ctx.shared.topics.get(&req.topic)?;
+pub fn handle_leave(ctx: &Context, req: LeaveGroup) -> Result<Frame, BrokerError> {
+    let topic = ctx.shared.topics.get(&req.topic)?;
+    ctx.shared
+        .pull_groups
+        .leave(&topic, &req.group, &req.member_id)?;
+    Ok(OkReply {}.into())
+}
+
+pub async fn handle_create(ctx: Context, req: CreateGroup) -> Result<Frame, BrokerError> {
+    let topic = ctx.shared.topics.get(&req.topic)?;
+    if req.mode == GroupMode::Push {
+        return Err(BrokerError::NotSupported(
+            "push groups are not supported by this broker version yet",
+        ));
+    }
+    ctx.shared
+        .pull_groups
+        .create(&topic, &req.group, start(req.start))
+        .await?;
+    Ok(OkReply {}.into())
+}
+
+pub async fn handle_reset(ctx: Context, req: ResetGroup) -> Result<Frame, BrokerError> {
+    let topic = ctx.shared.topics.get(&req.topic)?;
+    let to = match req.to {
+        ResetTarget::Earliest => ResetTo::Earliest,
+        ResetTarget::Latest => ResetTo::Latest,
+        ResetTarget::Offset(offset) => ResetTo::Offset(offset),
+    };
+    ctx.shared.pull_groups.reset(&topic, &req.group, to).await?;
+    Ok(OkReply {}.into())
+}
+
+pub async fn handle_delete(ctx: Context, req: DeleteGroup) -> Result<Frame, BrokerError> {
+    let topic = ctx.shared.topics.get(&req.topic)?;
+    ctx.shared.pull_groups.delete(&topic, &req.group).await?;
     Ok(OkReply {}.into())
 }
 
 pub async fn handle_list(ctx: Context, req: ListGroups) -> Result<Frame, BrokerError> {
     let topic = ctx.shared.topics.get(&req.topic)?;
-    let groups = ctx.shared.pull_groups.list(topic).await?;
+    let groups = ctx.shared.pull_groups.list(&topic).await?;
     let groups = groups
         .into_iter()
-        .map(|(name, mode)| GroupSummary {
+        .map(|(name, mode, members)| GroupSummary {
             name,
             mode: mode_of(mode),
-            members: 0,
+            members,
         })
         .collect();
     Ok(GroupList { groups }.into())
@@ -76,30 +104,70 @@ pub async fn handle_list(ctx: Context, req: ListGroups) -> Result<Frame, BrokerE
 
 pub async fn handle_describe(ctx: Context, req: DescribeGroup) -> Result<Frame, BrokerError> {
     let topic = ctx.shared.topics.get(&req.topic)?;
-    let Some((record, progress)) = ctx.shared.pull_groups.describe(topic, &req.group).await? else {
+    let Some(described) = ctx.shared.pull_groups.describe(&topic, &req.group).await? else {
         return Err(BrokerError::UnknownGroup(req.group));
     };
-    let partitions = progress
-        .iter()
+    let members = described
+        .members
+        .into_iter()
+        .map(|(member_id, address, partitions)| MemberInfo {
+            member_id,
+            address,
+            partitions,
+            in_flight: 0,
+            oldest_unacked_ms: 0,
+        })
+        .collect();
+    let partitions = described
+        .partitions
+        .into_iter()
         .map(|p| GroupPartitionInfo {
             partition: p.partition,
-            owner: String::new(),
+            owner: p.owner.unwrap_or_default(),
             committed: p.committed,
             end: p.end,
             lag: p.end.saturating_sub(p.committed),
         })
         .collect();
+    let record = described.record;
     Ok(GroupInfo {
         topic: req.topic,
         group: req.group,
         mode: mode_of(record.mode),
+        generation: described.generation,
         ack_timeout_ms: record.ack_timeout_ms,
         max_deliveries: record.max_deliveries,
         dead_letter: record.dead_letter,
+        members,
         partitions,
-        ..GroupInfo::default()
+        redelivered: 0,
+        dead_lettered: 0,
     }
     .into())
+}
+
+fn assignment(granted: Granted) -> Frame {
+    let partitions = granted
+        .partitions
+        .into_iter()
+        .map(|(partition, committed)| AssignedPartition {
+            partition,
+            committed,
+        })
+        .collect();
+    Assignment {
+        member_id: granted.member_id,
+        generation: granted.generation,
+        partitions,
+    }
+    .into()
+}
+
+fn start(start: StartPosition) -> Start {
+    match start {
+        StartPosition::Earliest => Start::Earliest,
+        StartPosition::Latest => Start::Latest,
+    }
 }
 
 fn mode_of(mode: u8) -> GroupMode {

@@ -64,14 +64,14 @@ pub async fn dispatch(ctx: &Context, frame: Frame) -> Reply {
         }
         Frame::JoinGroup(req) => Reply::later(group::handle_join(ctx, req)),
         Frame::Commit(req) => Reply::later(group::handle_commit(ctx, req)),
-        Frame::LeaveGroup(req) => Reply::later(group::handle_leave(ctx, req)),
+        Frame::SyncGroup(req) => Reply::Now(into_frame(group::handle_sync(&ctx, req))),
+        Frame::LeaveGroup(req) => Reply::Now(into_frame(group::handle_leave(&ctx, req))),
         Frame::ListGroups(req) => Reply::later(group::handle_list(ctx, req)),
         Frame::DescribeGroup(req) => Reply::later(group::handle_describe(ctx, req)),
-        frame @ (Frame::SyncGroup(_)
-        | Frame::CreateGroup(_)
-        | Frame::ResetGroup(_)
-        | Frame::DeleteGroup(_)
-        | Frame::Subscribe(_)
+        Frame::CreateGroup(req) => Reply::later(group::handle_create(ctx, req)),
+        Frame::ResetGroup(req) => Reply::later(group::handle_reset(ctx, req)),
+        Frame::DeleteGroup(req) => Reply::later(group::handle_delete(ctx, req)),
+        frame @ (Frame::Subscribe(_)
         | Frame::Unsubscribe(_)
         | Frame::Ack(_)
         | Frame::Nack(_)

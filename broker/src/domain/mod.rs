@@ -1,6 +1,7 @@
 //! The broker's semantics: topics and their partitions, publishing, consumer groups.
 //! Nothing here knows a frame or a socket; requests arrive as plain values.
 
+pub mod assignment;
 pub mod pull_group;
 pub mod topic;
 pub mod topics;

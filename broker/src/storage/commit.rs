@@ -88,7 +88,7 @@ pub(super) enum Op {
     },
     Run {
         job: Job,
-        reply: channel::Sender<Result<(), StorageError>>,
+        reply: oneshot::Sender<Result<(), StorageError>>,
     },
     Trim {
         log: Arc<PartitionLog>,
@@ -164,19 +164,26 @@ impl CommitWriter {
         rx
     }
 
-    /// Runs `job` on the writer thread, in order with appends, and waits for its commit.
+    /// Queues `job` to run on the writer thread, in order with appends; the receiver
+    /// resolves once its writes are committed under the policy.
+    pub(super) fn submit(
+        &self,
+        job: impl FnOnce() -> Result<(), StorageError> + Send + 'static,
+    ) -> oneshot::Receiver<Result<(), StorageError>> {
+        let (reply, rx) = oneshot::channel();
+        let _ = self.tx.send(Op::Run {
+            job: Box::new(job),
+            reply,
+        });
+        rx
+    }
+
+    /// Runs `job` on the writer thread and waits for its commit. Blocks.
     pub(super) fn run(
         &self,
         job: impl FnOnce() -> Result<(), StorageError> + Send + 'static,
     ) -> Result<(), StorageError> {
-        let (reply, rx) = channel::bounded(1);
-        self.tx
-            .send(Op::Run {
-                job: Box::new(job),
-                reply,
-            })
-            .map_err(|_| StorageError::Closed)?;
-        rx.recv().map_err(|_| StorageError::Closed)?
+        futures::executor::block_on(self.submit(job)).map_err(|_| StorageError::Closed)?
     }
 
     /// Commits everything queued, then stops the thread. Idempotent.
@@ -211,7 +218,7 @@ enum Done {
         result: Result<(u64, u32), StorageError>,
     },
     Run {
-        reply: channel::Sender<Result<(), StorageError>>,
+        reply: oneshot::Sender<Result<(), StorageError>>,
         result: Result<(), StorageError>,
     },
     Trim {

@@ -246,12 +246,25 @@ impl Store {
     }
 
     /// Stores committed offsets durably (through the writer, so they share its commits).
+    /// Blocks.
     pub fn put_offsets(
         &self,
         topic_id: u64,
         group: &str,
         offsets: &[(u32, u64)],
     ) -> Result<(), StorageError> {
+        futures::executor::block_on(self.queue_offsets(topic_id, group, offsets))
+            .map_err(|_| StorageError::Closed)?
+    }
+
+    /// Queues committed offsets for the writer without waiting; the receiver resolves once
+    /// they are committed under the fsync policy. Writes queued earlier land first.
+    pub fn queue_offsets(
+        &self,
+        topic_id: u64,
+        group: &str,
+        offsets: &[(u32, u64)],
+    ) -> tokio::sync::oneshot::Receiver<Result<(), StorageError>> {
         let tree = self.offsets.clone();
         let entries: Vec<_> = offsets
             .iter()
@@ -259,10 +272,28 @@ impl Store {
                 (offset_key(topic_id, partition, group), offset.to_be_bytes())
             })
             .collect();
-        self.writer.run(move || {
+        self.writer.submit(move || {
             for (key, value) in entries {
                 tree.insert(key, &value)?;
             }
+            Ok(())
+        })
+    }
+
+    /// Deletes a group's record and its committed offsets on `partitions`. Blocks.
+    pub fn delete_group(
+        &self,
+        topic_id: u64,
+        group: &str,
+        partitions: u32,
+    ) -> Result<(), StorageError> {
+        let (groups, offsets) = (self.groups.clone(), self.offsets.clone());
+        let group = group.to_string();
+        self.writer.run(move || {
+            for partition in 0..partitions {
+                offsets.remove(offset_key(topic_id, partition, &group))?;
+            }
+            groups.remove(group_key(topic_id, &group))?;
             Ok(())
         })
     }

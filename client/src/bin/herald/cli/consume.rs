@@ -1,17 +1,15 @@
 //! `herald consume TOPIC --group G [--mode pull|push] [--from earliest|latest] [--count N]
 //! [--idle-timeout-ms MS] [--output raw|json]`
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
-use futures::stream::{FuturesUnordered, StreamExt};
-use tokio::time::Instant;
+use futures::StreamExt;
 
-use herald_client::{Client, Error, ErrorCode, FetchRequest, Fetched, StartPosition, StoredRecord};
+use herald_client::{Client, PullConsumerConfig, PulledRecord, StartPosition};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Mode {
@@ -61,135 +59,81 @@ pub async fn run(broker: &str, args: ConsumeArgs) -> anyhow::Result<()> {
         );
     }
     let client = super::connect(broker).await?;
-    PullLoop::new(client, args).run().await
+    consume_pull(&client, &args).await
 }
 
-/// Longest a single fetch waits before the loop checks the idle timeout again.
-const MAX_POLL: Duration = Duration::from_secs(5);
-
-struct PullLoop {
-    client: Client,
-    args: ConsumeArgs,
-    printed: u64,
-}
-
-impl PullLoop {
-    fn new(client: Client, args: ConsumeArgs) -> Self {
-        PullLoop {
-            client,
-            args,
-            printed: 0,
-        }
-    }
-
-    /// Long-polls every partition at once, prints what arrives, commits after printing.
-    async fn run(mut self) -> anyhow::Result<()> {
-        let start = match self.args.from {
+/// Joins the group, prints what the broker assigns this member, and commits whenever it
+/// has printed everything received so far (so at most the records of one fetch are read
+/// again if it dies mid-way). Leaves the group on exit.
+async fn consume_pull(client: &Client, args: &ConsumeArgs) -> anyhow::Result<()> {
+    let mut config = PullConsumerConfig {
+        start: match args.from {
             From::Earliest => StartPosition::Earliest,
             From::Latest => StartPosition::Latest,
+        },
+        auto_commit: false,
+        ..PullConsumerConfig::default()
+    };
+    if let Some(count) = args.count {
+        config.max_messages = count.clamp(1, u64::from(config.max_messages)) as u32;
+    }
+    let mut consumer = client
+        .pull_consumer_with(&args.topic, &args.group, config)
+        .await?;
+    let idle = Duration::from_millis(args.idle_timeout_ms);
+    let mut printed = 0u64;
+    let mut out = std::io::stdout().lock();
+    let result = loop {
+        if args.count.is_some_and(|count| printed >= count) {
+            break Ok(());
+        }
+        let record = match tokio::time::timeout(idle, consumer.next()).await {
+            Err(_) | Ok(None) => break Ok(()),
+            Ok(Some(Err(err))) => break Err(err.into()),
+            Ok(Some(Ok(record))) => record,
         };
-        let (topic, group) = (self.args.topic.clone(), self.args.group.clone());
-        let assignment = self.client.join_group(&topic, &group, start).await?;
-        let mut positions: BTreeMap<u32, u64> = assignment
-            .partitions
-            .iter()
-            .map(|p| (p.partition, p.committed))
-            .collect();
-        let idle = Duration::from_millis(self.args.idle_timeout_ms);
-        let mut last_message = Instant::now();
-        let mut polls = FuturesUnordered::new();
-        for (&partition, &offset) in &positions {
-            polls.push(self.poll(partition, offset, idle));
+        if let Err(err) = print(&mut out, args, &record) {
+            break Err(err);
         }
-        while !self.done() {
-            let idle_left = idle.saturating_sub(last_message.elapsed());
-            let result = tokio::select! {
-                next = polls.next() => match next { Some(result) => result, None => break },
-                _ = tokio::time::sleep(idle_left) => break,
-            };
-            let (partition, fetched) = result;
-            let offset = positions[&partition];
-            let next = match fetched {
-                Ok(fetched) if !fetched.records.is_empty() => {
-                    last_message = Instant::now();
-                    let next = self.print(&fetched)?;
-                    self.client
-                        .commit(&topic, &group, &assignment, &[(partition, next)])
-                        .await?;
-                    next
-                }
-                Ok(_) => offset,
-                Err(Error::Broker(err)) if err.code == Some(ErrorCode::OffsetOutOfRange) => {
-                    let (first, _) = err.offsets.unwrap_or((offset, offset));
-                    eprintln!("herald: partition {partition} offset {offset} is gone; resuming at {first}");
-                    first
-                }
-                Err(err) => return Err(err.into()),
-            };
-            positions.insert(partition, next);
-            polls.push(self.poll(partition, next, idle.saturating_sub(last_message.elapsed())));
-        }
-        drop(polls);
-        self.client.leave_group(&topic, &group, &assignment).await?;
-        Ok(())
-    }
-
-    fn done(&self) -> bool {
-        self.args.count.is_some_and(|count| self.printed >= count)
-    }
-
-    fn poll(
-        &self,
-        partition: u32,
-        offset: u64,
-        wait: Duration,
-    ) -> impl std::future::Future<Output = (u32, Result<Fetched, Error>)> {
-        let client = self.client.clone();
-        let mut request = FetchRequest::new(&self.args.topic, partition, offset);
-        if let Some(count) = self.args.count {
-            request.max_messages = (count - self.printed).clamp(1, 1000) as u32;
-        }
-        request.max_wait_ms = wait.min(MAX_POLL).as_millis() as u32;
-        async move { (partition, client.fetch(request).await) }
-    }
-
-    /// Prints records up to `--count` and returns the offset after the last one printed.
-    fn print(&mut self, fetched: &Fetched) -> anyhow::Result<u64> {
-        let mut out = std::io::stdout().lock();
-        let mut next = fetched.records[0].offset;
-        for record in &fetched.records {
-            if self.done() {
-                break;
+        printed += 1;
+        if !consumer.has_ready() || args.count.is_some_and(|count| printed >= count) {
+            if let Err(err) = out.flush() {
+                break Err(err.into());
             }
-            match self.args.output {
-                Output::Raw => {
-                    out.write_all(&record.record.payload)?;
-                    out.write_all(b"\n")?;
-                }
-                Output::Json => {
-                    serde_json::to_writer(
-                        &mut out,
-                        &json(&self.args.topic, fetched.partition, record),
-                    )?;
-                    out.write_all(b"\n")?;
-                }
+            if let Err(err) = consumer.commit().await {
+                break Err(err.into());
             }
-            self.printed += 1;
-            next = record.offset + 1;
         }
-        out.flush()?;
-        Ok(next)
+    };
+    drop(out);
+    let closed = consumer.close().await;
+    result?;
+    closed?;
+    Ok(())
+}
+
+fn print(out: &mut impl Write, args: &ConsumeArgs, record: &PulledRecord) -> anyhow::Result<()> {
+    match args.output {
+        Output::Raw => {
+            out.write_all(&record.record.payload)?;
+            out.write_all(b"\n")?;
+        }
+        Output::Json => {
+            serde_json::to_writer(&mut *out, &json(&args.topic, record))?;
+            out.write_all(b"\n")?;
+        }
     }
+    Ok(())
 }
 
 /// One message as a JSON object. Bytes that are not UTF-8 are written as base64 under a
 /// `_base64` name (`payload_base64`, `key_base64`; a header value as `{"base64": "..."}`).
-fn json(topic: &str, partition: u32, stored: &StoredRecord) -> serde_json::Value {
-    let record = &stored.record;
+fn json(topic: &str, pulled: &PulledRecord) -> serde_json::Value {
+    let record = &pulled.record;
     let mut object = serde_json::json!({
         "topic": topic,
-        "partition": partition,
-        "offset": stored.offset,
+        "partition": pulled.partition,
+        "offset": pulled.offset,
         "key": null,
         "timestamp": record.timestamp,
         "redelivered": false,

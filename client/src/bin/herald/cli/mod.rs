@@ -1,7 +1,8 @@
-//! The `herald` command line: topics, publish, consume.
+//! The `herald` command line: topics, groups, publish, consume, bench.
 
 mod bench;
 mod consume;
+mod group;
 mod publish;
 mod topic;
 
@@ -37,6 +38,9 @@ pub enum Command {
     Topic(topic::TopicCommand),
     /// Publish messages given as arguments, or one per line of stdin.
     Publish(publish::PublishArgs),
+    /// List, describe, reset, create and delete consumer groups.
+    #[command(subcommand)]
+    Group(group::GroupCommand),
     /// Consume a topic as a member of a group and print each message.
     Consume(consume::ConsumeArgs),
     /// Measure throughput and latency; every message is checked on the consuming side.
@@ -48,6 +52,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Topic(command) => topic::run(&connect(&cli.broker).await?, command).await,
         Command::Publish(args) => publish::run(&connect(&cli.broker).await?, args).await,
+        Command::Group(command) => group::run(&connect(&cli.broker).await?, command).await,
         Command::Consume(args) => consume::run(&cli.broker, args).await,
         Command::Bench(args) => bench::run(&cli.broker, args).await,
     }

@@ -5,10 +5,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::stream::{FuturesUnordered, StreamExt};
+use futures::StreamExt;
 use hdrhistogram::Histogram;
 use herald_client::{
-    Client, Confirm, Durability, Error, ErrorCode, FetchRequest, Fetched, ProducerConfig, Record,
+    Client, Confirm, Durability, Error, ProducerConfig, PullConsumerConfig, PulledRecord, Record,
     StartPosition,
 };
 use indicatif::ProgressBar;
@@ -137,9 +137,9 @@ struct Shared {
     done: tokio_util::sync::CancellationToken,
 }
 
-/// Runs `plan.consumers` members of one group, each on its own connection and each
-/// reading its share of the partitions, until every expected message has arrived or
-/// nothing arrived for the stall timeout. Every fetch is followed by a commit.
+/// Runs `plan.consumers` members of one group, each a [`herald_client::PullConsumer`] on its own
+/// connection reading the partitions the broker assigns it (committing automatically),
+/// until every expected message has arrived or nothing arrived for the stall timeout.
 pub async fn consume_pull(plan: &ConsumePlan, progress: &ProgressBar) -> anyhow::Result<Consumed> {
     let shared = Arc::new(Shared {
         verifier: Mutex::new(Verifier::new(plan.expected)),
@@ -149,15 +149,9 @@ pub async fn consume_pull(plan: &ConsumePlan, progress: &ProgressBar) -> anyhow:
     });
     let start = Instant::now();
     let mut members = Vec::new();
-    for member in 0..plan.consumers {
+    for _ in 0..plan.consumers {
         let client = Client::connect(&plan.addr).await?;
-        let task = run_member(
-            client,
-            plan.clone(),
-            member,
-            Arc::clone(&shared),
-            progress.clone(),
-        );
+        let task = run_member(client, plan.clone(), Arc::clone(&shared), progress.clone());
         members.push(tokio::spawn(task));
     }
     let watchdog = tokio::spawn(watch_for_stall(Arc::clone(&shared), plan.stall_timeout));
@@ -198,124 +192,76 @@ async fn watch_for_stall(shared: Arc<Shared>, timeout: Duration) {
 async fn run_member(
     client: Client,
     plan: ConsumePlan,
-    member: usize,
     shared: Arc<Shared>,
     progress: ProgressBar,
 ) -> anyhow::Result<()> {
-    let assignment = client
-        .join_group(&plan.topic, &plan.group, StartPosition::Earliest)
+    let config = PullConsumerConfig {
+        start: StartPosition::Earliest,
+        max_messages: plan.max_messages.max(1),
+        max_bytes: 4 * 1024 * 1024,
+        max_wait: Duration::from_millis(200),
+        ..PullConsumerConfig::default()
+    };
+    let mut consumer = client
+        .pull_consumer_with(&plan.topic, &plan.group, config)
         .await?;
-    let mine: Vec<(u32, u64)> = assignment
-        .partitions
-        .iter()
-        .filter(|p| p.partition as usize % plan.consumers == member)
-        .map(|p| (p.partition, p.committed))
-        .collect();
-    let mut readers = FuturesUnordered::new();
-    for (partition, offset) in mine {
-        let reader = PartitionReader {
-            client: client.clone(),
-            plan: plan.clone(),
-            partition,
-            shared: Arc::clone(&shared),
+    let mut pending = Vec::with_capacity(CHECK_EVERY);
+    let result = loop {
+        let next = tokio::select! {
+            next = consumer.next() => next,
+            _ = shared.done.cancelled() => break Ok(()),
         };
-        readers.push(reader.run(offset, &assignment, &progress));
+        match next {
+            Some(Ok(record)) => pending.push(record),
+            Some(Err(err)) => break Err(err.into()),
+            None => break Ok(()),
+        }
+        if pending.len() >= CHECK_EVERY || !consumer.has_ready() {
+            if let Some(err) = check(&plan, &shared, &pending, &progress) {
+                break Err(err);
+            }
+            pending.clear();
+        }
+    };
+    if let Some(err) = check(&plan, &shared, &pending, &progress) {
+        return Err(err);
     }
-    while let Some(result) = readers.next().await {
-        result?;
-    }
-    Ok(())
+    consumer.close().await?;
+    result
 }
 
-struct PartitionReader {
-    client: Client,
-    plan: ConsumePlan,
-    partition: u32,
-    shared: Arc<Shared>,
-}
+/// Records checked together, so members take the shared verifier's lock once per chunk.
+const CHECK_EVERY: usize = 1024;
 
-impl PartitionReader {
-    /// Reads with one fetch always in flight while the previous one is checked and committed.
-    async fn run(
-        self,
-        mut offset: u64,
-        assignment: &herald_client::Assignment,
-        progress: &ProgressBar,
-    ) -> anyhow::Result<()> {
-        let mut next = Box::pin(self.fetch(offset));
-        loop {
-            let fetched = tokio::select! {
-                fetched = &mut next => fetched,
-                _ = self.shared.done.cancelled() => return Ok(()),
-            };
-            let fetched = match fetched {
-                Ok(fetched) => fetched,
-                Err(Error::Broker(err)) if err.code == Some(ErrorCode::OffsetOutOfRange) => {
-                    anyhow::bail!(
-                        "partition {} lost records below offset {:?}",
-                        self.partition,
-                        err.offsets
-                    )
+/// Verifies and counts handed-out records; an error when a record was skipped by the log.
+fn check(
+    plan: &ConsumePlan,
+    shared: &Shared,
+    records: &[PulledRecord],
+    progress: &ProgressBar,
+) -> Option<anyhow::Error> {
+    if records.is_empty() {
+        return None;
+    }
+    let now = payload::now_ns();
+    let mut delivery = shared.delivery.lock().unwrap_or_else(|e| e.into_inner());
+    let mut verifier = shared.verifier.lock().unwrap_or_else(|e| e.into_inner());
+    for pulled in records {
+        match payload::decode(&pulled.record.payload) {
+            Some((producer, sequence, sent_ns)) => {
+                verifier.record(producer, sequence);
+                if plan.measure_delivery {
+                    delivery.saturating_record((now.saturating_sub(sent_ns) / 1000).max(1));
                 }
-                Err(err) => return Err(err.into()),
-            };
-            if let Some(last) = fetched.records.last() {
-                offset = last.offset + 1;
             }
-            next = Box::pin(self.fetch(offset));
-            if !fetched.records.is_empty() {
-                self.check(&fetched, progress);
-                let commit = [(self.partition, offset)];
-                self.client
-                    .commit(&self.plan.topic, &self.plan.group, assignment, &commit)
-                    .await?;
-            }
-            if self.shared.done.is_cancelled() {
-                return Ok(());
-            }
+            None => verifier.record_foreign(),
         }
     }
-
-    fn fetch(
-        &self,
-        offset: u64,
-    ) -> impl std::future::Future<Output = Result<Fetched, Error>> + 'static {
-        let mut request = FetchRequest::new(&self.plan.topic, self.partition, offset);
-        request.max_messages = self.plan.max_messages.max(1);
-        request.max_bytes = 4 * 1024 * 1024;
-        request.max_wait_ms = 200;
-        let client = self.client.clone();
-        async move { client.fetch(request).await }
+    let count = records.len() as u64;
+    progress.inc(count);
+    shared.received.fetch_add(count, Ordering::Relaxed);
+    if verifier.complete() {
+        shared.done.cancel();
     }
-
-    fn check(&self, fetched: &Fetched, progress: &ProgressBar) {
-        let now = payload::now_ns();
-        let mut delivery = self
-            .shared
-            .delivery
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let mut verifier = self
-            .shared
-            .verifier
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        for stored in &fetched.records {
-            match payload::decode(&stored.record.payload) {
-                Some((producer, sequence, sent_ns)) => {
-                    verifier.record(producer, sequence);
-                    if self.plan.measure_delivery {
-                        delivery.saturating_record((now.saturating_sub(sent_ns) / 1000).max(1));
-                    }
-                }
-                None => verifier.record_foreign(),
-            }
-        }
-        let count = fetched.records.len() as u64;
-        progress.inc(count);
-        self.shared.received.fetch_add(count, Ordering::Relaxed);
-        if verifier.complete() {
-            self.shared.done.cancel();
-        }
-    }
+    None
 }
