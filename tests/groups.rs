@@ -573,3 +573,42 @@ async fn members_joining_and_leaving_mid_stream_neither_lose_nor_repeat_records(
     assert_eq!(unique.len(), 8000, "every record was read");
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn the_consumer_fetches_the_next_batch_once_half_the_last_is_handed_out() {
+    let broker = TestBroker::start().await;
+    let client = broker.client().await;
+    client.create_topic("deep", 1).await.unwrap();
+    publish_keyed(&client, "deep", 1000).await;
+    let config = PullConsumerConfig {
+        max_messages: 100,
+        ..quick_config()
+    };
+    let mut consumer = client
+        .pull_consumer_with("deep", "slow", config)
+        .await
+        .unwrap();
+    let settle = Duration::from_millis(300);
+
+    assert_eq!(take(&mut consumer, 10, settle).await.len(), 10);
+    tokio::time::sleep(settle).await;
+    let stats = consumer.stats();
+    assert_eq!((stats.fetches, stats.fetched), (1, 100), "{stats:?}");
+
+    // Half of the first batch handed out: exactly one more fetch, then it waits again.
+    assert_eq!(take(&mut consumer, 40, settle).await.len(), 40);
+    tokio::time::sleep(settle).await;
+    let stats = consumer.stats();
+    assert_eq!((stats.fetches, stats.fetched), (2, 200), "{stats:?}");
+    assert_eq!(stats.handed_out, 50);
+
+    assert_eq!(take(&mut consumer, 100, settle).await.len(), 100);
+    tokio::time::sleep(settle).await;
+    let stats = consumer.stats();
+    assert_eq!((stats.fetches, stats.fetched), (3, 300), "{stats:?}");
+    assert!(stats.commits >= 1, "auto-commit ran: {stats:?}");
+    consumer.close().await.unwrap();
+    let info = client.describe_group("deep", "slow").await.unwrap();
+    assert_eq!(info.partitions[0].committed, 150, "committed what was handed out");
+    broker.stop().await;
+}

@@ -24,6 +24,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -77,6 +78,33 @@ pub struct PulledRecord {
     pub record: Record,
 }
 
+/// Counters of what a [`PullConsumer`] has done so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConsumerStats {
+    /// Fetch requests sent (long-polls that came back empty included).
+    pub fetches: u64,
+    /// Records received from the broker.
+    pub fetched: u64,
+    /// Records handed out by the stream.
+    pub handed_out: u64,
+    /// Commits the broker accepted.
+    pub commits: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    fetches: AtomicU64,
+    fetched: AtomicU64,
+    handed_out: AtomicU64,
+    commits: AtomicU64,
+}
+
+impl Counters {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
 /// The member's view of the group, as last answered by the broker.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Membership {
@@ -117,7 +145,9 @@ impl Client {
         let (batches_tx, batches) = mpsc::channel(BATCH_QUEUE);
         let (commands, commands_rx) = mpsc::channel(1);
         let view = Arc::new(Mutex::new(Membership::default()));
+        let counters = Arc::new(Counters::default());
         let mut engine = Engine {
+            counters: Arc::clone(&counters),
             client: self.clone(),
             topic: topic.to_string(),
             group: group.to_string(),
@@ -135,6 +165,7 @@ impl Client {
             current: None,
             commands,
             view,
+            counters,
             task: Some(task),
             ended: false,
         })
@@ -152,6 +183,7 @@ pub struct PullConsumer {
     current: Option<Delivered>,
     commands: mpsc::Sender<Command>,
     view: Arc<Mutex<Membership>>,
+    counters: Arc<Counters>,
     task: Option<JoinHandle<()>>,
     /// Set once the stream has reported an error or the engine stopped.
     ended: bool,
@@ -161,6 +193,17 @@ impl PullConsumer {
     /// The member id, generation and partitions as last answered by the broker.
     pub fn membership(&self) -> Membership {
         lock(&self.view).clone()
+    }
+
+    /// What this consumer has done so far.
+    pub fn stats(&self) -> ConsumerStats {
+        let c = &self.counters;
+        ConsumerStats {
+            fetches: c.fetches.load(Ordering::Relaxed),
+            fetched: c.fetched.load(Ordering::Relaxed),
+            handed_out: c.handed_out.load(Ordering::Relaxed),
+            commits: c.commits.load(Ordering::Relaxed),
+        }
     }
 
     /// Whether records are in hand, so the next one comes without waiting on the broker.
@@ -203,6 +246,7 @@ impl Stream for PullConsumer {
             }
             if let Some(current) = &mut this.current {
                 if let Some(record) = current.hand_out() {
+                    Counters::add(&this.counters.handed_out, 1);
                     return Poll::Ready(Some(Ok(record)));
                 }
                 this.current = None;
@@ -321,6 +365,7 @@ struct Engine {
     releasing: BTreeMap<u32, Option<u64>>,
     batches: mpsc::Sender<Result<Delivered>>,
     view: Arc<Mutex<Membership>>,
+    counters: Arc<Counters>,
 }
 
 /// Most sync rounds in one go; what is left waits for the next interval.
@@ -394,6 +439,7 @@ impl Engine {
                 .await
             {
                 Ok(generation) => {
+                    Counters::add(&self.counters.commits, 1);
                     for (p, offset) in offsets {
                         if let Some(owned) = self.owned.get_mut(&p) {
                             owned.committed = owned.committed.max(offset);
@@ -456,6 +502,7 @@ impl Engine {
             .await
         {
             Ok(_) => {
+                Counters::add(&self.counters.commits, 1);
                 self.releasing.values_mut().for_each(|o| *o = None);
                 Ok(())
             }
@@ -470,6 +517,7 @@ impl Engine {
                     .client
                     .commit(&self.topic, &self.group, &self.assignment, &offsets)
                     .await?;
+                Counters::add(&self.counters.commits, 1);
                 self.releasing.values_mut().for_each(|o| *o = None);
                 Ok(())
             }
@@ -559,6 +607,7 @@ impl Engine {
             request,
             slot: Arc::clone(&slot),
             batches: self.batches.clone(),
+            counters: Arc::clone(&self.counters),
         };
         tokio::spawn(reader.run(stop.clone()));
         self.owned.insert(
@@ -610,11 +659,13 @@ struct Reader {
     request: FetchRequest,
     slot: Arc<Slot>,
     batches: mpsc::Sender<Result<Delivered>>,
+    counters: Arc<Counters>,
 }
 
 impl Reader {
     async fn run(mut self, stop: CancellationToken) {
         loop {
+            Counters::add(&self.counters.fetches, 1);
             let fetched = tokio::select! {
                 _ = stop.cancelled() => return,
                 fetched = self.client.fetch(self.request.clone()) => fetched,
@@ -648,6 +699,7 @@ impl Reader {
                 continue;
             };
             self.request.offset = last.offset + 1;
+            Counters::add(&self.counters.fetched, fetched.records.len() as u64);
             let (half, half_done) = oneshot::channel();
             let half_left = fetched.records.len() / 2;
             let delivered = Delivered {

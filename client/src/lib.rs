@@ -33,7 +33,7 @@ mod pull;
 
 pub use client::Client;
 pub use connection::ConnectOptions;
-pub use consumer::{Membership, PullConsumer, PullConsumerConfig, PulledRecord};
+pub use consumer::{ConsumerStats, Membership, PullConsumer, PullConsumerConfig, PulledRecord};
 pub use error::{BrokerError, Error, Result};
 pub use herald_protocol::{
     Assignment, Durability, ErrorCode, GroupInfo, GroupMode, GroupSummary, Record, ResetTarget,
