@@ -609,6 +609,9 @@ async fn the_consumer_fetches_the_next_batch_once_half_the_last_is_handed_out() 
     assert!(stats.commits >= 1, "auto-commit ran: {stats:?}");
     consumer.close().await.unwrap();
     let info = client.describe_group("deep", "slow").await.unwrap();
-    assert_eq!(info.partitions[0].committed, 150, "committed what was handed out");
+    assert_eq!(
+        info.partitions[0].committed, 150,
+        "committed what was handed out"
+    );
     broker.stop().await;
 }

@@ -61,6 +61,8 @@ pub enum BrokerError {
     },
     #[error("group {0:?} already exists")]
     GroupExists(String),
+    #[error("subscription {0} is not active on this connection")]
+    UnknownSubscription(u64),
     #[error("the broker holds its maximum of {0} topics")]
     TooManyTopics(usize),
     #[error("{0}")]
@@ -92,6 +94,7 @@ impl BrokerError {
             UnknownMember { .. } => ErrorCode::UnknownMember,
             GroupNotEmpty { .. } => ErrorCode::GroupNotEmpty,
             GroupExists(_) => ErrorCode::GroupExists,
+            UnknownSubscription(_) => ErrorCode::UnknownSubscription,
             TooManyTopics(_) => ErrorCode::TooManyTopics,
             NotSupported(_) => ErrorCode::NotSupported,
             ShuttingDown => ErrorCode::ShuttingDown,

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::domain::{PullGroups, TopicLimits, Topics};
+use crate::domain::{PullGroups, PushGroups, TopicLimits, Topics};
 use crate::net::listener;
 use crate::storage::{blocking, Store};
 use crate::tasks::retention;
@@ -22,6 +22,7 @@ pub struct Shared {
     pub store: Arc<Store>,
     pub topics: Arc<Topics>,
     pub pull_groups: PullGroups,
+    pub push_groups: PushGroups,
     /// Source of session ids.
     pub next_session: AtomicU64,
     /// Cancelled when the broker starts shutting down.
@@ -59,10 +60,12 @@ impl Broker {
         let local_addr = listener.local_addr()?;
         tracing::info!(fsync = config.store().fsync.name(), data_dir = %config.data_dir.display(), "listening on {local_addr}");
         let shutdown = CancellationToken::new();
+        let topics = Arc::new(topics);
         let shared = Arc::new(Shared {
             pull_groups: PullGroups::new(Arc::clone(&store)),
+            push_groups: PushGroups::new(Arc::clone(&store), Arc::clone(&topics), shutdown.clone()),
             store,
-            topics: Arc::new(topics),
+            topics,
             config,
             next_session: AtomicU64::new(1),
             shutdown: shutdown.clone(),

@@ -7,6 +7,24 @@ use herald_protocol::{
 };
 
 use crate::client::{expect_reply, Client};
+
+/// Deliveries of one record before it is dead-lettered, unless a group says otherwise.
+pub const DEFAULT_MAX_DELIVERIES: u32 = 20;
+
+/// A push group's settings; `None` takes the default.
+#[derive(Debug, Clone, Default)]
+pub struct PushGroupSettings {
+    /// Where the new group starts.
+    pub start: StartPosition,
+    /// How long a delivery may stay unanswered before it goes to another consumer
+    /// (default 30 s).
+    pub ack_timeout: Option<std::time::Duration>,
+    /// Deliveries of one record before it goes to the dead-letter topic (default 20;
+    /// `Some(0)` = unlimited).
+    pub max_deliveries: Option<u32>,
+    /// The dead-letter topic (default `<topic>.dlq`).
+    pub dead_letter: Option<String>,
+}
 use crate::error::Result;
 
 impl Client {
@@ -93,6 +111,28 @@ impl Client {
             mode: GroupMode::Pull,
             start,
             ..CreateGroup::default()
+        };
+        expect_reply!(self.call(request).await?, Ok).map(drop)
+    }
+
+    /// Creates a push group with explicit settings; fails with `GroupExists` if it exists.
+    /// (Without this, the first subscriber creates the group with the defaults.)
+    pub async fn create_push_group(
+        &self,
+        topic: &str,
+        group: &str,
+        settings: PushGroupSettings,
+    ) -> Result<()> {
+        let request = CreateGroup {
+            topic: topic.to_string(),
+            group: group.to_string(),
+            mode: GroupMode::Push,
+            start: settings.start,
+            ack_timeout_ms: settings
+                .ack_timeout
+                .map_or(0, |d| d.as_millis().clamp(1, u128::from(u32::MAX)) as u32),
+            max_deliveries: settings.max_deliveries.unwrap_or(DEFAULT_MAX_DELIVERIES),
+            dead_letter: settings.dead_letter.unwrap_or_default(),
         };
         expect_reply!(self.call(request).await?, Ok).map(drop)
     }

@@ -54,10 +54,29 @@ impl Client {
             .send(Request {
                 frame: frame.into(),
                 reply,
+                deliveries: None,
             })
             .await
             .map_err(|_| Error::Closed("the connection task has ended".into()))?;
         Ok(rx)
+    }
+
+    /// Sends a `Subscribe` whose deliveries go to `deliveries`, and waits for its reply.
+    pub(crate) async fn subscribe_call(
+        &self,
+        frame: herald_protocol::Subscribe,
+        deliveries: mpsc::UnboundedSender<herald_protocol::Deliver>,
+    ) -> Result<Frame> {
+        let (reply, rx) = oneshot::channel();
+        self.requests
+            .send(Request {
+                frame: frame.into(),
+                reply,
+                deliveries: Some(deliveries),
+            })
+            .await
+            .map_err(|_| Error::Closed("the connection task has ended".into()))?;
+        await_reply(rx).await
     }
 
     /// Sends a request and waits for its reply.

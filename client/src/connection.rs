@@ -3,15 +3,18 @@
 //!
 //! [`Client`](crate::Client) handles send [`Request`]s over a bounded channel; the task
 //! writes them (gathering whatever is queued into one write), and routes each reply to the
-//! caller waiting on its correlation id, in whatever order replies arrive.
+//! caller waiting on its correlation id, in whatever order replies arrive. Deliveries of
+//! push subscriptions (correlation id 0) go to their subscription's queue; a subscription
+//! is registered when its `Subscribed` reply is read, before any frame after it, so none
+//! of its deliveries can arrive unrouted.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use herald_protocol::{
-    ErrorCode, Frame, FrameCodec, Heartbeat, Hello, HelloOk, Message, MIN_PROTOCOL_VERSION,
-    PROTOCOL_VERSION,
+    Deliver, ErrorCode, Frame, FrameCodec, Heartbeat, Hello, HelloOk, Message,
+    MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::sync::{mpsc, oneshot};
@@ -24,6 +27,15 @@ use crate::error::{BrokerError, Error, Result};
 pub(crate) struct Request {
     pub frame: Frame,
     pub reply: oneshot::Sender<Result<Frame>>,
+    /// For a `Subscribe`: where the subscription's deliveries go. Unbounded here because
+    /// the broker never has more than the subscriber's window unanswered.
+    pub deliveries: Option<mpsc::UnboundedSender<Deliver>>,
+}
+
+/// A request sent and waiting for its reply.
+struct Pending {
+    reply: oneshot::Sender<Result<Frame>>,
+    deliveries: Option<mpsc::UnboundedSender<Deliver>>,
 }
 
 /// Connection settings.
@@ -99,6 +111,7 @@ pub(crate) async fn open(
         reader,
         writer,
         pending: HashMap::new(),
+        subscriptions: HashMap::new(),
         next_id: 2,
         heartbeat: Duration::from_millis(u64::from(granted.heartbeat_interval_ms.max(1))),
         timeout: Duration::from_millis(u64::from(granted.session_timeout_ms.max(1))),
@@ -117,7 +130,8 @@ fn codec_error(err: herald_protocol::CodecError) -> Error {
 struct Connection {
     reader: Reader,
     writer: Writer,
-    pending: HashMap<u32, oneshot::Sender<Result<Frame>>>,
+    pending: HashMap<u32, Pending>,
+    subscriptions: HashMap<u64, mpsc::UnboundedSender<Deliver>>,
     next_id: u32,
     heartbeat: Duration,
     timeout: Duration,
@@ -128,8 +142,9 @@ impl Connection {
         let reason = self.serve(&mut requests).await;
         tracing::debug!(%reason, "connection closed");
         for (_, waiter) in self.pending.drain() {
-            let _ = waiter.send(Err(Error::Closed(reason.clone())));
+            let _ = waiter.reply.send(Err(Error::Closed(reason.clone())));
         }
+        self.subscriptions.clear();
         requests.close();
         while let Some(request) = requests.recv().await {
             let _ = request.reply.send(Err(Error::Closed(reason.clone())));
@@ -194,7 +209,11 @@ impl Connection {
     async fn feed(&mut self, request: Request) -> Result<()> {
         let id = self.next_id;
         self.next_id = self.next_id.checked_add(1).unwrap_or(1);
-        self.pending.insert(id, request.reply);
+        let pending = Pending {
+            reply: request.reply,
+            deliveries: request.deliveries,
+        };
+        self.pending.insert(id, pending);
         self.writer
             .feed(Message::new(id, request.frame))
             .await
@@ -208,7 +227,12 @@ impl Connection {
                 Frame::Error(err) => self.fail(id, BrokerError::from(err).into()),
                 reply => {
                     if let Some(waiter) = self.pending.remove(&id) {
-                        let _ = waiter.send(Ok(reply));
+                        if let (Frame::Subscribed(ok), Some(deliveries)) =
+                            (&reply, waiter.deliveries)
+                        {
+                            self.subscriptions.insert(ok.subscription_id, deliveries);
+                        }
+                        let _ = waiter.reply.send(Ok(reply));
                     }
                 }
             }
@@ -216,6 +240,19 @@ impl Connection {
         }
         match frame {
             Frame::Heartbeat(_) => None,
+            Frame::Deliver(deliver) => {
+                let id = deliver.subscription_id;
+                let delivered = self.subscriptions.get(&id).map(|s| s.send(deliver));
+                match delivered {
+                    Some(Ok(())) => {}
+                    // The consumer is gone; the broker redelivers what it does not answer.
+                    Some(Err(_)) => {
+                        self.subscriptions.remove(&id);
+                    }
+                    None => tracing::debug!(id, "a delivery for a subscription that has ended"),
+                }
+                None
+            }
             Frame::GoingAway(away) => Some(format!("the broker is going away: {}", away.reason)),
             Frame::Error(err) => {
                 let err = BrokerError::from(err);
@@ -239,7 +276,7 @@ impl Connection {
 
     fn fail(&mut self, id: u32, err: Error) {
         if let Some(waiter) = self.pending.remove(&id) {
-            let _ = waiter.send(Err(err));
+            let _ = waiter.reply.send(Err(err));
         }
     }
 }

@@ -6,6 +6,8 @@
 //!   several batches in flight; each record's [`Confirm`] carries its partition and offset.
 //! - [`PullConsumer`]: a pull-group member as an async stream of records, following the
 //!   broker's partition assignment and committing what it handed out.
+//! - [`PushConsumer`]: a push-group subscriber, a stream of [`Delivery`] values each
+//!   answered with `ack`, `nack`, `reject` or `touch`.
 //! - Reading without a group: [`Client::fetch`] by partition and offset (a long-poll when
 //!   `max_wait_ms` is set). The group calls underneath the consumer ([`Client::join_group`],
 //!   [`Client::sync_group`], [`Client::commit`]) are public too.
@@ -30,7 +32,9 @@ mod consumer;
 mod error;
 mod producer;
 mod pull;
+mod push;
 
+pub use admin::{PushGroupSettings, DEFAULT_MAX_DELIVERIES};
 pub use client::Client;
 pub use connection::ConnectOptions;
 pub use consumer::{ConsumerStats, Membership, PullConsumer, PullConsumerConfig, PulledRecord};
@@ -41,3 +45,4 @@ pub use herald_protocol::{
 };
 pub use producer::{Confirm, PendingConfirm, Producer, ProducerConfig};
 pub use pull::{FetchRequest, Fetched};
+pub use push::{Delivery, PushConsumer, PushConsumerConfig};

@@ -9,7 +9,8 @@ use herald_protocol::{
 
 use super::Context;
 use crate::domain::pull_group::{Granted, Joiner, ResetTo, Start, MODE_PUSH};
-use crate::error::BrokerError;
+use crate::error::{valid_name, BrokerError};
+use crate::storage::GroupRecord;
 
 pub async fn handle_join(ctx: Context, req: JoinGroup) -> Result<Frame, BrokerError> {
     let topic = ctx.shared.topics.get(&req.topic)?;
@@ -60,9 +61,20 @@ pub fn handle_leave(ctx: &Context, req: LeaveGroup) -> Result<Frame, BrokerError
 pub async fn handle_create(ctx: Context, req: CreateGroup) -> Result<Frame, BrokerError> {
     let topic = ctx.shared.topics.get(&req.topic)?;
     if req.mode == GroupMode::Push {
-        return Err(BrokerError::NotSupported(
-            "push groups are not supported by this broker version yet",
-        ));
+        if !req.dead_letter.is_empty() && !valid_name(&req.dead_letter) {
+            return Err(BrokerError::InvalidTopicName(req.dead_letter));
+        }
+        let record = GroupRecord {
+            mode: MODE_PUSH,
+            ack_timeout_ms: req.ack_timeout_ms,
+            max_deliveries: req.max_deliveries,
+            dead_letter: req.dead_letter,
+        };
+        ctx.shared
+            .push_groups
+            .create(&topic, &req.group, start(req.start), record)
+            .await?;
+        return Ok(OkReply {}.into());
     }
     ctx.shared
         .pull_groups
@@ -90,15 +102,20 @@ pub async fn handle_delete(ctx: Context, req: DeleteGroup) -> Result<Frame, Brok
 
 pub async fn handle_list(ctx: Context, req: ListGroups) -> Result<Frame, BrokerError> {
     let topic = ctx.shared.topics.get(&req.topic)?;
-    let groups = ctx.shared.pull_groups.list(&topic).await?;
-    let groups = groups
-        .into_iter()
-        .map(|(name, mode, members)| GroupSummary {
+    let mut groups = Vec::new();
+    for (name, mode, members) in ctx.shared.pull_groups.list(&topic).await? {
+        let members = if mode == MODE_PUSH {
+            let push = &ctx.shared.push_groups;
+            push.consumer_count(topic.record().id, &name).await
+        } else {
+            members
+        };
+        groups.push(GroupSummary {
             name,
             mode: mode_of(mode),
             members,
-        })
-        .collect();
+        });
+    }
     Ok(GroupList { groups }.into())
 }
 
@@ -107,6 +124,9 @@ pub async fn handle_describe(ctx: Context, req: DescribeGroup) -> Result<Frame, 
     let Some(described) = ctx.shared.pull_groups.describe(&topic, &req.group).await? else {
         return Err(BrokerError::UnknownGroup(req.group));
     };
+    if described.record.mode == MODE_PUSH {
+        return describe_push(&ctx, &topic, req).await;
+    }
     let members = described
         .members
         .into_iter()
@@ -142,6 +162,51 @@ pub async fn handle_describe(ctx: Context, req: DescribeGroup) -> Result<Frame, 
         partitions,
         redelivered: 0,
         dead_lettered: 0,
+    }
+    .into())
+}
+
+async fn describe_push(
+    ctx: &Context,
+    topic: &std::sync::Arc<crate::domain::Topic>,
+    req: DescribeGroup,
+) -> Result<Frame, BrokerError> {
+    let described = ctx.shared.push_groups.describe(topic, &req.group).await?;
+    let members = described
+        .consumers
+        .into_iter()
+        .map(|(id, address, in_flight, oldest)| MemberInfo {
+            member_id: format!("subscription-{id}"),
+            address,
+            partitions: Vec::new(),
+            in_flight,
+            oldest_unacked_ms: oldest.as_millis() as u64,
+        })
+        .collect();
+    let partitions = described
+        .partitions
+        .into_iter()
+        .map(|(partition, floor, end, left)| GroupPartitionInfo {
+            partition,
+            owner: String::new(),
+            committed: floor,
+            end,
+            lag: left,
+        })
+        .collect();
+    let settings = described.settings;
+    Ok(GroupInfo {
+        topic: req.topic,
+        group: req.group,
+        mode: GroupMode::Push,
+        generation: 0,
+        ack_timeout_ms: settings.ack_timeout_ms,
+        max_deliveries: settings.max_deliveries,
+        dead_letter: settings.dead_letter,
+        members,
+        partitions,
+        redelivered: described.redelivered,
+        dead_lettered: described.dead_lettered,
     }
     .into())
 }

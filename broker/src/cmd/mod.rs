@@ -5,6 +5,7 @@ mod admin;
 mod fetch;
 mod group;
 mod publish;
+mod push;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,12 +23,19 @@ pub struct Context {
     pub shared: Arc<Shared>,
     pub peer: SocketAddr,
     pub session_id: u64,
+    /// The request's correlation id, for handlers that answer by themselves.
+    pub correlation_id: u32,
+    /// The session's outbound queue, for handlers that answer by themselves.
+    pub out: tokio::sync::mpsc::Sender<herald_protocol::Message>,
 }
 
 /// A handler's answer: ready now, or a future the session runs beside other requests.
 pub enum Reply {
     Now(Frame),
     Later(BoxFuture<'static, Frame>),
+    /// The handler writes its answer to [`Context::out`] itself (a subscription must be
+    /// confirmed before its first delivery is queued).
+    Answered(BoxFuture<'static, ()>),
 }
 
 impl Reply {
@@ -71,21 +79,12 @@ pub async fn dispatch(ctx: &Context, frame: Frame) -> Reply {
         Frame::CreateGroup(req) => Reply::later(group::handle_create(ctx, req)),
         Frame::ResetGroup(req) => Reply::later(group::handle_reset(ctx, req)),
         Frame::DeleteGroup(req) => Reply::later(group::handle_delete(ctx, req)),
-        frame @ (Frame::Subscribe(_)
-        | Frame::Unsubscribe(_)
-        | Frame::Ack(_)
-        | Frame::Nack(_)
-        | Frame::Reject(_)
-        | Frame::Touch(_)) => Reply::Now(
-            ErrorFrame::new(
-                ErrorCode::NotSupported,
-                format!(
-                    "{:?} is not supported by this broker version yet",
-                    frame.opcode()
-                ),
-            )
-            .into(),
-        ),
+        Frame::Subscribe(req) => Reply::Answered(push::handle_subscribe(ctx, req).boxed()),
+        Frame::Unsubscribe(req) => Reply::later(push::handle_unsubscribe(ctx, req)),
+        Frame::Ack(req) => Reply::later(push::handle_ack(ctx, req)),
+        Frame::Nack(req) => Reply::later(push::handle_nack(ctx, req)),
+        Frame::Reject(req) => Reply::later(push::handle_reject(ctx, req)),
+        Frame::Touch(req) => Reply::later(push::handle_touch(ctx, req)),
         other => Reply::Now(
             ErrorFrame::new(
                 ErrorCode::UnexpectedFrame,

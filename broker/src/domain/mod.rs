@@ -1,12 +1,15 @@
 //! The broker's semantics: topics and their partitions, publishing, consumer groups.
 //! Nothing here knows a frame or a socket; requests arrive as plain values.
 
+pub mod ack_state;
 pub mod assignment;
 pub mod pull_group;
+pub mod push_group;
 pub mod topic;
 pub mod topics;
 
 pub use pull_group::PullGroups;
+pub use push_group::PushGroups;
 pub use topic::{Published, Run, Topic};
 pub use topics::{TopicLimits, Topics};
 

@@ -73,6 +73,20 @@ impl Topics {
         }
     }
 
+    /// The topic called `name`, created with one partition if it is missing, whatever
+    /// the auto-creation setting (for topics the broker itself writes, like dead letters).
+    pub async fn ensure(&self, name: &str) -> Result<Arc<Topic>, BrokerError> {
+        match self.get(name) {
+            Err(BrokerError::UnknownTopic(_)) => {
+                match self.create(name, 1, RetentionPolicy::default()).await {
+                    Err(BrokerError::TopicExists(_)) => self.get(name),
+                    other => other,
+                }
+            }
+            other => other,
+        }
+    }
+
     /// Creates a topic.
     pub async fn create(
         &self,

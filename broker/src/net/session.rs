@@ -80,6 +80,7 @@ async fn serve_session(
     session.requests.wait().await;
     // Only now, with none of its requests still running, can its memberships go.
     session.shared.pull_groups.session_closed(id);
+    session.shared.push_groups.session_closed(id);
     if shutdown.is_cancelled() {
         let going = GoingAway {
             reconnect_after_ms: 1000,
@@ -226,6 +227,8 @@ impl Session {
             shared: Arc::clone(&self.shared),
             peer: self.peer,
             session_id: self.id,
+            correlation_id,
+            out: self.out.clone(),
         };
         match cmd::dispatch(&context, frame).await {
             Reply::Now(reply) => self.reply(correlation_id, reply).await,
@@ -236,6 +239,16 @@ impl Session {
                         reply = pending => {
                             let _ = out.send(Message::new(correlation_id, reply)).await;
                         }
+                        _ = gone.cancelled() => {}
+                    }
+                    drop(permit);
+                });
+            }
+            Reply::Answered(pending) => {
+                let gone = self.client_gone.clone();
+                self.requests.spawn(async move {
+                    tokio::select! {
+                        () = pending => {}
                         _ = gone.cancelled() => {}
                     }
                     drop(permit);

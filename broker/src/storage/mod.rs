@@ -90,6 +90,8 @@ pub struct Store {
     topics: sled::Tree,
     groups: sled::Tree,
     offsets: sled::Tree,
+    /// Push groups' ack state per partition (see `domain::ack_state`).
+    acks: sled::Tree,
     writer: CommitWriter,
 }
 
@@ -108,6 +110,7 @@ impl Store {
             topics: db.open_tree("topics")?,
             groups: db.open_tree("groups")?,
             offsets: db.open_tree("offsets")?,
+            acks: db.open_tree("acks")?,
             db,
             writer,
         }))
@@ -160,10 +163,11 @@ impl Store {
         topic: &TopicRecord,
         logs: &[Arc<PartitionLog>],
     ) -> Result<(), StorageError> {
-        let (topics, groups, offsets) = (
+        let (topics, groups, offsets, acks) = (
             self.topics.clone(),
             self.groups.clone(),
             self.offsets.clone(),
+            self.acks.clone(),
         );
         let (topic, logs) = (topic.clone(), logs.to_vec());
         self.writer.run(move || {
@@ -171,7 +175,7 @@ impl Store {
             for log in &logs {
                 log.retire()?;
             }
-            for tree in [&groups, &offsets] {
+            for tree in [&groups, &offsets, &acks] {
                 for key in tree.scan_prefix(topic.id.to_be_bytes()).keys() {
                     tree.remove(key?)?;
                 }
@@ -218,7 +222,7 @@ impl Store {
             .collect()
     }
 
-    /// Stores a group record durably (through the writer, so it shares its commits).
+    /// Stores a group record durably (through the writer, so it shares its commits). Blocks.
     pub fn put_group(
         &self,
         topic_id: u64,
@@ -280,18 +284,51 @@ impl Store {
         })
     }
 
-    /// Deletes a group's record and its committed offsets on `partitions`. Blocks.
+    /// A push group's stored ack state on a partition. Blocks.
+    pub fn ack_state(
+        &self,
+        topic_id: u64,
+        partition: u32,
+        group: &str,
+    ) -> Result<Option<sled::IVec>, StorageError> {
+        Ok(self.acks.get(offset_key(topic_id, partition, group))?)
+    }
+
+    /// Queues push-group ack states (encoded) for the writer; the receiver resolves once
+    /// they are committed under the fsync policy.
+    pub fn queue_ack_states(
+        &self,
+        topic_id: u64,
+        group: &str,
+        states: Vec<(u32, Vec<u8>)>,
+    ) -> tokio::sync::oneshot::Receiver<Result<(), StorageError>> {
+        let tree = self.acks.clone();
+        let entries: Vec<_> = states
+            .into_iter()
+            .map(|(partition, state)| (offset_key(topic_id, partition, group), state))
+            .collect();
+        self.writer.submit(move || {
+            for (key, value) in entries {
+                tree.insert(key, value)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Deletes a group's record, committed offsets and ack state on `partitions`. Blocks.
     pub fn delete_group(
         &self,
         topic_id: u64,
         group: &str,
         partitions: u32,
     ) -> Result<(), StorageError> {
-        let (groups, offsets) = (self.groups.clone(), self.offsets.clone());
+        let (groups, offsets, acks) =
+            (self.groups.clone(), self.offsets.clone(), self.acks.clone());
         let group = group.to_string();
         self.writer.run(move || {
             for partition in 0..partitions {
                 offsets.remove(offset_key(topic_id, partition, &group))?;
+                acks.remove(offset_key(topic_id, partition, &group))?;
             }
             groups.remove(group_key(topic_id, &group))?;
             Ok(())

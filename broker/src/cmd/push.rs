@@ -1,0 +1,134 @@
+//! Push consuming: subscribe, unsubscribe, and the answers to deliveries.
+
+use std::time::Duration;
+
+use herald_protocol::{
+    Ack, Frame, Message, Nack, OffsetRange, OkReply, Reject, StartPosition, Subscribe, Subscribed,
+    Touch, Unsubscribe,
+};
+
+use super::{into_frame, Context};
+use crate::domain::pull_group::Start;
+use crate::domain::push_group::{Answer, Span, SubscribeRequest};
+use crate::error::BrokerError;
+
+/// Confirms the subscription on the session's queue first, then starts moving its
+/// deliveries there, so the client always learns the subscription id before its records.
+pub async fn handle_subscribe(ctx: Context, req: Subscribe) {
+    let (out, correlation_id) = (ctx.out.clone(), ctx.correlation_id);
+    let subscription = subscribe(&ctx, req).await;
+    let mut deliveries = match subscription {
+        Ok((subscribed, deliveries)) => {
+            if out
+                .send(Message::new(correlation_id, subscribed))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            deliveries
+        }
+        Err(err) => {
+            let _ = out
+                .send(Message::new(correlation_id, into_frame(Err(err))))
+                .await;
+            return;
+        }
+    };
+    // Forwards this subscriber's deliveries; waiting on a full connection stalls only it.
+    tokio::spawn(async move {
+        while let Some(deliver) = deliveries.recv().await {
+            if out.send(Message::new(0, deliver)).await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
+async fn subscribe(
+    ctx: &Context,
+    req: Subscribe,
+) -> Result<(Frame, tokio::sync::mpsc::Receiver<herald_protocol::Deliver>), BrokerError> {
+    let topic = ctx.shared.topics.get(&req.topic)?;
+    let request = SubscribeRequest {
+        session: ctx.session_id,
+        address: ctx.peer.to_string(),
+        prefetch_count: req.prefetch_count,
+        prefetch_bytes: req.prefetch_bytes,
+        start: match req.start {
+            StartPosition::Earliest => Start::Earliest,
+            StartPosition::Latest => Start::Latest,
+        },
+    };
+    let subscription = ctx
+        .shared
+        .push_groups
+        .subscribe(&topic, &req.group, request)
+        .await?;
+    let subscribed = Subscribed {
+        subscription_id: subscription.id,
+        ack_timeout_ms: subscription.settings.ack_timeout_ms,
+        max_deliveries: subscription.settings.max_deliveries,
+    };
+    Ok((subscribed.into(), subscription.deliveries))
+}
+
+pub async fn handle_unsubscribe(ctx: Context, req: Unsubscribe) -> Result<Frame, BrokerError> {
+    ctx.shared
+        .push_groups
+        .unsubscribe(ctx.session_id, req.subscription_id)
+        .await?;
+    Ok(OkReply {}.into())
+}
+
+pub async fn handle_ack(ctx: Context, req: Ack) -> Result<Frame, BrokerError> {
+    answer(&ctx, req.subscription_id, &req.ranges, Answer::Ack).await
+}
+
+pub async fn handle_nack(ctx: Context, req: Nack) -> Result<Frame, BrokerError> {
+    let delay = Duration::from_millis(u64::from(req.delay_ms));
+    answer(
+        &ctx,
+        req.subscription_id,
+        &req.ranges,
+        Answer::Nack { delay },
+    )
+    .await
+}
+
+pub async fn handle_reject(ctx: Context, req: Reject) -> Result<Frame, BrokerError> {
+    let answer_ = Answer::Reject { reason: req.reason };
+    answer(&ctx, req.subscription_id, &req.ranges, answer_).await
+}
+
+pub async fn handle_touch(ctx: Context, req: Touch) -> Result<Frame, BrokerError> {
+    let extend = (req.extend_ms > 0).then(|| Duration::from_millis(u64::from(req.extend_ms)));
+    answer(
+        &ctx,
+        req.subscription_id,
+        &req.ranges,
+        Answer::Touch { extend },
+    )
+    .await
+}
+
+async fn answer(
+    ctx: &Context,
+    subscription_id: u64,
+    ranges: &[OffsetRange],
+    answer: Answer,
+) -> Result<Frame, BrokerError> {
+    let spans = ranges
+        .iter()
+        .map(|r| Span {
+            partition: r.partition,
+            start: r.start,
+            end: r.end,
+        })
+        .collect();
+    ctx.shared
+        .push_groups
+        .answer(ctx.session_id, subscription_id, spans, answer)
+        .await?;
+    Ok(OkReply {}.into())
+}

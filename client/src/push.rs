@@ -1,0 +1,416 @@
+//! [`PushConsumer`]: a subscriber of a push group, read as an async stream of
+//! [`Delivery`] values that are each answered: ack, nack, reject or touch.
+//!
+//! The broker sends deliveries while this subscriber holds fewer unanswered records than
+//! its window (`prefetch`), so the local buffer never holds more than the window. Acks are
+//! the common answer and are cheap: [`Delivery::ack`] only queues the offset; a background
+//! task gathers queued acks into ranges and keeps a few `Ack` requests in flight. An ack
+//! the broker refused surfaces as an error from the stream. [`PushConsumer::flush_acks`]
+//! waits until every ack queued so far is stored; [`PushConsumer::close`] flushes, then
+//! unsubscribes (what was not answered goes back to the group at once).
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::stream::FuturesUnordered;
+use futures::{Stream, StreamExt};
+use herald_protocol::{
+    read_batches, Ack, Deliver, Nack, OffsetRange, Record, Reject, StartPosition, Subscribe, Touch,
+    Unsubscribe,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::client::{await_reply, expect_reply, Client};
+use crate::error::{Error, Result};
+
+/// How a [`PushConsumer`] subscribes.
+#[derive(Debug, Clone)]
+pub struct PushConsumerConfig {
+    /// Most unanswered deliveries held at once (1 to 100,000).
+    pub prefetch: u32,
+    /// Most unanswered payload bytes held at once; 0 = no byte limit.
+    pub prefetch_bytes: u32,
+    /// Where the group starts if this subscription creates it.
+    pub start: StartPosition,
+}
+
+impl Default for PushConsumerConfig {
+    fn default() -> Self {
+        PushConsumerConfig {
+            prefetch: 100,
+            prefetch_bytes: 0,
+            start: StartPosition::Earliest,
+        }
+    }
+}
+
+/// One record delivered to this subscriber, to be answered once.
+pub struct Delivery {
+    pub partition: u32,
+    pub offset: u64,
+    pub record: Record,
+    /// How many times this record has been delivered, this time included.
+    pub delivery_count: u32,
+    /// Whether it was delivered before (`delivery_count > 1`).
+    pub redelivered: bool,
+    subscription: Arc<Subscription>,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("partition", &self.partition)
+            .field("offset", &self.offset)
+            .field("delivery_count", &self.delivery_count)
+            .field("record", &self.record)
+            .finish()
+    }
+}
+
+impl Delivery {
+    /// Done with this record. Queued and sent in a batch with other acks.
+    pub fn ack(self) {
+        let _ = self
+            .subscription
+            .acks
+            .send(AckMessage::Ack(self.partition, self.offset));
+    }
+
+    /// Give the record back to the group: redelivered now, or no sooner than `delay`.
+    pub async fn nack(self, delay: Duration) -> Result<()> {
+        let request = Nack {
+            subscription_id: self.subscription.id,
+            ranges: vec![self.range()],
+            delay_ms: delay.as_millis().min(u128::from(u32::MAX)) as u32,
+        };
+        let reply = self.subscription.client.call(request).await?;
+        expect_reply!(reply, Ok).map(drop)
+    }
+
+    /// Send the record to the group's dead-letter topic.
+    pub async fn reject(self, reason: &str) -> Result<()> {
+        let request = Reject {
+            subscription_id: self.subscription.id,
+            ranges: vec![self.range()],
+            reason: reason.to_string(),
+        };
+        let reply = self.subscription.client.call(request).await?;
+        expect_reply!(reply, Ok).map(drop)
+    }
+
+    /// Still working on it: restart its ack deadline (`None`: the group's ack timeout).
+    pub async fn touch(&self, extend: Option<Duration>) -> Result<()> {
+        let request = Touch {
+            subscription_id: self.subscription.id,
+            ranges: vec![self.range()],
+            extend_ms: extend.map_or(0, |d| d.as_millis().clamp(1, u128::from(u32::MAX)) as u32),
+        };
+        let reply = self.subscription.client.call(request).await?;
+        expect_reply!(reply, Ok).map(drop)
+    }
+
+    fn range(&self) -> OffsetRange {
+        OffsetRange {
+            partition: self.partition,
+            start: self.offset,
+            end: self.offset + 1,
+        }
+    }
+}
+
+impl Client {
+    /// Subscribes to push group `group` on `topic` with the default [`PushConsumerConfig`].
+    ///
+    /// ```no_run
+    /// use futures::StreamExt;
+    ///
+    /// # async fn run() -> herald_client::Result<()> {
+    /// let client = herald_client::Client::connect("127.0.0.1:7420").await?;
+    /// let mut jobs = client.push_consumer("jobs", "workers").await?;
+    /// while let Some(delivery) = jobs.next().await {
+    ///     let delivery = delivery?;
+    ///     println!("{:?}", delivery.record.payload);
+    ///     delivery.ack();
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn push_consumer(&self, topic: &str, group: &str) -> Result<PushConsumer> {
+        self.push_consumer_with(topic, group, PushConsumerConfig::default())
+            .await
+    }
+
+    /// Subscribes to push group `group` on `topic` (created with default settings if new).
+    pub async fn push_consumer_with(
+        &self,
+        topic: &str,
+        group: &str,
+        config: PushConsumerConfig,
+    ) -> Result<PushConsumer> {
+        let (deliveries_tx, deliveries) = mpsc::unbounded_channel();
+        let request = Subscribe {
+            topic: topic.to_string(),
+            group: group.to_string(),
+            prefetch_count: config.prefetch,
+            prefetch_bytes: config.prefetch_bytes,
+            start: config.start,
+        };
+        let reply = self.subscribe_call(request, deliveries_tx).await?;
+        let subscribed = expect_reply!(reply, Subscribed)?;
+        let (acks, acks_rx) = mpsc::unbounded_channel();
+        let failure = Arc::new(Mutex::new(None));
+        let subscription = Arc::new(Subscription {
+            id: subscribed.subscription_id,
+            client: self.clone(),
+            acks,
+        });
+        tokio::spawn(run_acker(
+            self.clone(),
+            subscribed.subscription_id,
+            acks_rx,
+            Arc::clone(&failure),
+        ));
+        Ok(PushConsumer {
+            subscription,
+            deliveries,
+            ready: VecDeque::new(),
+            failure,
+            ack_timeout: Duration::from_millis(u64::from(subscribed.ack_timeout_ms)),
+            max_deliveries: subscribed.max_deliveries,
+            ended: false,
+        })
+    }
+}
+
+struct Subscription {
+    id: u64,
+    client: Client,
+    acks: mpsc::UnboundedSender<AckMessage>,
+}
+
+enum AckMessage {
+    Ack(u32, u64),
+    Flush(oneshot::Sender<Result<()>>),
+}
+
+/// A push-group subscriber; see the module docs.
+pub struct PushConsumer {
+    subscription: Arc<Subscription>,
+    deliveries: mpsc::UnboundedReceiver<Deliver>,
+    ready: VecDeque<Delivery>,
+    /// The first error of the ack task, reported by the stream.
+    failure: Arc<Mutex<Option<Error>>>,
+    ack_timeout: Duration,
+    max_deliveries: u32,
+    ended: bool,
+}
+
+impl PushConsumer {
+    /// The subscription id the broker gave.
+    pub fn subscription_id(&self) -> u64 {
+        self.subscription.id
+    }
+
+    /// The group's ack deadline.
+    pub fn ack_timeout(&self) -> Duration {
+        self.ack_timeout
+    }
+
+    /// The group's `max_deliveries` (0 = unlimited).
+    pub fn max_deliveries(&self) -> u32 {
+        self.max_deliveries
+    }
+
+    /// Whether a delivery is in hand, so the next one comes without waiting.
+    pub fn has_ready(&self) -> bool {
+        !self.ready.is_empty() || !self.deliveries.is_empty()
+    }
+
+    /// Waits until every ack queued so far is stored by the broker.
+    pub async fn flush_acks(&self) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.subscription
+            .acks
+            .send(AckMessage::Flush(reply))
+            .map_err(|_| Error::Closed("the ack task has stopped".into()))?;
+        rx.await
+            .map_err(|_| Error::Closed("the ack task has stopped".into()))?
+    }
+
+    /// Flushes acks, then ends the subscription; unanswered deliveries go back to the group.
+    pub async fn close(self) -> Result<()> {
+        let flushed = self.flush_acks().await;
+        let request = Unsubscribe {
+            subscription_id: self.subscription.id,
+        };
+        let reply = self.subscription.client.call(request).await;
+        flushed?;
+        expect_reply!(reply?, Ok).map(drop)
+    }
+
+    fn take_failure(&self) -> Option<Error> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
+    /// Turns one delivery frame into deliveries.
+    fn unpack(&mut self, deliver: Deliver) -> Result<()> {
+        let batches = read_batches(deliver.batch).map_err(|e| Error::Protocol(e.to_string()))?;
+        let mut index = 0;
+        for batch in &batches {
+            for stored in batch.iter() {
+                let stored = stored.map_err(|e| Error::Protocol(e.to_string()))?;
+                let delivery_count = deliver.delivery_counts.get(index).copied().unwrap_or(1);
+                index += 1;
+                self.ready.push_back(Delivery {
+                    partition: deliver.partition,
+                    offset: stored.offset,
+                    record: stored.record,
+                    delivery_count,
+                    redelivered: delivery_count > 1,
+                    subscription: Arc::clone(&self.subscription),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Stream for PushConsumer {
+    type Item = Result<Delivery>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        if let Some(err) = this.take_failure() {
+            this.ended = true;
+            return Poll::Ready(Some(Err(err)));
+        }
+        loop {
+            if let Some(delivery) = this.ready.pop_front() {
+                return Poll::Ready(Some(Ok(delivery)));
+            }
+            match this.deliveries.poll_recv(cx) {
+                Poll::Ready(Some(deliver)) => {
+                    if let Err(err) = this.unpack(deliver) {
+                        this.ended = true;
+                        return Poll::Ready(Some(Err(err)));
+                    }
+                }
+                Poll::Ready(None) => {
+                    this.ended = true;
+                    return Poll::Ready(Some(Err(Error::Closed(
+                        "the connection to the broker ended".into(),
+                    ))));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// Ack requests kept in flight at once.
+const ACKS_IN_FLIGHT: usize = 4;
+
+/// Gathers queued acks into ranges and sends them, a few requests at a time.
+async fn run_acker(
+    client: Client,
+    subscription_id: u64,
+    mut queue: mpsc::UnboundedReceiver<AckMessage>,
+    failure: Arc<Mutex<Option<Error>>>,
+) {
+    let mut in_flight = FuturesUnordered::new();
+    let mut flushes: Vec<oneshot::Sender<Result<()>>> = Vec::new();
+    let mut pending: Vec<(u32, u64)> = Vec::new();
+    let mut first_error: Option<String> = None;
+    let mut open = true;
+    while open || !in_flight.is_empty() || !pending.is_empty() {
+        if pending.is_empty() && in_flight.is_empty() {
+            for flush in flushes.drain(..) {
+                let result = match &first_error {
+                    Some(err) => Err(Error::Protocol(format!("an ack was refused: {err}"))),
+                    None => Ok(()),
+                };
+                let _ = flush.send(result);
+            }
+        }
+        tokio::select! {
+            message = queue.recv(), if open && in_flight.len() < ACKS_IN_FLIGHT => {
+                let Some(message) = message else { open = false; continue };
+                let mut take = |message| match message {
+                    AckMessage::Ack(p, offset) => pending.push((p, offset)),
+                    AckMessage::Flush(reply) => flushes.push(reply),
+                };
+                take(message);
+                while let Ok(message) = queue.try_recv() {
+                    take(message);
+                }
+                if !pending.is_empty() {
+                    let ranges = coalesce(std::mem::take(&mut pending));
+                    let request = Ack { subscription_id, ranges };
+                    match client.start(request).await {
+                        Ok(rx) => in_flight.push(await_reply(rx)),
+                        Err(err) => { record(&failure, &mut first_error, err); open = false; }
+                    }
+                }
+            }
+            Some(reply) = in_flight.next(), if !in_flight.is_empty() => {
+                let result = reply.and_then(|frame| expect_reply!(frame, Ok).map(drop));
+                if let Err(err) = result {
+                    record(&failure, &mut first_error, err);
+                }
+            }
+        }
+    }
+    for flush in flushes {
+        let _ = flush.send(Err(Error::Closed("the consumer has stopped".into())));
+    }
+}
+
+fn record(failure: &Mutex<Option<Error>>, first: &mut Option<String>, err: Error) {
+    tracing::warn!(%err, "an ack was not stored");
+    first.get_or_insert_with(|| err.to_string());
+    failure
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert(err);
+}
+
+/// Acked offsets as ranges: sorted, consecutive offsets merged.
+fn coalesce(mut acked: Vec<(u32, u64)>) -> Vec<OffsetRange> {
+    acked.sort_unstable();
+    let mut ranges: Vec<OffsetRange> = Vec::new();
+    for (partition, offset) in acked {
+        match ranges.last_mut() {
+            Some(last) if last.partition == partition && last.end == offset => last.end += 1,
+            Some(last) if last.partition == partition && offset < last.end => {}
+            _ => ranges.push(OffsetRange {
+                partition,
+                start: offset,
+                end: offset + 1,
+            }),
+        }
+    }
+    ranges
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acks_coalesce_into_ranges_per_partition() {
+        let ranges = coalesce(vec![(0, 5), (1, 2), (0, 3), (0, 4), (0, 9), (0, 4)]);
+        let spans: Vec<(u32, u64, u64)> = ranges
+            .iter()
+            .map(|r| (r.partition, r.start, r.end))
+            .collect();
+        assert_eq!(spans, vec![(0, 3, 6), (0, 9, 10), (1, 2, 3)]);
+    }
+}
