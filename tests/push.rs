@@ -236,3 +236,192 @@ async fn max_deliveries_and_reject_send_records_to_the_dead_letter_topic() {
     consumer.close().await.unwrap();
     broker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_delivery_moves_after_the_ack_deadline_and_the_slow_session_lives_on() {
+    let broker = TestBroker::start().await;
+    let admin = broker.client().await;
+    admin.create_topic("slow", 1).await.unwrap();
+    let settings = herald_client::PushGroupSettings {
+        ack_timeout: Some(Duration::from_millis(600)),
+        ..Default::default()
+    };
+    admin.create_push_group("slow", "g", settings).await.unwrap();
+    let slow_client = broker.client().await;
+    let mut slow = slow_client
+        .push_consumer_with("slow", "g", prefetch(10))
+        .await
+        .unwrap();
+    publish(&admin, "slow", 1).await;
+    let held = next(&mut slow, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(held.delivery_count, 1);
+    let mut other = subscriber(&broker, "slow", "g", 10).await;
+
+    // Touching keeps it with the slow consumer past the first deadline.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    held.touch(None).await.unwrap();
+    assert!(next(&mut other, Duration::from_millis(400)).await.is_none());
+    let started = tokio::time::Instant::now();
+    let moved = next(&mut other, Duration::from_secs(5)).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!((moved.offset, moved.delivery_count), (held.offset, 2));
+    moved.ack();
+    other.flush_acks().await.unwrap();
+
+    // The slow consumer's session and subscription are untouched.
+    slow_client.list_topics().await.unwrap();
+    publish(&admin, "slow", 1).await;
+    let info = admin.describe_group("slow", "g").await.unwrap();
+    assert_eq!(info.members.len(), 2, "{info:?}");
+    held.ack(); // a late answer for a record that moved is taken as done
+    slow.flush_acks().await.unwrap();
+    slow.close().await.unwrap();
+    other.close().await.unwrap();
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_disconnects_has_its_deliveries_sent_to_the_others_at_once() {
+    let broker = TestBroker::start().await;
+    let admin = broker.client().await;
+    admin.create_topic("jobs", 1).await.unwrap();
+    let mut leaving = subscriber(&broker, "jobs", "g", 100).await;
+    publish(&admin, "jobs", 20).await;
+    let mut held = Vec::new();
+    while held.len() < 20 {
+        held.push(next(&mut leaving, Duration::from_secs(5)).await.unwrap());
+    }
+    let mut staying = subscriber(&broker, "jobs", "g", 100).await;
+    assert!(next(&mut staying, Duration::from_millis(200)).await.is_none());
+    drop(held);
+    drop(leaving); // closes its connection: nothing was answered
+
+    let started = tokio::time::Instant::now();
+    let mut got = BTreeSet::new();
+    while got.len() < 20 {
+        let delivery = next(&mut staying, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(delivery.delivery_count, 2);
+        got.insert(delivery.offset);
+        delivery.ack();
+    }
+    assert!(started.elapsed() < Duration::from_secs(3), "well before any ack deadline");
+    staying.close().await.unwrap();
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_only_unacked_records_are_delivered_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || herald_broker::Config::ephemeral(dir.path().join("data"));
+    let broker = herald_broker::Broker::start(config()).await.unwrap();
+    let client = Client::connect(broker.local_addr()).await.unwrap();
+    client.create_topic("ledger", 1).await.unwrap();
+    publish(&client, "ledger", 100).await;
+    let mut consumer = client
+        .push_consumer_with("ledger", "g", prefetch(100))
+        .await
+        .unwrap();
+    let acked: BTreeSet<u64> = (0..50).chain([60, 70, 99]).collect();
+    for _ in 0..100 {
+        let delivery = next(&mut consumer, Duration::from_secs(5)).await.unwrap();
+        if acked.contains(&delivery.offset) {
+            delivery.ack();
+        }
+    }
+    consumer.flush_acks().await.unwrap();
+    drop(consumer);
+    broker.shutdown().await.unwrap();
+
+    let broker = herald_broker::Broker::start(config()).await.unwrap();
+    let client = Client::connect(broker.local_addr()).await.unwrap();
+    let mut consumer = client
+        .push_consumer_with("ledger", "g", prefetch(100))
+        .await
+        .unwrap();
+    let mut again = BTreeSet::new();
+    while let Some(delivery) = next(&mut consumer, Duration::from_millis(500)).await {
+        assert!(again.insert(delivery.offset), "{} twice", delivery.offset);
+        delivery.ack();
+    }
+    let expected: BTreeSet<u64> = (0..100).filter(|o| !acked.contains(o)).collect();
+    assert_eq!(again, expected);
+    consumer.close().await.unwrap();
+    broker.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_consumer_holds_no_more_than_its_window_and_stalls_nobody() {
+    use futures::SinkExt;
+    use herald_protocol::{Frame, FrameCodec, Hello, Message, StartPosition, Subscribe};
+    use tokio_util::codec::Framed;
+
+    let broker = TestBroker::start_with(|c| c.session_timeout_ms = 3000).await;
+    let admin = broker.client().await;
+    admin.create_topic("big", 1).await.unwrap();
+
+    // A subscriber that never reads its socket again after subscribing.
+    let stream = tokio::net::TcpStream::connect(broker.addr()).await.unwrap();
+    let mut frozen = Framed::new(stream, FrameCodec::default());
+    let hello = Hello {
+        min_version: 1,
+        max_version: 1,
+        client_id: "frozen".into(),
+        ..Hello::default()
+    };
+    frozen.send(Message::new(1, hello)).await.unwrap();
+    let subscribe = Subscribe {
+        topic: "big".into(),
+        group: "g".into(),
+        prefetch_count: 300,
+        prefetch_bytes: 0,
+        start: StartPosition::Earliest,
+    };
+    frozen.send(Message::new(2, subscribe)).await.unwrap();
+    loop {
+        let raw = frozen.next().await.unwrap().unwrap();
+        if matches!(raw.decode().unwrap(), Frame::Subscribed(_)) {
+            break;
+        }
+    }
+
+    // 600 records of 64 KiB: the frozen window alone (~19 MB) is more than the sockets
+    // buffer, so the broker's writes to it block.
+    let producer = admin.producer();
+    for chunk in 0..20 {
+        let records = (0..30)
+            .map(|i| Record::new(vec![b'a' + ((chunk * 30 + i) % 26) as u8; 64 * 1024]))
+            .collect();
+        producer.send_batch("big", records).await.unwrap();
+    }
+    let mut healthy = subscriber(&broker, "big", "g", 50).await;
+    let mut other_group = subscriber(&broker, "big", "other", 50).await;
+    let (in_group, everything) = tokio::join!(
+        drain(&mut healthy, Duration::from_millis(700)),
+        drain(&mut other_group, Duration::from_millis(700))
+    );
+    assert_eq!(everything.len(), 600, "another group reads at full speed");
+    assert_eq!(in_group.len(), 300, "the rest of the group's records went to the healthy one");
+    let info = admin.describe_group("big", "g").await.unwrap();
+    let frozen_info = info
+        .members
+        .iter()
+        .find(|m| m.in_flight > 0)
+        .expect("the frozen consumer holds its window");
+    assert_eq!(frozen_info.in_flight, 300, "never more than its window");
+
+    // Its session expires (it sends no heartbeats) and its window comes back.
+    let mut recovered = 0;
+    while let Some(delivery) = next(&mut healthy, Duration::from_secs(8)).await {
+        assert!(delivery.redelivered);
+        delivery.ack();
+        recovered += 1;
+        if recovered == 300 {
+            break;
+        }
+    }
+    assert_eq!(recovered, 300);
+    drop(frozen);
+    healthy.close().await.unwrap();
+    other_group.close().await.unwrap();
+    broker.stop().await;
+}
