@@ -206,11 +206,38 @@ async fn a_duplicated_message_fails_the_run() {
 }
 
 #[tokio::test]
+async fn push_mode_is_measured_and_verified_in_every_scenario() {
+    let common = [
+        "--embedded",
+        "--mode",
+        "push",
+        "--messages",
+        "3000",
+        "--partitions",
+        "2",
+        "--prefetch",
+        "100",
+    ];
+    let consume =
+        bench_json(&[&common[..], &["--scenario", "consume", "--consumers", "2"]].concat()).await;
+    assert_eq!(consume["mode"], "push");
+    assert_eq!(consume["verified"], true);
+    assert_throughput(&consume["consume"]);
+    let pubsub =
+        bench_json(&[&common[..], &["--scenario", "pubsub", "--rate", "20000"]].concat()).await;
+    assert_percentiles(&pubsub["latency_us"]["delivery"]);
+    let fanout =
+        bench_json(&[&common[..], &["--scenario", "fanout", "--groups", "2"]].concat()).await;
+    assert_eq!(fanout["groups"], 2);
+    assert_throughput(&fanout["consume"]);
+}
+
+#[tokio::test]
 async fn bad_settings_are_refused() {
     for args in [
         &["--embedded", "--size", "4"][..],
         &["--embedded", "--messages", "0"],
-        &["--embedded", "--mode", "push", "--scenario", "consume"],
+        &["--embedded", "--mode", "push", "--scenario", "consume", "--prefetch", "0"],
     ] {
         let out = bench(args).await;
         assert!(!out.status.success(), "{args:?}");

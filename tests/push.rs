@@ -246,7 +246,10 @@ async fn an_unanswered_delivery_moves_after_the_ack_deadline_and_the_slow_sessio
         ack_timeout: Some(Duration::from_millis(600)),
         ..Default::default()
     };
-    admin.create_push_group("slow", "g", settings).await.unwrap();
+    admin
+        .create_push_group("slow", "g", settings)
+        .await
+        .unwrap();
     let slow_client = broker.client().await;
     let mut slow = slow_client
         .push_consumer_with("slow", "g", prefetch(10))
@@ -292,7 +295,9 @@ async fn a_consumer_that_disconnects_has_its_deliveries_sent_to_the_others_at_on
         held.push(next(&mut leaving, Duration::from_secs(5)).await.unwrap());
     }
     let mut staying = subscriber(&broker, "jobs", "g", 100).await;
-    assert!(next(&mut staying, Duration::from_millis(200)).await.is_none());
+    assert!(next(&mut staying, Duration::from_millis(200))
+        .await
+        .is_none());
     drop(held);
     drop(leaving); // closes its connection: nothing was answered
 
@@ -304,7 +309,10 @@ async fn a_consumer_that_disconnects_has_its_deliveries_sent_to_the_others_at_on
         got.insert(delivery.offset);
         delivery.ack();
     }
-    assert!(started.elapsed() < Duration::from_secs(3), "well before any ack deadline");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "well before any ack deadline"
+    );
     staying.close().await.unwrap();
     broker.stop().await;
 }
@@ -400,7 +408,11 @@ async fn a_frozen_consumer_holds_no_more_than_its_window_and_stalls_nobody() {
         drain(&mut other_group, Duration::from_millis(700))
     );
     assert_eq!(everything.len(), 600, "another group reads at full speed");
-    assert_eq!(in_group.len(), 300, "the rest of the group's records went to the healthy one");
+    assert_eq!(
+        in_group.len(),
+        300,
+        "the rest of the group's records went to the healthy one"
+    );
     let info = admin.describe_group("big", "g").await.unwrap();
     let frozen_info = info
         .members
@@ -423,5 +435,121 @@ async fn a_frozen_consumer_holds_no_more_than_its_window_and_stalls_nobody() {
     drop(frozen);
     healthy.close().await.unwrap();
     other_group.close().await.unwrap();
+    broker.stop().await;
+}
+
+async fn herald(broker: &TestBroker, args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(herald_suite::binary("herald"))
+        .arg("--broker")
+        .arg(broker.addr().to_string())
+        .args(args)
+        .output()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_creates_describes_and_consumes_push_groups() {
+    let broker = TestBroker::start().await;
+    let admin = broker.client().await;
+    admin.create_topic("mail", 2).await.unwrap();
+    publish(&admin, "mail", 30).await;
+
+    let out = herald(
+        &broker,
+        &[
+            "group",
+            "create",
+            "mail",
+            "senders",
+            "--mode",
+            "push",
+            "--ack-timeout-ms",
+            "5000",
+            "--max-deliveries",
+            "3",
+            "--dead-letter",
+            "mail.failed",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let out = herald(
+        &broker,
+        &["group", "create", "mail", "senders", "--mode", "push"],
+    )
+    .await;
+    assert!(!out.status.success(), "a second create fails");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+
+    let consume = |count: &'static str| {
+        [
+            "consume",
+            "mail",
+            "--group",
+            "senders",
+            "--mode",
+            "push",
+            "--prefetch",
+            "5",
+            "--count",
+            count,
+            "--idle-timeout-ms",
+            "1000",
+            "--output",
+            "json",
+        ]
+    };
+    let out = herald(&broker, &consume("10")).await;
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 10);
+    assert!(lines
+        .iter()
+        .all(|l| l["delivery_count"] == 1 && l["redelivered"] == false && l["topic"] == "mail"));
+
+    // Acked after printing: the next run gets the other 20 (and anything unacked
+    // by the first run comes back to it).
+    let out = herald(&broker, &consume("100")).await;
+    assert!(out.status.success(), "{out:?}");
+    let second: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let rest: BTreeSet<String> = second.iter().map(|l| l["payload"].to_string()).collect();
+    // What the first run held unacked when it left comes back marked as redelivered.
+    let redelivered = second.iter().filter(|l| l["redelivered"] == true).count();
+    assert!(second
+        .iter()
+        .all(|l| (l["delivery_count"] == 2) == (l["redelivered"] == true)));
+    let first: BTreeSet<String> = lines.iter().map(|l| l["payload"].to_string()).collect();
+    assert_eq!(rest.len(), 20);
+    assert!(rest.is_disjoint(&first));
+
+    let out = herald(&broker, &["group", "describe", "mail", "senders"]).await;
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for expected in [
+        "mode: push".to_string(),
+        "ack_timeout_ms: 5000".to_string(),
+        "max_deliveries: 3".to_string(),
+        "dead_letter: mail.failed".to_string(),
+        format!("redelivered: {redelivered}"),
+        "dead_lettered: 0".to_string(),
+        "consumers: 0".to_string(),
+    ] {
+        assert!(text.contains(&expected), "{expected} in {text}");
+    }
+    let list = herald(&broker, &["group", "list", "mail"]).await;
+    assert_eq!(String::from_utf8_lossy(&list.stdout), "senders\n");
+    let out = herald(
+        &broker,
+        &["consume", "mail", "--group", "senders", "--mode", "pull"],
+    )
+    .await;
+    assert!(!out.status.success(), "a push group cannot be pulled");
     broker.stop().await;
 }

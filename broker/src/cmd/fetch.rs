@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use super::Context;
 use crate::error::BrokerError;
 use crate::storage::log::ReadBatches;
-use crate::storage::{blocking, PartitionLog};
+use crate::storage::PartitionLog;
 
 /// Reads up to `max_messages` / `max_bytes` from `offset`, answering as soon as `min_bytes`
 /// are there or `max_wait_ms` has passed (or the broker is shutting down).
@@ -55,17 +55,11 @@ pub async fn handle_fetch(ctx: Context, req: Fetch) -> Result<Frame, BrokerError
     .into())
 }
 
-/// Reads on a blocking thread, unless there is nothing to read: an idle long-poll at the end
-/// of its partition then costs no thread hop at all.
 async fn read(
     log: &Arc<PartitionLog>,
     offset: u64,
     max_messages: u32,
     max_bytes: usize,
 ) -> Result<ReadBatches, BrokerError> {
-    if offset >= log.next_offset() {
-        return Ok(ReadBatches::default());
-    }
-    let log = Arc::clone(log);
-    Ok(blocking(move || log.read(offset, max_messages, max_bytes)).await?)
+    Ok(log.read_async(offset, max_messages, max_bytes).await?)
 }

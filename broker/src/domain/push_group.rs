@@ -805,7 +805,7 @@ impl Dispatcher {
             part.next = first;
         }
         let from = part.next;
-        let read = blocking(move || Ok(log.read(from, max_records, max_bytes)?)).await?;
+        let read = log.read_async(from, max_records, max_bytes).await?;
         let part = &mut self.parts[p as usize];
         let mut batches = Vec::new();
         for batch in read.batches {
@@ -845,7 +845,7 @@ impl Dispatcher {
             part.dirty = true;
             return Ok(());
         }
-        let read = blocking(move || Ok(log.read(from, run, max_bytes)?)).await?;
+        let read = log.read_async(from, run, max_bytes).await?;
         let part = &mut self.parts[p as usize];
         let mut deliveries = Vec::new();
         for batch in read.batches {

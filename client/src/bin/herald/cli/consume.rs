@@ -1,5 +1,5 @@
 //! `herald consume TOPIC --group G [--mode pull|push] [--from earliest|latest] [--count N]
-//! [--idle-timeout-ms MS] [--output raw|json]`
+//! [--idle-timeout-ms MS] [--prefetch N] [--output raw|json]`
 
 use std::io::Write;
 use std::time::Duration;
@@ -9,7 +9,7 @@ use bytes::Bytes;
 use clap::{Args, ValueEnum};
 use futures::StreamExt;
 
-use herald_client::{Client, PullConsumerConfig, PulledRecord, StartPosition};
+use herald_client::{Client, PullConsumerConfig, PushConsumerConfig, Record, StartPosition};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Mode {
@@ -47,19 +47,77 @@ pub struct ConsumeArgs {
     /// Exit once no message arrived for this long.
     #[arg(long, default_value_t = 5000)]
     pub idle_timeout_ms: u64,
+    /// Push mode: most unacked deliveries held at once.
+    #[arg(long, default_value_t = 100)]
+    pub prefetch: u32,
     /// raw: each payload on its own line; json: one object per line.
     #[arg(long, value_enum, default_value = "raw")]
     pub output: Output,
 }
 
 pub async fn run(broker: &str, args: ConsumeArgs) -> anyhow::Result<()> {
-    if args.mode == Mode::Push {
-        anyhow::bail!(
-            "--mode push is not supported yet by this version of herald; use --mode pull"
-        );
-    }
     let client = super::connect(broker).await?;
-    consume_pull(&client, &args).await
+    match args.mode {
+        Mode::Pull => consume_pull(&client, &args).await,
+        Mode::Push => consume_push(&client, &args).await,
+    }
+}
+
+/// Subscribes to the push group, prints each delivery and acks it after printing. On exit
+/// it waits for the acks to be stored and unsubscribes.
+async fn consume_push(client: &Client, args: &ConsumeArgs) -> anyhow::Result<()> {
+    let config = PushConsumerConfig {
+        prefetch: args.prefetch,
+        start: start(args.from),
+        ..PushConsumerConfig::default()
+    };
+    let mut consumer = client
+        .push_consumer_with(&args.topic, &args.group, config)
+        .await?;
+    let idle = Duration::from_millis(args.idle_timeout_ms);
+    let mut printed = 0u64;
+    let mut out = std::io::stdout().lock();
+    let result = loop {
+        if args.count.is_some_and(|count| printed >= count) {
+            break Ok(());
+        }
+        let delivery = match tokio::time::timeout(idle, consumer.next()).await {
+            Err(_) | Ok(None) => break Ok(()),
+            Ok(Some(Err(err))) => break Err(err.into()),
+            Ok(Some(Ok(delivery))) => delivery,
+        };
+        let shown = Shown {
+            partition: delivery.partition,
+            offset: delivery.offset,
+            record: &delivery.record,
+            delivery_count: delivery.delivery_count,
+        };
+        if let Err(err) = print(&mut out, args, &shown).and_then(|()| Ok(out.flush()?)) {
+            break Err(err);
+        }
+        delivery.ack();
+        printed += 1;
+    };
+    drop(out);
+    let closed = consumer.close().await;
+    result?;
+    closed?;
+    Ok(())
+}
+
+fn start(from: From) -> StartPosition {
+    match from {
+        From::Earliest => StartPosition::Earliest,
+        From::Latest => StartPosition::Latest,
+    }
+}
+
+/// What a printed message shows, from either mode.
+struct Shown<'a> {
+    partition: u32,
+    offset: u64,
+    record: &'a Record,
+    delivery_count: u32,
 }
 
 /// Joins the group, prints what the broker assigns this member, and commits whenever it
@@ -67,10 +125,7 @@ pub async fn run(broker: &str, args: ConsumeArgs) -> anyhow::Result<()> {
 /// again if it dies mid-way). Leaves the group on exit.
 async fn consume_pull(client: &Client, args: &ConsumeArgs) -> anyhow::Result<()> {
     let mut config = PullConsumerConfig {
-        start: match args.from {
-            From::Earliest => StartPosition::Earliest,
-            From::Latest => StartPosition::Latest,
-        },
+        start: start(args.from),
         auto_commit: false,
         ..PullConsumerConfig::default()
     };
@@ -92,7 +147,13 @@ async fn consume_pull(client: &Client, args: &ConsumeArgs) -> anyhow::Result<()>
             Ok(Some(Err(err))) => break Err(err.into()),
             Ok(Some(Ok(record))) => record,
         };
-        if let Err(err) = print(&mut out, args, &record) {
+        let shown = Shown {
+            partition: record.partition,
+            offset: record.offset,
+            record: &record.record,
+            delivery_count: 1,
+        };
+        if let Err(err) = print(&mut out, args, &shown) {
             break Err(err);
         }
         printed += 1;
@@ -112,14 +173,14 @@ async fn consume_pull(client: &Client, args: &ConsumeArgs) -> anyhow::Result<()>
     Ok(())
 }
 
-fn print(out: &mut impl Write, args: &ConsumeArgs, record: &PulledRecord) -> anyhow::Result<()> {
+fn print(out: &mut impl Write, args: &ConsumeArgs, shown: &Shown) -> anyhow::Result<()> {
     match args.output {
         Output::Raw => {
-            out.write_all(&record.record.payload)?;
+            out.write_all(&shown.record.payload)?;
             out.write_all(b"\n")?;
         }
         Output::Json => {
-            serde_json::to_writer(&mut *out, &json(&args.topic, record))?;
+            serde_json::to_writer(&mut *out, &json(&args.topic, shown))?;
             out.write_all(b"\n")?;
         }
     }
@@ -128,16 +189,16 @@ fn print(out: &mut impl Write, args: &ConsumeArgs, record: &PulledRecord) -> any
 
 /// One message as a JSON object. Bytes that are not UTF-8 are written as base64 under a
 /// `_base64` name (`payload_base64`, `key_base64`; a header value as `{"base64": "..."}`).
-fn json(topic: &str, pulled: &PulledRecord) -> serde_json::Value {
-    let record = &pulled.record;
+fn json(topic: &str, shown: &Shown) -> serde_json::Value {
+    let record = shown.record;
     let mut object = serde_json::json!({
         "topic": topic,
-        "partition": pulled.partition,
-        "offset": pulled.offset,
+        "partition": shown.partition,
+        "offset": shown.offset,
         "key": null,
         "timestamp": record.timestamp,
-        "redelivered": false,
-        "delivery_count": 1,
+        "redelivered": shown.delivery_count > 1,
+        "delivery_count": shown.delivery_count,
     });
     let headers: serde_json::Map<String, serde_json::Value> = record
         .headers

@@ -4,7 +4,9 @@ use std::io::Write;
 
 use clap::Subcommand;
 
-use herald_client::{Client, GroupInfo, GroupMode, ResetTarget, StartPosition};
+use std::time::Duration;
+
+use herald_client::{Client, GroupInfo, GroupMode, PushGroupSettings, ResetTarget, StartPosition};
 
 use super::consume::{From, Mode};
 
@@ -92,11 +94,18 @@ pub async fn run(client: &Client, command: GroupCommand) -> anyhow::Result<()> {
                 From::Latest => StartPosition::Latest,
             };
             if mode == Mode::Push {
-                anyhow::bail!(
-                    "push groups are not supported yet by this version of herald \
-                     (asked for ack_timeout_ms={ack_timeout_ms:?} max_deliveries={max_deliveries:?} \
-                     dead_letter={dead_letter:?})"
-                );
+                let settings = PushGroupSettings {
+                    start,
+                    ack_timeout: ack_timeout_ms.map(|ms| Duration::from_millis(u64::from(ms))),
+                    max_deliveries,
+                    dead_letter,
+                };
+                if settings.ack_timeout.is_some_and(|d| d.is_zero()) {
+                    anyhow::bail!("--ack-timeout-ms must be at least 1");
+                }
+                client.create_push_group(&topic, &group, settings).await?;
+                writeln!(out, "created push group {group} on {topic}")?;
+                return Ok(());
             }
             if ack_timeout_ms.is_some() || max_deliveries.is_some() || dead_letter.is_some() {
                 anyhow::bail!(
@@ -122,6 +131,9 @@ fn print_description(out: &mut impl Write, info: &GroupInfo) -> std::io::Result<
     writeln!(out, "group: {}", info.group)?;
     writeln!(out, "topic: {}", info.topic)?;
     writeln!(out, "mode: {mode}")?;
+    if info.mode == GroupMode::Push {
+        return print_push(out, info);
+    }
     writeln!(out, "generation: {}", info.generation)?;
     writeln!(out, "members: {}", info.members.len())?;
     if !info.members.is_empty() {
@@ -148,6 +160,47 @@ fn print_description(out: &mut impl Write, info: &GroupInfo) -> std::io::Result<
             out,
             "{:<10} {:<40} {:>14} {:>14} {:>14}",
             p.partition, owner, p.committed, p.end, p.lag
+        )?;
+    }
+    Ok(())
+}
+
+fn print_push(out: &mut impl Write, info: &GroupInfo) -> std::io::Result<()> {
+    let max = if info.max_deliveries == 0 {
+        "unlimited".to_string()
+    } else {
+        info.max_deliveries.to_string()
+    };
+    writeln!(out, "ack_timeout_ms: {}", info.ack_timeout_ms)?;
+    writeln!(out, "max_deliveries: {max}")?;
+    writeln!(out, "dead_letter: {}", info.dead_letter)?;
+    writeln!(out, "redelivered: {}", info.redelivered)?;
+    writeln!(out, "dead_lettered: {}", info.dead_lettered)?;
+    writeln!(out, "consumers: {}", info.members.len())?;
+    if !info.members.is_empty() {
+        writeln!(
+            out,
+            "{:<24} {:<22} {:>10} {:>18}",
+            "CONSUMER", "ADDRESS", "IN_FLIGHT", "OLDEST_UNACKED_MS"
+        )?;
+        for member in &info.members {
+            writeln!(
+                out,
+                "{:<24} {:<22} {:>10} {:>18}",
+                member.member_id, member.address, member.in_flight, member.oldest_unacked_ms
+            )?;
+        }
+    }
+    writeln!(
+        out,
+        "{:<10} {:>14} {:>14} {:>14}",
+        "PARTITION", "ACK_FLOOR", "END", "LAG"
+    )?;
+    for p in &info.partitions {
+        writeln!(
+            out,
+            "{:<10} {:>14} {:>14} {:>14}",
+            p.partition, p.committed, p.end, p.lag
         )?;
     }
     Ok(())

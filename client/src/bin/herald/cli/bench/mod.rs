@@ -98,11 +98,6 @@ pub struct BenchArgs {
 
 impl BenchArgs {
     fn validate(&self) -> anyhow::Result<()> {
-        if self.mode == Mode::Push {
-            anyhow::bail!(
-                "--mode push is not available yet: push groups are not implemented by this version"
-            );
-        }
         if self.size < payload::HEADER_LEN {
             anyhow::bail!(
                 "--size must be at least {} bytes (the bench's sequence header)",
@@ -275,6 +270,7 @@ impl<'a> Bench<'a> {
             max_messages: self.args.prefetch,
             stall_timeout: Duration::from_millis(self.args.timeout_ms),
             measure_delivery,
+            push: self.args.mode == Mode::Push,
         }
     }
 
@@ -300,8 +296,11 @@ impl<'a> Bench<'a> {
             Scenario::Publish => {
                 self.publish(&mut report).await?;
                 // Not timed: read everything back, so a fast wrong run is a failure.
-                let plan = self.consume_plan(self.group(0), false);
-                let check = workload::consume_pull(&plan, &ProgressBar::hidden()).await?;
+                let plan = ConsumePlan {
+                    push: false,
+                    ..self.consume_plan(self.group(0), false)
+                };
+                let check = workload::consume(&plan, &ProgressBar::hidden()).await?;
                 check
                     .verifier
                     .check()
@@ -313,7 +312,7 @@ impl<'a> Bench<'a> {
                 }
                 let bar = self.bar("consumed", self.args.messages);
                 let consumed =
-                    workload::consume_pull(&self.consume_plan(self.group(0), false), &bar).await?;
+                    workload::consume(&self.consume_plan(self.group(0), false), &bar).await?;
                 bar.finish();
                 consumed
                     .verifier
@@ -336,7 +335,7 @@ impl<'a> Bench<'a> {
                 let consumers: Vec<_> = (0..groups)
                     .map(|g| {
                         let (plan, bar) = (self.consume_plan(self.group(g), delivery), bar.clone());
-                        tokio::spawn(async move { workload::consume_pull(&plan, &bar).await })
+                        tokio::spawn(async move { workload::consume(&plan, &bar).await })
                     })
                     .collect();
                 self.publish(&mut report).await?;
@@ -418,7 +417,10 @@ impl<'a> Bench<'a> {
             } else {
                 1
             },
-            mode: "pull",
+            mode: match a.mode {
+                Mode::Pull => "pull",
+                Mode::Push => "push",
+            },
             topic: self.topic.clone(),
             verified: false,
             machine: Machine::this(),

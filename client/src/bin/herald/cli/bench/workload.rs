@@ -5,11 +5,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use herald_client::{
-    Client, Confirm, Durability, Error, ProducerConfig, PullConsumerConfig, PulledRecord, Record,
-    StartPosition,
+    Client, Confirm, Durability, Error, ProducerConfig, PullConsumerConfig, PushConsumerConfig,
+    Record, StartPosition,
 };
 use indicatif::ProgressBar;
 use tokio::sync::mpsc;
@@ -121,6 +122,8 @@ pub struct ConsumePlan {
     pub stall_timeout: Duration,
     /// Measure publish→delivery latency from the timestamps in the payloads.
     pub measure_delivery: bool,
+    /// Pull members or push subscribers.
+    pub push: bool,
 }
 
 /// What one group's consumers measured.
@@ -137,10 +140,12 @@ struct Shared {
     done: tokio_util::sync::CancellationToken,
 }
 
-/// Runs `plan.consumers` members of one group, each a [`herald_client::PullConsumer`] on its own
-/// connection reading the partitions the broker assigns it (committing automatically),
-/// until every expected message has arrived or nothing arrived for the stall timeout.
-pub async fn consume_pull(plan: &ConsumePlan, progress: &ProgressBar) -> anyhow::Result<Consumed> {
+/// Runs `plan.consumers` members of one group, each on its own connection, until every
+/// expected message has arrived or nothing arrived for the stall timeout. Pull members are
+/// [`herald_client::PullConsumer`]s reading the partitions the broker assigns them
+/// (committing automatically); push members are [`herald_client::PushConsumer`]s acking
+/// every delivery.
+pub async fn consume(plan: &ConsumePlan, progress: &ProgressBar) -> anyhow::Result<Consumed> {
     let shared = Arc::new(Shared {
         verifier: Mutex::new(Verifier::new(plan.expected)),
         delivery: Mutex::new(histogram()),
@@ -151,8 +156,14 @@ pub async fn consume_pull(plan: &ConsumePlan, progress: &ProgressBar) -> anyhow:
     let mut members = Vec::new();
     for _ in 0..plan.consumers {
         let client = Client::connect(&plan.addr).await?;
-        let task = run_member(client, plan.clone(), Arc::clone(&shared), progress.clone());
-        members.push(tokio::spawn(task));
+        let (plan, shared, progress) = (plan.clone(), Arc::clone(&shared), progress.clone());
+        members.push(tokio::spawn(async move {
+            if plan.push {
+                run_subscriber(client, plan, shared, progress).await
+            } else {
+                run_member(client, plan, shared, progress).await
+            }
+        }));
     }
     let watchdog = tokio::spawn(watch_for_stall(Arc::clone(&shared), plan.stall_timeout));
     for member in members {
@@ -212,7 +223,48 @@ async fn run_member(
             _ = shared.done.cancelled() => break Ok(()),
         };
         match next {
-            Some(Ok(record)) => pending.push(record),
+            Some(Ok(record)) => pending.push(record.record.payload),
+            Some(Err(err)) => break Err(err.into()),
+            None => break Ok(()),
+        }
+        if pending.len() >= CHECK_EVERY || !consumer.has_ready() {
+            if let Some(err) = check(&plan, &shared, &pending, &progress) {
+                break Err(err);
+            }
+            pending.clear();
+        }
+    };
+    if let Some(err) = check(&plan, &shared, &pending, &progress) {
+        return Err(err);
+    }
+    consumer.close().await?;
+    result
+}
+
+async fn run_subscriber(
+    client: Client,
+    plan: ConsumePlan,
+    shared: Arc<Shared>,
+    progress: ProgressBar,
+) -> anyhow::Result<()> {
+    let config = PushConsumerConfig {
+        prefetch: plan.max_messages.max(1),
+        ..PushConsumerConfig::default()
+    };
+    let mut consumer = client
+        .push_consumer_with(&plan.topic, &plan.group, config)
+        .await?;
+    let mut pending = Vec::with_capacity(CHECK_EVERY);
+    let result = loop {
+        let next = tokio::select! {
+            next = consumer.next() => next,
+            _ = shared.done.cancelled() => break Ok(()),
+        };
+        match next {
+            Some(Ok(delivery)) => {
+                pending.push(delivery.record.payload.clone());
+                delivery.ack();
+            }
             Some(Err(err)) => break Err(err.into()),
             None => break Ok(()),
         }
@@ -237,17 +289,17 @@ const CHECK_EVERY: usize = 1024;
 fn check(
     plan: &ConsumePlan,
     shared: &Shared,
-    records: &[PulledRecord],
+    payloads: &[Bytes],
     progress: &ProgressBar,
 ) -> Option<anyhow::Error> {
-    if records.is_empty() {
+    if payloads.is_empty() {
         return None;
     }
     let now = payload::now_ns();
     let mut delivery = shared.delivery.lock().unwrap_or_else(|e| e.into_inner());
     let mut verifier = shared.verifier.lock().unwrap_or_else(|e| e.into_inner());
-    for pulled in records {
-        match payload::decode(&pulled.record.payload) {
+    for body in payloads {
+        match payload::decode(body) {
             Some((producer, sequence, sent_ns)) => {
                 verifier.record(producer, sequence);
                 if plan.measure_delivery {
@@ -257,7 +309,7 @@ fn check(
             None => verifier.record_foreign(),
         }
     }
-    let count = records.len() as u64;
+    let count = payloads.len() as u64;
     progress.inc(count);
     shared.received.fetch_add(count, Ordering::Relaxed);
     if verifier.complete() {
