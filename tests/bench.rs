@@ -237,7 +237,15 @@ async fn bad_settings_are_refused() {
     for args in [
         &["--embedded", "--size", "4"][..],
         &["--embedded", "--messages", "0"],
-        &["--embedded", "--mode", "push", "--scenario", "consume", "--prefetch", "0"],
+        &[
+            "--embedded",
+            "--mode",
+            "push",
+            "--scenario",
+            "consume",
+            "--prefetch",
+            "0",
+        ],
     ] {
         let out = bench(args).await;
         assert!(!out.status.success(), "{args:?}");

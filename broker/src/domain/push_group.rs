@@ -229,11 +229,7 @@ impl PushGroups {
             reply,
         };
         send(&dispatcher, command).await?;
-        let written = rx.await.map_err(|_| gone())??;
-        if let Some(written) = written {
-            written.await.map_err(|_| StorageError::Closed)??;
-        }
-        Ok(())
+        rx.await.map_err(|_| gone())?
     }
 
     /// Ends subscription `id`; its unanswered deliveries go back to the group at once.
@@ -353,6 +349,7 @@ impl PushGroups {
             dead_lettered: 0,
             inbox: tx.downgrade(),
             subscriptions: self.subscriptions.clone(),
+            answered: Vec::new(),
         };
         tokio::spawn(dispatcher.run(rx, self.shutdown.clone()));
         self.lock().insert(key, tx.clone());
@@ -482,7 +479,7 @@ enum Command {
         id: u64,
         spans: Vec<Span>,
         answer: Answer,
-        reply: oneshot::Sender<Result<Option<Written>, BrokerError>>,
+        reply: oneshot::Sender<Result<(), BrokerError>>,
     },
     SessionClosed {
         session: u64,
@@ -518,7 +515,7 @@ struct Part {
     ready: BTreeMap<u64, u32>,
     /// Waiting for redelivery after a delay: offset → (due, deliveries so far).
     delayed: HashMap<u64, (Instant, u32)>,
-    flights: HashMap<u64, Flight>,
+    flights: BTreeMap<u64, Flight>,
     /// Deliveries so far of records on their way to the dead-letter topic.
     dead_lettering: HashMap<u64, u32>,
     dirty: bool,
@@ -531,7 +528,7 @@ impl Part {
             acks,
             ready: BTreeMap::new(),
             delayed: HashMap::new(),
-            flights: HashMap::new(),
+            flights: BTreeMap::new(),
             dead_lettering: HashMap::new(),
             dirty: false,
         }
@@ -562,8 +559,15 @@ impl Sub {
         }
     }
 
+    /// Whether to deliver to this subscriber now: when it holds nothing, or when at least
+    /// half its window is free. Topping up a nearly full window record by record would
+    /// answer every small ack with a small delivery; waiting for half keeps deliveries
+    /// large while the subscriber still has half a window in hand.
     fn has_room(&self) -> bool {
-        self.room() > 0 && (self.in_flight == 0 || self.byte_room() > 0)
+        if self.in_flight == 0 {
+            return self.prefetch_count > 0;
+        }
+        self.room() >= self.prefetch_count.div_ceil(2) && self.byte_room() > 0
     }
 }
 
@@ -594,6 +598,8 @@ struct Dispatcher {
     dead_lettered: u64,
     inbox: mpsc::WeakSender<Command>,
     subscriptions: Subscriptions,
+    /// Answers taken but not yet confirmed: confirmed once their ack state is stored.
+    answered: Vec<oneshot::Sender<Result<(), BrokerError>>>,
 }
 
 impl Dispatcher {
@@ -629,6 +635,7 @@ impl Dispatcher {
                 _ = sleep_until(next_timer), if next_timer.is_some() => self.fire_timers().await,
                 _ = shutdown.cancelled() => break,
             }
+            self.flush();
         }
         let mut subscriptions = self.subscriptions.lock();
         for id in self.subs.keys() {
@@ -687,8 +694,12 @@ impl Dispatcher {
                     Some(sub) if sub.session == session => self.answer(id, &spans, answer).await,
                     _ => Err(BrokerError::UnknownSubscription(id)),
                 };
-                let result = result.map(|()| self.persist());
-                let _ = reply.send(result);
+                match result {
+                    Ok(()) => self.answered.push(reply),
+                    Err(err) => {
+                        let _ = reply.send(Err(err));
+                    }
+                }
             }
             Command::SessionClosed { session } => {
                 let ids: Vec<u64> = self
@@ -700,7 +711,6 @@ impl Dispatcher {
                 for id in ids {
                     self.remove_sub(id).await;
                 }
-                self.persist();
             }
             Command::Describe { reply } => {
                 let _ = reply.send(self.describe());
@@ -723,7 +733,6 @@ impl Dispatcher {
                         part.ready.insert(offset, count);
                     }
                 }
-                self.persist();
             }
         }
     }
@@ -1066,7 +1075,6 @@ impl Dispatcher {
             }
         }
         self.dead_letter(to_dead_letter).await;
-        self.persist();
     }
 
     /// Ends a subscription; its in-flight records are redelivered at once.
@@ -1138,6 +1146,25 @@ impl Dispatcher {
                 }
             });
         }
+    }
+
+    /// Stores the ack state of changed partitions — once for every answer taken since the
+    /// last time, like the storage writer's group commit — and confirms those answers
+    /// when it is stored.
+    fn flush(&mut self) {
+        let answered = std::mem::take(&mut self.answered);
+        let Some(written) = self.persist() else {
+            for reply in answered {
+                let _ = reply.send(Ok(()));
+            }
+            return;
+        };
+        tokio::spawn(async move {
+            let stored = written.await.unwrap_or(Err(StorageError::Closed));
+            for reply in answered {
+                let _ = reply.send(stored.clone().map_err(BrokerError::from));
+            }
+        });
     }
 
     /// Queues the ack state of changed partitions for storage.
