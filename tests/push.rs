@@ -415,7 +415,10 @@ async fn a_frozen_consumer_holds_no_more_than_its_window_and_stalls_nobody() {
         .map(|m| m.in_flight)
         .max()
         .expect("two subscribers");
-    assert!(held > 0 && held <= 300, "never more than its window: {held}");
+    assert!(
+        held > 0 && held <= 300,
+        "never more than its window: {held}"
+    );
     assert_eq!(
         in_group.len() as u32 + held,
         600,

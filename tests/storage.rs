@@ -234,3 +234,117 @@ async fn a_damaged_store_is_refused_with_a_clear_error() {
         "{stderr}"
     );
 }
+
+/// Copies a data directory (sled's files and Herald's), so each case damages its own.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// Every record of every partition of `topic`, read from the start.
+async fn read_all(client: &Client, topic: &str) -> u64 {
+    let info = client.describe_topic(topic).await.unwrap();
+    let mut total = 0;
+    for p in &info.partitions {
+        let mut offset = p.first_offset;
+        while offset < p.next_offset {
+            let fetched = client
+                .fetch(FetchRequest::new(topic, p.partition, offset))
+                .await
+                .unwrap();
+            offset += fetched.records.len() as u64;
+            total += fetched.records.len() as u64;
+        }
+    }
+    total
+}
+
+#[tokio::test]
+async fn a_store_cut_short_is_refused_or_complete_never_silently_shorter() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let broker = Broker::start(Config::ephemeral(&data)).await.unwrap();
+    let client = Client::connect(broker.local_addr()).await.unwrap();
+    client.create_topic("kept", 2).await.unwrap();
+    for _ in 0..30 {
+        publish(&client, "kept", 100, 100).await;
+    }
+    broker.shutdown().await.unwrap();
+
+    let length = std::fs::metadata(data.join("db")).unwrap().len();
+    let mut refused = 0;
+    for keep in [0.95, 0.8, 0.6, 0.4] {
+        let case = dir.path().join(format!("cut-{keep}"));
+        copy_dir(&data, &case);
+        let log = std::fs::OpenOptions::new()
+            .write(true)
+            .open(case.join("db"))
+            .unwrap();
+        log.set_len((length as f64 * keep) as u64).unwrap();
+        drop(log);
+        match Broker::start(Config::ephemeral(&case)).await {
+            Err(err) => {
+                let message = format!("{err:#}");
+                assert!(message.contains("damaged store"), "{message}");
+                refused += 1;
+            }
+            Ok(broker) => {
+                let client = Client::connect(broker.local_addr()).await.unwrap();
+                assert_eq!(read_all(&client, "kept").await, 3000, "cut to {keep}");
+                broker.shutdown().await.unwrap();
+            }
+        }
+    }
+    assert!(refused > 0, "cutting 60% of the log must lose something");
+}
+
+#[tokio::test]
+async fn a_log_behind_its_recorded_synced_offset_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let broker = Broker::start(Config::ephemeral(&data)).await.unwrap();
+    let client = Client::connect(broker.local_addr()).await.unwrap();
+    client.create_topic("kept", 1).await.unwrap();
+    client.create_topic("gone", 1).await.unwrap();
+    publish(&client, "kept", 10, 10).await;
+    client.delete_topic("gone").await.unwrap();
+    broker.shutdown().await.unwrap();
+
+    // Deleting a topic is not damage: the store opens.
+    let offsets = std::fs::read_to_string(data.join("herald.offsets")).unwrap();
+    assert_eq!(offsets.lines().count(), 2, "{offsets}");
+    let broker = Broker::start(Config::ephemeral(&data)).await.unwrap();
+    broker.shutdown().await.unwrap();
+
+    // A log that ends before what was synced lost records.
+    let (name, next) = offsets.lines().nth(1).unwrap().split_once(' ').unwrap();
+    assert_eq!(next, "10");
+    std::fs::write(
+        data.join("herald.offsets"),
+        format!("herald offsets 1\n{name} 11\n"),
+    )
+    .unwrap();
+    let err = Broker::start(Config::ephemeral(&data)).await.err().unwrap();
+    let message = format!("{err:#}");
+    assert!(
+        message.contains("damaged store") && message.contains("were synced"),
+        "{message}"
+    );
+
+    // A synced log whose topic vanished was lost too.
+    std::fs::write(
+        data.join("herald.offsets"),
+        format!("herald offsets 1\n{name} 10\nlog.999.0 5\n"),
+    )
+    .unwrap();
+    let err = Broker::start(Config::ephemeral(&data)).await.err().unwrap();
+    assert!(format!("{err:#}").contains("never deleted"), "{err:#}");
+}

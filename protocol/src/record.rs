@@ -306,27 +306,6 @@ impl Batch {
     }
 }
 
-impl Batch {
-    /// Splits the batch at record boundaries into batches whose encoding is at most
-    /// `max_bytes`, each with its own header; a record too large for any chunk gets one
-    /// of its own. The chunks share this batch's bytes.
-    pub fn chunks(&self, max_bytes: usize) -> Result<Vec<Batch>, DecodeError> {
-        if self.encoded_len() <= max_bytes {
-            return Ok(vec![self.clone()]);
-        }
-        let mut chunks = Vec::new();
-        let mut from = self.base_offset;
-        while from < self.next_offset() {
-            let chunk = self
-                .slice(from, u32::MAX, max_bytes)?
-                .ok_or(DecodeError::BadBatch("empty chunk"))?;
-            from = chunk.next_offset();
-            chunks.push(chunk);
-        }
-        Ok(chunks)
-    }
-}
-
 /// What the broker learns from validating a published batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchStats {
@@ -503,31 +482,6 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(two.record_count, 2);
-    }
-
-    #[test]
-    fn chunks_cover_the_batch_within_the_size() {
-        let records: Vec<Record> = (0..50)
-            .map(|i| Record::new(vec![i as u8; 100 + i * 10]))
-            .collect();
-        let batch = Batch::parse(encode_batch(&records)).unwrap();
-        let chunks = batch.chunks(1024).unwrap();
-        assert!(chunks.len() > 5);
-        let mut next = 0;
-        let mut payloads = Vec::new();
-        for chunk in &chunks {
-            assert_eq!(chunk.base_offset, next);
-            assert!(chunk.encoded_len() <= 1024 || chunk.record_count == 1);
-            next = chunk.next_offset();
-            payloads.extend(chunk.iter().map(|r| r.unwrap().record));
-        }
-        assert_eq!(payloads, records);
-        let big = Batch::parse(encode_batch(&[Record::new(vec![1u8; 5000])])).unwrap();
-        assert_eq!(
-            big.chunks(1024).unwrap().len(),
-            1,
-            "an oversized record is a chunk of its own"
-        );
     }
 
     #[test]

@@ -15,29 +15,12 @@ use crossbeam::channel::{self, Receiver, RecvTimeoutError, Sender};
 use herald_protocol::{record::now_ms, Batch};
 use tokio::sync::oneshot;
 
+use super::checkpoint;
 use super::sync::Syncer;
 use super::{PartitionLog, RetentionPolicy, StorageError};
 
 /// The most operations one commit gathers, so one flush never waits on an unbounded backlog.
 const MAX_GROUP: usize = 4096;
-
-/// The largest stored value (a chunk of a batch) when commits are synced. A sled leaf holds
-/// up to 16 entries and moves a node over 128 KiB to a blob file; 16 chunks of 7 KiB stay
-/// well under that, so the fdatasync of sled's log covers them. A single record larger than
-/// this is stored alone, and the syncer covers its blob.
-///
-/// Under `--fsync never` nothing is synced, so batches are stored whole: sled then keeps
-/// large batches in blob files written once, which is faster and smaller on disk than
-/// inline values that its node consolidation rewrites.
-pub const MAX_VALUE_BYTES: usize = 7 * 1024;
-
-/// The largest stored value under `policy`; see [`MAX_VALUE_BYTES`].
-fn max_value_bytes(policy: FsyncPolicy) -> usize {
-    match policy {
-        FsyncPolicy::Never => usize::MAX,
-        FsyncPolicy::Always | FsyncPolicy::Interval(_) => MAX_VALUE_BYTES,
-    }
-}
 
 /// When confirmed data must reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +78,13 @@ pub(super) enum Op {
         policy: RetentionPolicy,
         reply: oneshot::Sender<Result<bool, StorageError>>,
     },
+    /// Drop these logs' synced offsets from the record, durably, then run `job` (which
+    /// deletes them) — one step, so no append to them lands in between.
+    Forget {
+        logs: Vec<String>,
+        job: Job,
+        reply: oneshot::Sender<Result<(), StorageError>>,
+    },
     Stop,
 }
 
@@ -105,13 +95,18 @@ pub(super) struct CommitWriter {
 }
 
 impl CommitWriter {
+    /// Starts the writer; `marks` are the synced offsets recorded so far (see
+    /// [`checkpoint`](super::checkpoint)), kept up to date from here on.
     pub(super) fn start(
         db: sled::Db,
         policy: FsyncPolicy,
         dir: &Path,
+        marks: checkpoint::Marks,
     ) -> Result<CommitWriter, StorageError> {
         let syncer = Syncer::open(dir)
             .map_err(|e| StorageError::Sled(format!("cannot sync the store: {e}")))?;
+        let recorder = checkpoint::Recorder::start(dir)
+            .map_err(|e| StorageError::Sled(format!("cannot start the offsets recorder: {e}")))?;
         let (tx, rx) = channel::unbounded();
         let thread = std::thread::Builder::new()
             .name("herald-writer".into())
@@ -123,6 +118,10 @@ impl CommitWriter {
                     last_flush: Instant::now(),
                     unsaved: Vec::new(),
                     bounds_saved: Instant::now(),
+                    unsynced: Vec::new(),
+                    marks,
+                    recorder,
+                    marks_offered: Instant::now(),
                 }
                 .run(rx)
             })
@@ -178,6 +177,24 @@ impl CommitWriter {
         rx
     }
 
+    /// Removes `logs` from the recorded synced offsets (durably), then runs `job`, which
+    /// deletes them, and waits for its commit. Recording first means a log missing at start
+    /// is never mistaken for a lost one. Blocks.
+    pub(super) fn forget(
+        &self,
+        logs: Vec<String>,
+        job: impl FnOnce() -> Result<(), StorageError> + Send + 'static,
+    ) -> Result<(), StorageError> {
+        let (reply, rx) = oneshot::channel();
+        let op = Op::Forget {
+            logs,
+            job: Box::new(job),
+            reply,
+        };
+        self.tx.send(op).map_err(|_| StorageError::Closed)?;
+        futures::executor::block_on(rx).map_err(|_| StorageError::Closed)?
+    }
+
     /// Runs `job` on the writer thread and waits for its commit. Blocks.
     pub(super) fn run(
         &self,
@@ -204,6 +221,12 @@ struct Writer {
     /// Logs written since their bounds were last saved, and when that was.
     unsaved: Vec<Arc<PartitionLog>>,
     bounds_saved: Instant,
+    /// Logs written since the last sync, whose marks move at the next one.
+    unsynced: Vec<Arc<PartitionLog>>,
+    /// Each log's next offset as of its last sync.
+    marks: checkpoint::Marks,
+    recorder: checkpoint::Recorder,
+    marks_offered: Instant,
 }
 
 /// How often the writer records partition bounds when no retention pass asks for it.
@@ -255,9 +278,11 @@ impl Writer {
             for op in std::iter::once(first).chain(rx.try_iter().take(MAX_GROUP - 1)) {
                 match op {
                     Op::Append { log, batch, reply } => {
-                        let max = max_value_bytes(self.policy);
-                        let result = write_batch(&log, &batch, max, &mut encode_buf);
+                        let result = write_batch(&log, &batch, &mut encode_buf);
                         touch(&mut self.unsaved, &log);
+                        if result.is_ok() {
+                            touch(&mut self.unsynced, &log);
+                        }
                         done.push(Done::Append { log, reply, result });
                     }
                     Op::Trim { log, policy, reply } => {
@@ -270,6 +295,19 @@ impl Writer {
                         reply,
                         result: job(),
                     }),
+                    Op::Forget { logs, job, reply } => {
+                        for log in &logs {
+                            self.marks.remove(log);
+                        }
+                        self.unsynced.retain(|log| !logs.contains(&log.name()));
+                        let written = self.recorder.write_now(self.marks.clone()).map_err(|e| {
+                            StorageError::Sled(format!("cannot record synced offsets: {e}"))
+                        });
+                        done.push(Done::Run {
+                            reply,
+                            result: written.and_then(|()| job()),
+                        });
+                    }
                     Op::Stop => stopping = true,
                 }
             }
@@ -279,6 +317,9 @@ impl Writer {
         }
         if let Err(err) = self.flush_and_sync() {
             tracing::error!(%err, "final flush failed");
+        }
+        if let Err(err) = self.recorder.finish(&self.marks) {
+            tracing::error!(%err, "cannot record synced offsets");
         }
     }
 
@@ -301,6 +342,15 @@ impl Writer {
             .sync()
             .map_err(|e| StorageError::Sled(format!("fdatasync failed: {e}")))?;
         self.last_flush = Instant::now();
+        for log in self.unsynced.drain(..) {
+            if !log.is_retired() {
+                self.marks.insert(log.name(), log.write_next());
+            }
+        }
+        if self.marks_offered.elapsed() >= checkpoint::EVERY {
+            self.recorder.offer(self.marks.clone());
+            self.marks_offered = Instant::now();
+        }
         Ok(())
     }
 
@@ -367,24 +417,23 @@ impl Writer {
     }
 }
 
-/// Stores `batch` at the log's next offset, as chunks of at most `max_value_bytes`.
+/// Stores `batch` whole at the log's next offset: one sled value per published batch (or
+/// per partition's part of it), re-stamped with its offsets and append time.
+///
+/// Large values end up in sled's blob files rather than its log; the syncer makes those
+/// durable too, so this holds under every policy. Stored whole, a batch is written once,
+/// while values kept inside sled's log are rewritten each time their node is, which costs
+/// both time and space (measured: 1.91 against 1.43 bytes on disk per payload byte for
+/// 1 KiB records synced in 7 KiB chunks versus whole).
 fn write_batch(
     log: &PartitionLog,
     batch: &Batch,
-    max_value_bytes: usize,
     buf: &mut BytesMut,
 ) -> Result<(u64, u32), StorageError> {
     let base = log.write_next();
-    let appended_at = now_ms();
-    let chunks = batch
-        .chunks(max_value_bytes)
-        .map_err(|e| StorageError::Corrupt(format!("batch: {e}")))?;
-    for chunk in chunks {
-        let offset = base + (chunk.base_offset - batch.base_offset);
-        buf.clear(); // reused: no allocation per stored value
-        chunk.encode_as(offset, appended_at, buf);
-        log.insert(offset, buf, chunk.record_count)?;
-    }
+    buf.clear(); // reused: no allocation per stored value
+    batch.encode_as(base, now_ms(), buf);
+    log.insert(base, buf, batch.record_count)?;
     Ok((base, batch.record_count))
 }
 

@@ -176,8 +176,13 @@ impl PartitionLog {
         Ok(())
     }
 
-    fn is_retired(&self) -> bool {
+    pub(super) fn is_retired(&self) -> bool {
         self.retired.load(Ordering::Acquire)
+    }
+
+    /// The log's name in the store (its sled tree's).
+    pub(super) fn name(&self) -> String {
+        String::from_utf8_lossy(&self.tree.name()).into_owned()
     }
 
     /// Called by the writer thread: the offset the next batch gets.
@@ -206,7 +211,7 @@ impl PartitionLog {
     /// Called by the writer thread: deletes whole stored batches from the head while the
     /// log stays at or beyond every limit of `policy` without them (and, for age, while the
     /// head batch is older than the limit). So a partition keeps at least what the policy
-    /// asks for and at most one stored batch (a few KiB) more. Returns whether it deleted.
+    /// asks for and at most one stored batch more. Returns whether it deleted.
     pub(super) fn trim(&self, policy: &RetentionPolicy, now_ms: u64) -> Result<bool, StorageError> {
         let mut trimmed = false;
         if self.is_retired() {

@@ -21,6 +21,7 @@
 //! sled calls block, so everything here runs on the writer thread ([`commit`]) or inside
 //! `spawn_blocking`; nothing in this module knows about sockets or frames.
 
+mod checkpoint;
 pub mod commit;
 pub mod log;
 mod records;
@@ -90,6 +91,8 @@ pub struct Store {
     topics: sled::Tree,
     groups: sled::Tree,
     offsets: sled::Tree,
+    /// The synced offsets recorded when the store was opened; see [`checkpoint`].
+    marks: checkpoint::Marks,
     /// Push groups' ack state per partition (see `domain::ack_state`).
     acks: sled::Tree,
     writer: CommitWriter,
@@ -102,8 +105,10 @@ impl Store {
         let lock = lock_directory(dir)?;
         let db = open_sled(dir, &config)?;
         check_format(dir, &db)?;
-        drop_retired_logs(&db)?;
-        let writer = CommitWriter::start(db.clone(), config.fsync, dir)?;
+        let marks = checkpoint::read(dir)
+            .map_err(|e| StorageError::Corrupt(format!("cannot read the synced offsets: {e}")))?;
+        drop_retired_logs(&db, &marks)?;
+        let writer = CommitWriter::start(db.clone(), config.fsync, dir, marks.clone())?;
         Ok(Arc::new(Store {
             _lock: lock,
             bounds: db.open_tree("partitions")?,
@@ -111,6 +116,7 @@ impl Store {
             groups: db.open_tree("groups")?,
             offsets: db.open_tree("offsets")?,
             acks: db.open_tree("acks")?,
+            marks,
             db,
             writer,
         }))
@@ -146,12 +152,25 @@ impl Store {
         Ok((record, logs))
     }
 
-    /// Opens the partition logs of a stored topic. Blocks.
+    /// Opens the partition logs of a stored topic, refusing one that ends before the
+    /// offset recorded as synced (see [`checkpoint`]). Blocks.
     pub fn open_logs(&self, topic: &TopicRecord) -> Result<Vec<Arc<PartitionLog>>, StorageError> {
         (0..topic.partitions)
             .map(|p| {
-                let tree = self.db.open_tree(log_tree_name(topic.id, p))?;
-                PartitionLog::open(tree, self.bounds.clone()).map(Arc::new)
+                let name = log_tree_name(topic.id, p);
+                let tree = self.db.open_tree(&name)?;
+                let log = PartitionLog::open(tree, self.bounds.clone())?;
+                match self.marks.get(&name) {
+                    Some(&synced) if log.next_offset() < synced => {
+                        Err(StorageError::Corrupt(format!(
+                            "partition {p} of topic {:?} ends at offset {}, but offsets up to \
+                             {synced} were synced: records were lost",
+                            topic.name,
+                            log.next_offset()
+                        )))
+                    }
+                    _ => Ok(Arc::new(log)),
+                }
             })
             .collect()
     }
@@ -169,8 +188,11 @@ impl Store {
             self.offsets.clone(),
             self.acks.clone(),
         );
+        let names = (0..topic.partitions)
+            .map(|p| log_tree_name(topic.id, p))
+            .collect();
         let (topic, logs) = (topic.clone(), logs.to_vec());
-        self.writer.run(move || {
+        self.writer.forget(names, move || {
             topics.remove(topic.name.as_bytes())?;
             for log in &logs {
                 log.retire()?;
@@ -344,23 +366,29 @@ impl Store {
 }
 
 /// Drops the partition trees of deleted topics (see [`PartitionLog::retire`]); at start,
-/// before anything holds a handle to them, dropping is safe.
-fn drop_retired_logs(db: &sled::Db) -> Result<(), StorageError> {
+/// before anything holds a handle to them, dropping is safe. A log with a synced offset on
+/// record whose topic is missing was not deleted (see [`checkpoint`]): the store is damaged.
+fn drop_retired_logs(db: &sled::Db, marks: &checkpoint::Marks) -> Result<(), StorageError> {
     let topics = db.open_tree("topics")?;
     let mut live = std::collections::HashSet::new();
     for entry in topics.iter() {
         let (name, value) = entry?;
         live.insert(TopicRecord::decode(&name, &value)?.id);
     }
+    let topic_of =
+        |name: &str| -> Option<u64> { name.strip_prefix("log.")?.split('.').next()?.parse().ok() };
+    if let Some(lost) = marks
+        .keys()
+        .find(|name| topic_of(name).is_some_and(|id| !live.contains(&id)))
+    {
+        return Err(StorageError::Corrupt(format!(
+            "the topic of partition log {lost} is missing, though it was never deleted"
+        )));
+    }
     for name in db.tree_names() {
-        let Some(rest) = name.strip_prefix(b"log.") else {
-            continue;
-        };
-        let id = std::str::from_utf8(rest)
-            .ok()
-            .and_then(|r| r.split('.').next()?.parse::<u64>().ok());
-        if id.is_some_and(|id| !live.contains(&id)) {
-            db.drop_tree(&name)?;
+        let name = String::from_utf8_lossy(&name).into_owned();
+        if topic_of(&name).is_some_and(|id| !live.contains(&id)) {
+            db.drop_tree(name.as_bytes())?;
         }
     }
     Ok(())
