@@ -557,3 +557,110 @@ async fn the_cli_creates_describes_and_consumes_push_groups() {
     assert!(!out.status.success(), "a push group cannot be pulled");
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn bad_answers_get_clear_errors_and_the_subscription_lives_on() {
+    use futures::SinkExt;
+    use herald_client::ErrorCode;
+    use herald_protocol::{
+        Ack, Frame, FrameCodec, Hello, Message, Nack, OffsetRange, StartPosition, Subscribe,
+    };
+    use tokio_util::codec::Framed;
+
+    let broker = TestBroker::start().await;
+    let admin = broker.client().await;
+    admin.create_topic("strict", 1).await.unwrap();
+    publish(&admin, "strict", 3).await;
+    let stream = tokio::net::TcpStream::connect(broker.addr()).await.unwrap();
+    let mut raw = Framed::new(stream, FrameCodec::default());
+    let mut call = async |raw: &mut Framed<_, FrameCodec>, id: u32, frame: Frame| -> Frame {
+        raw.send(Message::new(id, frame)).await.unwrap();
+        loop {
+            let got = raw.next().await.unwrap().unwrap();
+            let correlation = got.correlation_id;
+            let frame = got.decode().unwrap();
+            if correlation == id {
+                return frame;
+            }
+        }
+    };
+    let hello = Hello {
+        min_version: 1,
+        max_version: 1,
+        client_id: "strict".into(),
+        ..Hello::default()
+    };
+    assert!(matches!(
+        call(&mut raw, 1, hello.into()).await,
+        Frame::HelloOk(_)
+    ));
+    let subscribe = Subscribe {
+        topic: "strict".into(),
+        group: "g".into(),
+        prefetch_count: 10,
+        prefetch_bytes: 0,
+        start: StartPosition::Earliest,
+    };
+    let Frame::Subscribed(subscribed) = call(&mut raw, 2, subscribe.into()).await else {
+        panic!("not subscribed");
+    };
+    let id = subscribed.subscription_id;
+    let range = |start, end| OffsetRange {
+        partition: 0,
+        start,
+        end,
+    };
+    let code = |frame: Frame| match frame {
+        Frame::Error(err) => err.error_code(),
+        other => panic!("expected an error, got {other:?}"),
+    };
+    let huge = Ack {
+        subscription_id: id,
+        ranges: vec![range(0, u64::MAX)],
+    };
+    assert_eq!(
+        code(call(&mut raw, 3, huge.into()).await),
+        Some(ErrorCode::InvalidArgument)
+    );
+    let backwards = Nack {
+        subscription_id: id,
+        ranges: vec![range(2, 1)],
+        delay_ms: 0,
+    };
+    assert_eq!(
+        code(call(&mut raw, 4, backwards.into()).await),
+        Some(ErrorCode::InvalidArgument)
+    );
+    let stranger = Ack {
+        subscription_id: id + 1000,
+        ranges: vec![range(0, 1)],
+    };
+    assert_eq!(
+        code(call(&mut raw, 5, stranger.into()).await),
+        Some(ErrorCode::UnknownSubscription)
+    );
+    let no_partition = Ack {
+        subscription_id: id,
+        ranges: vec![OffsetRange {
+            partition: 7,
+            start: 0,
+            end: 1,
+        }],
+    };
+    assert_eq!(
+        code(call(&mut raw, 6, no_partition.into()).await),
+        Some(ErrorCode::UnknownPartition)
+    );
+    // The subscription still works: all three records are acked as one range.
+    let good = Ack {
+        subscription_id: id,
+        ranges: vec![range(0, 3)],
+    };
+    assert!(matches!(call(&mut raw, 7, good.into()).await, Frame::Ok(_)));
+    let info = admin.describe_group("strict", "g").await.unwrap();
+    assert_eq!(
+        (info.partitions[0].committed, info.partitions[0].lag),
+        (3, 0)
+    );
+    broker.stop().await;
+}

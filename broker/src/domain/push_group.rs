@@ -514,7 +514,7 @@ struct Part {
     /// Waiting for redelivery now: offset → deliveries so far.
     ready: BTreeMap<u64, u32>,
     /// Waiting for redelivery after a delay: offset → (due, deliveries so far).
-    delayed: HashMap<u64, (Instant, u32)>,
+    delayed: BTreeMap<u64, (Instant, u32)>,
     flights: BTreeMap<u64, Flight>,
     /// Deliveries so far of records on their way to the dead-letter topic.
     dead_lettering: HashMap<u64, u32>,
@@ -527,7 +527,7 @@ impl Part {
             next: acks.floor(),
             acks,
             ready: BTreeMap::new(),
-            delayed: HashMap::new(),
+            delayed: BTreeMap::new(),
             flights: BTreeMap::new(),
             dead_lettering: HashMap::new(),
             dirty: false,
@@ -935,7 +935,15 @@ impl Dispatcher {
         }
         for span in spans {
             let p = span.partition;
-            for offset in span.start..span.end {
+            // Only this subscriber's records in flight can be nacked, rejected or touched;
+            // looking them up by range keeps a huge span cheap.
+            let held: Vec<u64> = self.parts[p as usize]
+                .flights
+                .range(span.start..span.end)
+                .filter(|(_, f)| f.sub == id)
+                .map(|(&offset, _)| offset)
+                .collect();
+            for offset in held {
                 match &answer {
                     Answer::Ack => unreachable!("acks are handled above"),
                     Answer::Nack { delay } => {
@@ -961,12 +969,9 @@ impl Dispatcher {
                         let extend = extend.unwrap_or(Duration::from_millis(u64::from(
                             self.settings.ack_timeout_ms,
                         )));
-                        let part = &mut self.parts[p as usize];
-                        if let Some(flight) = part.flights.get_mut(&offset) {
-                            if flight.sub == id {
-                                flight.deadline = now + extend;
-                                self.timers.insert((now + extend, p, offset, offset + 1));
-                            }
+                        if let Some(flight) = self.parts[p as usize].flights.get_mut(&offset) {
+                            flight.deadline = now + extend;
+                            self.timers.insert((now + extend, p, offset, offset + 1));
                         }
                     }
                 }
@@ -980,25 +985,47 @@ impl Dispatcher {
     /// topic, which marks them done itself).
     fn ack(&mut self, span: &Span) {
         let p = span.partition;
-        for offset in span.start..span.end {
+        let part = &self.parts[p as usize];
+        let in_flight: Vec<u64> = part
+            .flights
+            .range(span.start..span.end)
+            .map(|(&offset, _)| offset)
+            .collect();
+        for offset in in_flight {
             self.take_flight(p, offset, None);
         }
         let part = &mut self.parts[p as usize];
-        if !part.ready.is_empty() || !part.delayed.is_empty() {
-            for offset in span.start..span.end {
-                part.ready.remove(&offset);
-                part.delayed.remove(&offset);
-            }
+        let waiting: Vec<u64> = part
+            .ready
+            .range(span.start..span.end)
+            .map(|(&o, _)| o)
+            .collect();
+        for offset in waiting {
+            part.ready.remove(&offset);
         }
-        if part.dead_lettering.is_empty() {
-            part.acks.mark(span.start, span.end);
-        } else {
-            for offset in span.start..span.end {
-                if !part.dead_lettering.contains_key(&offset) {
-                    part.acks.mark(offset, offset + 1);
-                }
-            }
+        let delayed: Vec<u64> = part
+            .delayed
+            .range(span.start..span.end)
+            .map(|(&o, _)| o)
+            .collect();
+        for offset in delayed {
+            part.delayed.remove(&offset);
         }
+        // Everything in the span is done, except what is on its way to the dead-letter
+        // topic (marked done once stored there).
+        let mut skipped: Vec<u64> = part
+            .dead_lettering
+            .keys()
+            .copied()
+            .filter(|offset| (span.start..span.end).contains(offset))
+            .collect();
+        skipped.sort_unstable();
+        let mut from = span.start;
+        for offset in skipped {
+            part.acks.mark(from, offset);
+            from = offset + 1;
+        }
+        part.acks.mark(from, span.end);
         part.dirty = true;
     }
 
