@@ -573,7 +573,7 @@ async fn bad_answers_get_clear_errors_and_the_subscription_lives_on() {
     publish(&admin, "strict", 3).await;
     let stream = tokio::net::TcpStream::connect(broker.addr()).await.unwrap();
     let mut raw = Framed::new(stream, FrameCodec::default());
-    let mut call = async |raw: &mut Framed<_, FrameCodec>, id: u32, frame: Frame| -> Frame {
+    let call = async |raw: &mut Framed<_, FrameCodec>, id: u32, frame: Frame| -> Frame {
         raw.send(Message::new(id, frame)).await.unwrap();
         loop {
             let got = raw.next().await.unwrap().unwrap();
