@@ -75,9 +75,18 @@ pub struct Config {
     #[arg(long, env = "HERALD_MAX_PARTITIONS", default_value_t = 1024)]
     pub max_partitions: u32,
 
-    /// Session timeout granted to clients that ask for none.
+    /// Session timeout granted to clients that ask for none: a session that sends nothing
+    /// for this long is ended. The heartbeat interval granted with it is a third of it.
     #[arg(long, env = "HERALD_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
     pub session_timeout_ms: u32,
+
+    /// Shortest session timeout a client may ask for.
+    #[arg(long, env = "HERALD_MIN_SESSION_TIMEOUT_MS", default_value_t = 1_000)]
+    pub min_session_timeout_ms: u32,
+
+    /// Longest session timeout a client may ask for.
+    #[arg(long, env = "HERALD_MAX_SESSION_TIMEOUT_MS", default_value_t = 300_000)]
+    pub max_session_timeout_ms: u32,
 
     /// How often retention limits are enforced.
     #[arg(long, env = "HERALD_RETENTION_CHECK_MS", default_value_t = 1_000)]
@@ -119,8 +128,33 @@ impl Config {
         }
     }
 
-    /// The heartbeat interval granted with the session timeout: a third of it.
+    /// The session timeout and heartbeat interval granted to a client that asks for
+    /// `timeout_ms` and `heartbeat_ms` (0 = the defaults): the timeout is clamped to
+    /// `--min-session-timeout-ms`..`--max-session-timeout-ms`; the heartbeat defaults to a
+    /// third of it and is never more than half of it.
+    pub fn grant_session(&self, timeout_ms: u32, heartbeat_ms: u32) -> (u32, u32) {
+        let (min, max) = (
+            self.min_session_timeout_ms.max(1),
+            self.max_session_timeout_ms
+                .max(self.min_session_timeout_ms)
+                .max(1),
+        );
+        let asked = if timeout_ms == 0 {
+            self.session_timeout_ms
+        } else {
+            timeout_ms
+        };
+        let timeout = asked.clamp(min, max);
+        let heartbeat = if heartbeat_ms == 0 {
+            timeout / 3
+        } else {
+            heartbeat_ms.min(timeout / 2)
+        };
+        (timeout, heartbeat.max(1))
+    }
+
+    /// The heartbeat interval granted with the default session timeout.
     pub fn heartbeat_interval_ms(&self) -> u32 {
-        (self.session_timeout_ms / 3).max(1)
+        self.grant_session(0, 0).1
     }
 }

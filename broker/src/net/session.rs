@@ -9,7 +9,7 @@
 //! task, so a client that stops reading stalls only itself.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,12 +53,13 @@ async fn serve_session(
     tracing::debug!("connected");
     let (read, write) = stream.into_split();
     let (out, outbound) = mpsc::channel(shared.config.outbound_queue.max(1));
-    let heartbeat = Duration::from_millis(u64::from(shared.config.heartbeat_interval_ms()));
+    let (timeout_ms, heartbeat_ms) = shared.config.grant_session(0, 0);
+    let heartbeat = Arc::new(AtomicU64::new(u64::from(heartbeat_ms)));
     let writer = tokio::spawn(write_loop(
         write,
         outbound,
         shared.config.max_frame_bytes,
-        heartbeat,
+        Arc::clone(&heartbeat),
     ));
     let mut session = Session {
         id,
@@ -67,6 +68,8 @@ async fn serve_session(
         requests: TaskTracker::new(),
         client_gone: CancellationToken::new(),
         greeted: false,
+        timeout: Duration::from_millis(u64::from(timeout_ms)),
+        heartbeat,
         out,
         shared,
     };
@@ -103,6 +106,10 @@ struct Session {
     /// Cancelled when the client has gone, so its long-polls end with it.
     client_gone: CancellationToken,
     greeted: bool,
+    /// The peer is dead once nothing arrived for this long (granted in `Hello`).
+    timeout: Duration,
+    /// Milliseconds of silence after which the writer sends a heartbeat (granted in `Hello`).
+    heartbeat: Arc<AtomicU64>,
 }
 
 impl Session {
@@ -112,8 +119,8 @@ impl Session {
         shutdown: &CancellationToken,
     ) -> &'static str {
         let mut frames = FramedRead::new(read, FrameCodec::new(self.shared.config.max_frame_bytes));
-        let timeout = Duration::from_millis(u64::from(self.shared.config.session_timeout_ms));
         loop {
+            let timeout = self.timeout;
             let next = tokio::select! {
                 _ = shutdown.cancelled() => return "shutdown",
                 next = tokio::time::timeout(timeout, frames.next()) => match next {
@@ -197,13 +204,23 @@ impl Session {
         }
         self.greeted = true;
         let config = &self.shared.config;
-        tracing::debug!(client = hello.client_id, "hello");
+        let (timeout_ms, heartbeat_ms) =
+            config.grant_session(hello.session_timeout_ms, hello.heartbeat_interval_ms);
+        self.timeout = Duration::from_millis(u64::from(timeout_ms));
+        self.heartbeat
+            .store(u64::from(heartbeat_ms), Ordering::Relaxed);
+        tracing::debug!(
+            client = hello.client_id,
+            session_timeout_ms = timeout_ms,
+            heartbeat_interval_ms = heartbeat_ms,
+            "hello"
+        );
         HelloOk {
             version: PROTOCOL_VERSION.min(hello.max_version),
             broker_version: env!("CARGO_PKG_VERSION").to_string(),
             session_id: self.id,
-            heartbeat_interval_ms: config.heartbeat_interval_ms(),
-            session_timeout_ms: config.session_timeout_ms,
+            heartbeat_interval_ms: heartbeat_ms,
+            session_timeout_ms: timeout_ms,
             max_frame_bytes: config.max_frame_bytes,
             max_message_bytes: config.max_message_bytes,
         }
@@ -268,11 +285,12 @@ async fn write_loop(
     write: OwnedWriteHalf,
     mut outbound: mpsc::Receiver<Message>,
     max_frame_bytes: u32,
-    heartbeat: Duration,
+    heartbeat: Arc<AtomicU64>,
 ) {
     let mut sink = FramedWrite::new(write, FrameCodec::new(max_frame_bytes));
     loop {
-        let message = match tokio::time::timeout(heartbeat, outbound.recv()).await {
+        let every = Duration::from_millis(heartbeat.load(Ordering::Relaxed).max(1));
+        let message = match tokio::time::timeout(every, outbound.recv()).await {
             Ok(Some(message)) => message,
             Ok(None) => break,
             Err(_) => Message::new(0, Heartbeat {}),

@@ -1,5 +1,5 @@
 //! `herald consume TOPIC --group G [--mode pull|push] [--from earliest|latest] [--count N]
-//! [--idle-timeout-ms MS] [--prefetch N] [--output raw|json]`
+//! [--idle-timeout-ms MS] [--prefetch N] [--session-timeout-ms MS] [--output raw|json]`
 
 use std::io::Write;
 use std::time::Duration;
@@ -9,7 +9,9 @@ use bytes::Bytes;
 use clap::{Args, ValueEnum};
 use futures::StreamExt;
 
-use herald_client::{Client, PullConsumerConfig, PushConsumerConfig, Record, StartPosition};
+use herald_client::{
+    Client, ConnectOptions, PullConsumerConfig, PushConsumerConfig, Record, StartPosition,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Mode {
@@ -47,6 +49,10 @@ pub struct ConsumeArgs {
     /// Exit once no message arrived for this long.
     #[arg(long, default_value_t = 5000)]
     pub idle_timeout_ms: u64,
+    /// Ask the broker for this session timeout: it ends the session (and hands this
+    /// consumer's work to others) once nothing arrived from it for this long.
+    #[arg(long)]
+    pub session_timeout_ms: Option<u32>,
     /// Push mode: most unacked deliveries held at once.
     #[arg(long, default_value_t = 100)]
     pub prefetch: u32,
@@ -56,7 +62,13 @@ pub struct ConsumeArgs {
 }
 
 pub async fn run(broker: &str, args: ConsumeArgs) -> anyhow::Result<()> {
-    let client = super::connect(broker).await?;
+    let options = ConnectOptions {
+        session_timeout: args
+            .session_timeout_ms
+            .map(|ms| Duration::from_millis(u64::from(ms))),
+        ..ConnectOptions::default()
+    };
+    let client = super::connect_with(broker, options).await?;
     match args.mode {
         Mode::Pull => consume_pull(&client, &args).await,
         Mode::Push => consume_push(&client, &args).await,

@@ -8,7 +8,7 @@ mod topic;
 
 use clap::{Parser, Subcommand};
 
-use herald_client::Client;
+use herald_client::{Client, ConnectOptions};
 
 /// Herald's command-line client.
 #[derive(Debug, Parser)]
@@ -59,7 +59,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn connect(broker: &str) -> anyhow::Result<Client> {
-    Client::connect(broker)
+    connect_with(broker, ConnectOptions::default()).await
+}
+
+async fn connect_with(broker: &str, options: ConnectOptions) -> anyhow::Result<Client> {
+    Client::connect_with(broker, options)
         .await
         .map_err(|err| anyhow::anyhow!("cannot connect to {broker}: {err}"))
 }
