@@ -99,6 +99,7 @@ impl BrokerError {
             NotSupported(_) => ErrorCode::NotSupported,
             ShuttingDown => ErrorCode::ShuttingDown,
             Storage(StorageError::Deleted) => ErrorCode::UnknownTopic,
+            Storage(StorageError::Sequence(_)) => ErrorCode::OutOfOrderSequence,
             Storage(_) => ErrorCode::StorageError,
         }
     }

@@ -4,7 +4,7 @@ use herald_protocol::{Batch, Durability, Frame, OffsetRun, Publish, PublishOk, A
 
 use super::{Context, Reply};
 use crate::error::BrokerError;
-use crate::storage;
+use crate::storage::{self, ProducerBatch};
 
 /// Validates and queues the batch now (so publishes keep their order); the reply follows
 /// once the store has committed it.
@@ -25,11 +25,16 @@ async fn queue(
     let batch = Batch::parse(req.batch).map_err(BrokerError::BadBatch)?;
     let topic = ctx.shared.topics.get_or_create(&req.topic).await?;
     let partition = (req.partition != ANY_PARTITION).then_some(req.partition);
+    let producer = (req.producer_id != 0).then_some(ProducerBatch {
+        producer_id: req.producer_id,
+        sequence: req.sequence,
+    });
     let committed = topic.publish(
         &ctx.shared.store,
         batch,
         partition,
         ctx.shared.config.max_message_bytes,
+        producer,
     )?;
     Ok(async move {
         let published = committed.await?;

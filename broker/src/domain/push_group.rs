@@ -1350,6 +1350,6 @@ async fn write_dead_letters(
     }
     let topic = topics.get(dlq)?;
     let batch = Batch::parse(encode_batch(&out)).map_err(BrokerError::BadBatch)?;
-    topic.publish(store, batch, None, u32::MAX)?.await?;
+    topic.publish(store, batch, None, u32::MAX, None)?.await?;
     Ok(())
 }

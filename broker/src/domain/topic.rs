@@ -8,7 +8,9 @@ use std::sync::Arc;
 use herald_protocol::{encode_batch, partition_for_key, Batch, Record};
 
 use crate::error::BrokerError;
-use crate::storage::{Appended, Durability, PartitionLog, StorageError, Store, TopicRecord};
+use crate::storage::{
+    Appended, Durability, PartitionLog, ProducerBatch, StorageError, Store, TopicRecord,
+};
 
 /// A topic and its partition logs.
 pub struct Topic {
@@ -74,12 +76,16 @@ impl Topic {
     /// round-robin; keyed records go to `partition_for_key` (unkeyed records among them go
     /// to the round-robin partition). A batch split over several partitions is appended per
     /// partition: each part is atomic, the whole is not.
+    ///
+    /// A numbered batch from an idempotent `producer` must go whole to one partition it
+    /// names (or to a topic's only partition): its number counts batches to that partition.
     pub fn publish(
         &self,
         store: &Store,
         batch: Batch,
         partition: Option<u32>,
         max_message_bytes: u32,
+        producer: Option<ProducerBatch>,
     ) -> Result<impl Future<Output = Result<Published, BrokerError>> + Send + 'static, BrokerError>
     {
         let stats = batch.validate().map_err(BrokerError::BadBatch)?;
@@ -92,13 +98,30 @@ impl Topic {
                 max: max_message_bytes,
             });
         }
+        let partition = match (partition, producer) {
+            (None, Some(_)) if self.partitions.len() == 1 => Some(0),
+            (None, Some(_)) => {
+                return Err(BrokerError::InvalidArgument(format!(
+                    "a numbered batch (producer id set) must name its partition: topic {:?} has {}",
+                    self.record.name,
+                    self.partitions.len()
+                )))
+            }
+            (partition, _) => partition,
+        };
         let parts = match partition {
             Some(p) => vec![(self.partition(p)?, p, batch, None)],
             None => self.route(batch, stats.any_key)?,
         };
         let pending: Vec<_> = parts
             .into_iter()
-            .map(|(log, p, part, order)| (p, store.append(log, part), order))
+            .map(|(log, p, part, order)| {
+                let appended = match producer {
+                    Some(producer) => store.append_as(log, part, producer),
+                    None => store.append(log, part),
+                };
+                (p, appended, order)
+            })
             .collect();
         Ok(async move {
             let mut appended = Vec::with_capacity(pending.len());

@@ -16,6 +16,7 @@ use herald_protocol::{record::now_ms, Batch};
 use tokio::sync::oneshot;
 
 use super::checkpoint;
+use super::producers::{Check, ProducerBatch, Producers};
 use super::sync::Syncer;
 use super::{PartitionLog, RetentionPolicy, StorageError};
 
@@ -67,6 +68,7 @@ pub(super) enum Op {
     Append {
         log: Arc<PartitionLog>,
         batch: Batch,
+        producer: Option<ProducerBatch>,
         reply: oneshot::Sender<Result<Appended, StorageError>>,
     },
     Run {
@@ -102,6 +104,7 @@ impl CommitWriter {
         policy: FsyncPolicy,
         dir: &Path,
         marks: checkpoint::Marks,
+        producers: sled::Tree,
     ) -> Result<CommitWriter, StorageError> {
         let syncer = Syncer::open(dir)
             .map_err(|e| StorageError::Sled(format!("cannot sync the store: {e}")))?;
@@ -122,6 +125,7 @@ impl CommitWriter {
                     marks,
                     recorder,
                     marks_offered: Instant::now(),
+                    producers: Producers::new(producers),
                 }
                 .run(rx)
             })
@@ -138,11 +142,13 @@ impl CommitWriter {
         &self,
         log: &Arc<PartitionLog>,
         batch: Batch,
+        producer: Option<ProducerBatch>,
     ) -> oneshot::Receiver<Result<Appended, StorageError>> {
         let (reply, rx) = oneshot::channel();
         let _ = self.tx.send(Op::Append {
             log: Arc::clone(log),
             batch,
+            producer,
             reply,
         });
         rx
@@ -227,6 +233,8 @@ struct Writer {
     marks: checkpoint::Marks,
     recorder: checkpoint::Recorder,
     marks_offered: Instant,
+    /// Idempotent producers' recent batches.
+    producers: Producers,
 }
 
 /// How often the writer records partition bounds when no retention pass asks for it.
@@ -277,8 +285,18 @@ impl Writer {
             let mut trimmed = false;
             for op in std::iter::once(first).chain(rx.try_iter().take(MAX_GROUP - 1)) {
                 match op {
-                    Op::Append { log, batch, reply } => {
-                        let result = write_batch(&log, &batch, &mut encode_buf);
+                    Op::Append {
+                        log,
+                        batch,
+                        producer,
+                        reply,
+                    } => {
+                        let result = match producer {
+                            None => write_batch(&log, &batch, &mut encode_buf),
+                            Some(producer) => {
+                                self.write_numbered(&log, &batch, producer, &mut encode_buf)
+                            }
+                        };
                         touch(&mut self.unsaved, &log);
                         if result.is_ok() {
                             touch(&mut self.unsynced, &log);
@@ -299,13 +317,15 @@ impl Writer {
                         for log in &logs {
                             self.marks.remove(log);
                         }
+                        let forgotten: Result<(), StorageError> =
+                            logs.iter().try_for_each(|log| self.producers.forget(log));
                         self.unsynced.retain(|log| !logs.contains(&log.name()));
                         let written = self.recorder.write_now(self.marks.clone()).map_err(|e| {
                             StorageError::Sled(format!("cannot record synced offsets: {e}"))
                         });
                         done.push(Done::Run {
                             reply,
-                            result: written.and_then(|()| job()),
+                            result: written.and(forgotten).and_then(|()| job()),
                         });
                     }
                     Op::Stop => stopping = true,
@@ -320,6 +340,40 @@ impl Writer {
         }
         if let Err(err) = self.recorder.finish(&self.marks) {
             tracing::error!(%err, "cannot record synced offsets");
+        }
+    }
+
+    /// Appends a producer's numbered batch unless it was appended before (then answers
+    /// with its original offsets); the producer's state is written with the batch, in one
+    /// sled transaction.
+    fn write_numbered(
+        &mut self,
+        log: &PartitionLog,
+        batch: &Batch,
+        producer: ProducerBatch,
+        buf: &mut BytesMut,
+    ) -> Result<(u64, u32), StorageError> {
+        let name = log.name();
+        match self.producers.check(&name, producer)? {
+            Check::Duplicate { base_offset, count } => Ok((base_offset, count)),
+            Check::Append => {
+                let base = log.write_next();
+                let (key, value, recent) =
+                    self.producers
+                        .after(&name, producer, base, batch.record_count)?;
+                buf.clear();
+                batch.encode_as(base, now_ms(), buf);
+                log.insert_with(
+                    base,
+                    buf,
+                    batch.record_count,
+                    self.producers.tree(),
+                    &key,
+                    &value,
+                )?;
+                self.producers.remember(&name, producer.producer_id, recent);
+                Ok((base, batch.record_count))
+            }
         }
     }
 

@@ -208,6 +208,38 @@ impl PartitionLog {
         Ok(())
     }
 
+    /// Called by the writer thread: like [`insert`](Self::insert), writing `other_key` = `value`
+    /// into `other` in the same sled transaction.
+    pub(super) fn insert_with(
+        &self,
+        base_offset: u64,
+        stored: &[u8],
+        count: u32,
+        other: &sled::Tree,
+        other_key: &[u8],
+        value: &[u8],
+    ) -> Result<(), StorageError> {
+        use sled::transaction::{ConflictableTransactionError, TransactionError};
+        use sled::Transactional;
+        if self.is_retired() {
+            return Err(StorageError::Deleted);
+        }
+        let written = (&self.tree, other).transaction(|(log, other)| {
+            log.insert(&key(base_offset), stored)?;
+            other.insert(other_key, value)?;
+            Ok::<(), ConflictableTransactionError<StorageError>>(())
+        });
+        match written {
+            Ok(()) => {}
+            Err(TransactionError::Abort(err)) => return Err(err),
+            Err(TransactionError::Storage(err)) => return Err(err.into()),
+        }
+        self.write_next
+            .store(base_offset + u64::from(count), Ordering::Relaxed);
+        self.bytes.fetch_add(stored.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Called by the writer thread: deletes whole stored batches from the head while the
     /// log stays at or beyond every limit of `policy` without them (and, for age, while the
     /// head batch is older than the limit). So a partition keeps at least what the policy

@@ -24,6 +24,7 @@
 mod checkpoint;
 pub mod commit;
 pub mod log;
+mod producers;
 mod records;
 mod sync;
 
@@ -32,6 +33,7 @@ use std::sync::Arc;
 
 pub use commit::{Appended, Durability, FsyncPolicy};
 pub use log::PartitionLog;
+pub use producers::ProducerBatch;
 pub use records::{GroupRecord, RetentionPolicy, TopicRecord};
 
 use commit::CommitWriter;
@@ -53,6 +55,8 @@ pub enum StorageError {
     InUse(String),
     #[error("the topic was deleted")]
     Deleted,
+    #[error("out of order: {0}")]
+    Sequence(String),
 }
 
 impl From<sled::Error> for StorageError {
@@ -108,7 +112,8 @@ impl Store {
         let marks = checkpoint::read(dir)
             .map_err(|e| StorageError::Corrupt(format!("cannot read the synced offsets: {e}")))?;
         drop_retired_logs(&db, &marks)?;
-        let writer = CommitWriter::start(db.clone(), config.fsync, dir, marks.clone())?;
+        let producers = db.open_tree("producers")?;
+        let writer = CommitWriter::start(db.clone(), config.fsync, dir, marks.clone(), producers)?;
         Ok(Arc::new(Store {
             _lock: lock,
             bounds: db.open_tree("partitions")?,
@@ -212,7 +217,19 @@ impl Store {
         log: &Arc<PartitionLog>,
         batch: herald_protocol::Batch,
     ) -> tokio::sync::oneshot::Receiver<Result<Appended, StorageError>> {
-        self.writer.append(log, batch)
+        self.writer.append(log, batch, None)
+    }
+
+    /// Queues a producer's numbered batch: appended if it is the producer's next one for
+    /// this log, answered with its original offsets if it was appended before (see
+    /// [`producers`]).
+    pub fn append_as(
+        &self,
+        log: &Arc<PartitionLog>,
+        batch: herald_protocol::Batch,
+        producer: ProducerBatch,
+    ) -> tokio::sync::oneshot::Receiver<Result<Appended, StorageError>> {
+        self.writer.append(log, batch, Some(producer))
     }
 
     /// Queues a retention pass over `log`; resolves with whether anything was deleted.

@@ -19,7 +19,8 @@ wire_struct! {
     /// ```
     /// `partition` is a partition number or `ANY_PARTITION` (0xffffffff). `producer_id` 0
     /// means an anonymous producer; otherwise `sequence` numbers this producer's batches to
-    /// the partition from 1, so a resent batch is recognised. `batch` is one record batch.
+    /// the partition from 1, so a resent batch is recognised and answered with its original
+    /// offsets; such a batch names its partition. `batch` is one record batch.
     pub struct Publish {
         pub topic: String,
         pub partition: u32,
