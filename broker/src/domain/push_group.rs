@@ -986,29 +986,14 @@ impl Dispatcher {
     fn ack(&mut self, span: &Span) {
         let p = span.partition;
         let part = &self.parts[p as usize];
-        let in_flight: Vec<u64> = part
-            .flights
-            .range(span.start..span.end)
-            .map(|(&offset, _)| offset)
-            .collect();
-        for offset in in_flight {
+        for offset in keys_in(&part.flights, span) {
             self.take_flight(p, offset, None);
         }
         let part = &mut self.parts[p as usize];
-        let waiting: Vec<u64> = part
-            .ready
-            .range(span.start..span.end)
-            .map(|(&o, _)| o)
-            .collect();
-        for offset in waiting {
+        for offset in keys_in(&part.ready, span) {
             part.ready.remove(&offset);
         }
-        let delayed: Vec<u64> = part
-            .delayed
-            .range(span.start..span.end)
-            .map(|(&o, _)| o)
-            .collect();
-        for offset in delayed {
+        for offset in keys_in(&part.delayed, span) {
             part.delayed.remove(&offset);
         }
         // Everything in the span is done, except what is on its way to the dead-letter
@@ -1252,6 +1237,13 @@ impl Dispatcher {
             dead_lettered: self.dead_lettered,
         }
     }
+}
+
+/// The offsets of `map` within `span`.
+fn keys_in<V>(map: &BTreeMap<u64, V>, span: &Span) -> Vec<u64> {
+    map.range(span.start..span.end)
+        .map(|(&offset, _)| offset)
+        .collect()
 }
 
 async fn sleep_until(when: Option<Instant>) {
