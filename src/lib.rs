@@ -12,10 +12,16 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use futures::{SinkExt, StreamExt};
 use herald_broker::{Broker, Config};
-use herald_client::Client;
+use herald_client::{Client, ErrorCode};
+use herald_protocol::{Frame, FrameCodec, Hello, ListTopics, Message, RawFrame};
 use tempfile::TempDir;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
 
 /// A broker started in-process for one test, with its own data directory.
 pub struct TestBroker {
@@ -75,4 +81,103 @@ pub fn binary(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// A hand-driven connection, for sending what no well-behaved client would, or for a
+/// client that falls silent.
+pub struct Raw {
+    framed: Framed<TcpStream, FrameCodec>,
+    next_id: u32,
+}
+
+impl Raw {
+    /// Connects without saying `Hello`.
+    pub async fn connect(addr: SocketAddr) -> Raw {
+        let stream = TcpStream::connect(addr).await.expect("connects");
+        Raw {
+            framed: Framed::new(stream, FrameCodec::default()),
+            next_id: 1_000,
+        }
+    }
+
+    /// Connects and says `Hello` (protocol 1, the broker's session defaults).
+    pub async fn greeted(addr: SocketAddr) -> Raw {
+        let mut raw = Raw::connect(addr).await;
+        let hello = Hello {
+            min_version: 1,
+            max_version: 1,
+            client_id: "raw".into(),
+            ..Hello::default()
+        };
+        assert!(matches!(raw.call(hello).await, Frame::HelloOk(_)));
+        raw
+    }
+
+    /// Sends `frame` as request `id`.
+    pub async fn send(&mut self, id: u32, frame: impl Into<Frame>) {
+        self.framed
+            .send(Message::new(id, frame))
+            .await
+            .expect("sent");
+    }
+
+    /// Writes bytes as they are.
+    pub async fn send_bytes(&mut self, bytes: &[u8]) {
+        self.framed
+            .get_mut()
+            .write_all(bytes)
+            .await
+            .expect("written");
+    }
+
+    /// The next frame, with its correlation id (waits up to 5 s).
+    pub async fn recv(&mut self) -> (u32, Frame) {
+        let raw: RawFrame = tokio::time::timeout(Duration::from_secs(5), self.framed.next())
+            .await
+            .expect("a frame in time")
+            .expect("the connection is open")
+            .expect("a readable frame");
+        (
+            raw.correlation_id,
+            raw.decode().expect("a well-formed frame"),
+        )
+    }
+
+    /// Sends `frame` under a fresh correlation id and returns its answer, skipping
+    /// heartbeats, deliveries and anything else sent meanwhile.
+    pub async fn call(&mut self, frame: impl Into<Frame>) -> Frame {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send(id, frame).await;
+        loop {
+            let (got, frame) = self.recv().await;
+            if got == id {
+                return frame;
+            }
+        }
+    }
+
+    /// The next frame must be an error with `code` answering request `id`.
+    pub async fn expect_error(&mut self, id: u32, code: ErrorCode) -> String {
+        match self.recv().await {
+            (got, Frame::Error(err)) if got == id && err.error_code() == Some(code) => err.message,
+            other => panic!("expected {code} for request {id}, got {other:?}"),
+        }
+    }
+
+    /// The broker closes the connection (after any error frame it sends first).
+    pub async fn expect_closed(&mut self) {
+        let end = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Some(Ok(_)) = self.framed.next().await {}
+        });
+        end.await.expect("the broker closed the connection");
+    }
+
+    /// The connection still answers requests.
+    pub async fn expect_alive(&mut self) {
+        assert!(matches!(
+            self.call(ListTopics {}).await,
+            Frame::TopicList(_)
+        ));
+    }
 }

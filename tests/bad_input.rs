@@ -4,79 +4,11 @@
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use futures::{SinkExt, StreamExt};
 use herald_client::{Error, ErrorCode, Record};
 use herald_protocol::{
-    encode_batch, CreateTopic, Frame, FrameCodec, Hello, ListTopics, Message, Publish, RawFrame,
-    ANY_PARTITION,
+    encode_batch, CreateTopic, Frame, Hello, ListTopics, Message, Publish, ANY_PARTITION,
 };
-use herald_suite::{binary, TestBroker};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
-use tokio_util::codec::Framed;
-
-/// A hand-driven connection, for sending what no well-behaved client would.
-struct Raw {
-    framed: Framed<TcpStream, FrameCodec>,
-}
-
-impl Raw {
-    async fn connect(broker: &TestBroker) -> Raw {
-        let stream = TcpStream::connect(broker.addr()).await.unwrap();
-        Raw {
-            framed: Framed::new(stream, FrameCodec::default()),
-        }
-    }
-
-    async fn greeted(broker: &TestBroker) -> Raw {
-        let mut raw = Raw::connect(broker).await;
-        raw.send(1, hello(1, 1)).await;
-        assert!(matches!(raw.recv().await.1, Frame::HelloOk(_)));
-        raw
-    }
-
-    async fn send(&mut self, id: u32, frame: impl Into<Frame>) {
-        self.framed.send(Message::new(id, frame)).await.unwrap();
-    }
-
-    async fn send_bytes(&mut self, bytes: &[u8]) {
-        self.framed.get_mut().write_all(bytes).await.unwrap();
-    }
-
-    async fn recv(&mut self) -> (u32, Frame) {
-        let raw: RawFrame = tokio::time::timeout(Duration::from_secs(5), self.framed.next())
-            .await
-            .expect("a reply in time")
-            .expect("the connection is open")
-            .expect("a readable frame");
-        (
-            raw.correlation_id,
-            raw.decode().expect("a well-formed reply"),
-        )
-    }
-
-    /// The next frame must be an error with `code` answering request `id`.
-    async fn expect_error(&mut self, id: u32, code: ErrorCode) -> String {
-        match self.recv().await {
-            (got, Frame::Error(err)) if got == id && err.error_code() == Some(code) => err.message,
-            other => panic!("expected {code} for request {id}, got {other:?}"),
-        }
-    }
-
-    /// The broker closes the connection (after any error frame it sends first).
-    async fn expect_closed(&mut self) {
-        let end = tokio::time::timeout(Duration::from_secs(5), async {
-            while let Some(Ok(_)) = self.framed.next().await {}
-        });
-        end.await.expect("the broker closed the connection");
-    }
-
-    /// The connection still answers requests.
-    async fn expect_alive(&mut self) {
-        self.send(99, ListTopics {}).await;
-        assert!(matches!(self.recv().await, (99, Frame::TopicList(_))));
-    }
-}
+use herald_suite::{binary, Raw, TestBroker};
 
 fn hello(min: u16, max: u16) -> Hello {
     Hello {
@@ -119,7 +51,7 @@ async fn still_serving(broker: &TestBroker) {
 #[tokio::test]
 async fn garbage_bytes_get_an_error_frame_and_a_closed_connection() {
     let broker = TestBroker::start().await;
-    let mut raw = Raw::connect(&broker).await;
+    let mut raw = Raw::connect(broker.addr()).await;
     raw.send_bytes(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
     raw.expect_error(0, ErrorCode::FrameTooLarge).await;
     raw.expect_closed().await;
@@ -130,7 +62,7 @@ async fn garbage_bytes_get_an_error_frame_and_a_closed_connection() {
 #[tokio::test]
 async fn a_frame_announcing_four_gib_is_refused_from_its_header() {
     let broker = TestBroker::start().await;
-    let mut raw = Raw::greeted(&broker).await;
+    let mut raw = Raw::greeted(broker.addr()).await;
     raw.send_bytes(&[0xff, 0xff, 0xff, 0xff, 0, 1, 0, 0]).await;
     let message = raw.expect_error(0, ErrorCode::FrameTooLarge).await;
     assert!(message.contains("4294967295"), "{message}");
@@ -142,7 +74,7 @@ async fn a_frame_announcing_four_gib_is_refused_from_its_header() {
 #[tokio::test]
 async fn a_length_shorter_than_a_header_closes_the_connection_with_an_error() {
     let broker = TestBroker::start().await;
-    let mut raw = Raw::greeted(&broker).await;
+    let mut raw = Raw::greeted(broker.addr()).await;
     raw.send_bytes(&[0, 0, 0, 2, 0, 1]).await;
     raw.expect_error(0, ErrorCode::MalformedFrame).await;
     raw.expect_closed().await;
@@ -153,7 +85,7 @@ async fn a_length_shorter_than_a_header_closes_the_connection_with_an_error() {
 #[tokio::test]
 async fn a_truncated_frame_waits_for_the_rest() {
     let broker = TestBroker::start().await;
-    let mut raw = Raw::connect(&broker).await;
+    let mut raw = Raw::connect(broker.addr()).await;
     let bytes = Message::new(1, hello(1, 1)).to_bytes();
     let (head, tail) = bytes.split_at(bytes.len() / 2);
     raw.send_bytes(head).await;
@@ -161,7 +93,7 @@ async fn a_truncated_frame_waits_for_the_rest() {
     raw.send_bytes(tail).await;
     assert!(matches!(raw.recv().await, (1, Frame::HelloOk(_))));
     // A peer that hangs up mid-frame costs the broker nothing.
-    let mut cut = Raw::connect(&broker).await;
+    let mut cut = Raw::connect(broker.addr()).await;
     cut.send_bytes(head).await;
     drop(cut);
     raw.expect_alive().await;
@@ -172,7 +104,7 @@ async fn a_truncated_frame_waits_for_the_rest() {
 #[tokio::test]
 async fn an_unknown_opcode_is_an_error_and_the_connection_lives_on() {
     let broker = TestBroker::start().await;
-    let mut raw = Raw::greeted(&broker).await;
+    let mut raw = Raw::greeted(broker.addr()).await;
     let mut frame = BytesMut::new();
     frame.put_u32(8);
     frame.put_u16(0x7777);
@@ -187,7 +119,7 @@ async fn an_unknown_opcode_is_an_error_and_the_connection_lives_on() {
 #[tokio::test]
 async fn a_malformed_body_is_an_error_and_the_connection_lives_on() {
     let broker = TestBroker::start().await;
-    let mut raw = Raw::greeted(&broker).await;
+    let mut raw = Raw::greeted(broker.addr()).await;
     let mut frame = BytesMut::new();
     frame.put_u32(8 + 3);
     frame.put_u16(herald_protocol::Opcode::CreateTopic as u16);
@@ -207,7 +139,7 @@ async fn a_malformed_body_is_an_error_and_the_connection_lives_on() {
 #[tokio::test]
 async fn a_request_before_hello_is_refused_until_hello() {
     let broker = TestBroker::start().await;
-    let mut raw = Raw::connect(&broker).await;
+    let mut raw = Raw::connect(broker.addr()).await;
     raw.send(1, ListTopics {}).await;
     raw.expect_error(1, ErrorCode::HelloRequired).await;
     raw.send(2, hello(1, 1)).await;
@@ -221,7 +153,7 @@ async fn a_request_before_hello_is_refused_until_hello() {
 #[tokio::test]
 async fn an_unsupported_version_names_the_versions_the_broker_speaks() {
     let broker = TestBroker::start().await;
-    let mut raw = Raw::connect(&broker).await;
+    let mut raw = Raw::connect(broker.addr()).await;
     raw.send(1, hello(7, 9)).await;
     let (id, frame) = raw.recv().await;
     let Frame::Error(err) = frame else {
@@ -241,7 +173,7 @@ async fn an_unsupported_version_names_the_versions_the_broker_speaks() {
 #[tokio::test]
 async fn invalid_topic_names_are_refused() {
     let broker = TestBroker::start().await;
-    let mut raw = Raw::greeted(&broker).await;
+    let mut raw = Raw::greeted(broker.addr()).await;
     for (id, name) in [(1, ""), (2, "has space"), (3, "slash/name"), (4, "é")] {
         raw.send(
             id,
@@ -285,7 +217,7 @@ async fn invalid_topic_names_are_refused() {
 #[tokio::test]
 async fn an_empty_batch_is_refused() {
     let broker = TestBroker::start().await;
-    let mut raw = Raw::greeted(&broker).await;
+    let mut raw = Raw::greeted(broker.addr()).await;
     raw.send(1, publish("t", encode_batch(&[]))).await;
     raw.expect_error(1, ErrorCode::EmptyBatch).await;
     raw.expect_alive().await;
@@ -296,7 +228,7 @@ async fn an_empty_batch_is_refused() {
 async fn a_message_over_the_size_limit_is_refused_by_broker_and_client() {
     let broker = TestBroker::start_with(|c| c.max_message_bytes = 1024).await;
     let big = Record::new(vec![7u8; 2000]);
-    let mut raw = Raw::greeted(&broker).await;
+    let mut raw = Raw::greeted(broker.addr()).await;
     raw.send(
         1,
         publish("t", encode_batch(&[Record::new("small"), big.clone()])),
@@ -435,7 +367,7 @@ async fn cli_reports_bad_input_with_a_message_and_a_nonzero_exit() {
 #[tokio::test]
 async fn a_client_that_leaves_a_long_poll_behind_frees_its_slot() {
     let broker = TestBroker::start_with(|c| c.max_connections = 1).await;
-    let mut raw = Raw::greeted(&broker).await;
+    let mut raw = Raw::greeted(broker.addr()).await;
     raw.send(
         2,
         CreateTopic {

@@ -5,16 +5,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use herald_client::{
     Client, ErrorCode, PullConsumer, PullConsumerConfig, PulledRecord, Record, ResetTarget,
     StartPosition,
 };
-use herald_protocol::{Commit, Frame, FrameCodec, Hello, JoinGroup, Message, PartitionOffset};
-use herald_suite::{binary, TestBroker};
-use tokio::net::TcpStream;
+use herald_protocol::{Commit, Frame, JoinGroup, PartitionOffset};
+use herald_suite::{binary, Raw, TestBroker};
 use tokio::process::Command;
-use tokio_util::codec::Framed;
 
 /// Publishes `count` keyed records (spread over the topic's partitions by key hash).
 async fn publish_keyed(client: &Client, topic: &str, count: usize) {
@@ -158,40 +156,6 @@ async fn three_members_share_six_partitions_and_take_over_from_one_that_leaves()
     broker.stop().await;
 }
 
-/// A hand-driven group member that can fall silent.
-struct RawMember {
-    framed: Framed<TcpStream, FrameCodec>,
-}
-
-impl RawMember {
-    async fn connect(broker: &TestBroker) -> RawMember {
-        let stream = TcpStream::connect(broker.addr()).await.unwrap();
-        let mut raw = RawMember {
-            framed: Framed::new(stream, FrameCodec::default()),
-        };
-        let hello = Hello {
-            min_version: 1,
-            max_version: 1,
-            client_id: "silent".into(),
-            ..Hello::default()
-        };
-        assert!(matches!(raw.call(1, hello).await, Frame::HelloOk(_)));
-        raw
-    }
-
-    async fn call(&mut self, id: u32, frame: impl Into<Frame>) -> Frame {
-        self.framed.send(Message::new(id, frame)).await.unwrap();
-        loop {
-            let raw = self.framed.next().await.unwrap().unwrap();
-            let correlation_id = raw.correlation_id;
-            let frame = raw.decode().unwrap();
-            if correlation_id == id {
-                return frame;
-            }
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_member_loses_its_partitions_after_the_session_timeout() {
     let broker = TestBroker::start_with(|c| c.session_timeout_ms = 1000).await;
@@ -208,14 +172,14 @@ async fn a_silent_member_loses_its_partitions_after_the_session_timeout() {
         .collect();
     assert!(ends.iter().all(|&end| end > 10), "{ends:?}");
 
-    let mut silent = RawMember::connect(&broker).await;
+    let mut silent = Raw::greeted(broker.addr()).await;
     let join = JoinGroup {
         topic: "jobs".into(),
         group: "workers".into(),
         member_id: String::new(),
         start: StartPosition::Earliest,
     };
-    let Frame::Assignment(assignment) = silent.call(2, join).await else {
+    let Frame::Assignment(assignment) = silent.call(join).await else {
         panic!("no assignment");
     };
     assert_eq!(assignment.partitions.len(), 2);
@@ -229,7 +193,7 @@ async fn a_silent_member_loses_its_partitions_after_the_session_timeout() {
             offset: 10,
         }],
     };
-    assert!(matches!(silent.call(3, commit).await, Frame::CommitOk(_)));
+    assert!(matches!(silent.call(commit).await, Frame::CommitOk(_)));
     // From here on the raw member sends nothing, not even heartbeats.
 
     let mut healthy = member(&broker, "jobs", "workers").await;

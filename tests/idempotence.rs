@@ -1,19 +1,14 @@
 //! Idempotent producers: a numbered batch sent again is answered with its original offsets
 //! and stored once, across a broker restart too; gaps and forgotten numbers are refused.
 
-use futures::{SinkExt, StreamExt};
 use herald_broker::{Broker, Config};
 use herald_client::{Client, ErrorCode};
-use herald_protocol::{
-    encode_batch, Frame, FrameCodec, Hello, Message, Publish, Record, ANY_PARTITION,
-};
-use tokio::net::TcpStream;
-use tokio_util::codec::Framed;
+use herald_protocol::{encode_batch, Frame, Publish, Record, ANY_PARTITION};
+use herald_suite::Raw;
 
 /// A connection that sends hand-numbered publishes.
 struct Producer {
-    framed: Framed<TcpStream, FrameCodec>,
-    next_id: u32,
+    raw: Raw,
 }
 
 /// Where a batch went: (partition, base offset, count), or the error code.
@@ -21,35 +16,8 @@ type Outcome = Result<(u32, u64, u32), ErrorCode>;
 
 impl Producer {
     async fn connect(addr: std::net::SocketAddr) -> Producer {
-        let stream = TcpStream::connect(addr).await.unwrap();
-        let mut producer = Producer {
-            framed: Framed::new(stream, FrameCodec::default()),
-            next_id: 1,
-        };
-        let hello = Hello {
-            min_version: 1,
-            max_version: 1,
-            client_id: "numbered".into(),
-            ..Hello::default()
-        };
-        assert!(matches!(
-            producer.call(hello.into()).await,
-            Frame::HelloOk(_)
-        ));
-        producer
-    }
-
-    async fn call(&mut self, frame: Frame) -> Frame {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.framed.send(Message::new(id, frame)).await.unwrap();
-        loop {
-            let raw = self.framed.next().await.unwrap().unwrap();
-            let correlation = raw.correlation_id;
-            let frame = raw.decode().unwrap();
-            if correlation == id {
-                return frame;
-            }
+        Producer {
+            raw: Raw::greeted(addr).await,
         }
     }
 
@@ -64,7 +32,7 @@ impl Producer {
             sequence,
             batch: encode_batch(&records),
         };
-        match self.call(publish.into()).await {
+        match self.raw.call(publish).await {
             Frame::PublishOk(ok) => {
                 assert_eq!(ok.runs.len(), 1);
                 let run = &ok.runs[0];

@@ -359,24 +359,14 @@ async fn after_a_restart_only_unacked_records_are_delivered_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_consumer_holds_no_more_than_its_window_and_stalls_nobody() {
-    use futures::SinkExt;
-    use herald_protocol::{Frame, FrameCodec, Hello, Message, StartPosition, Subscribe};
-    use tokio_util::codec::Framed;
+    use herald_protocol::{Frame, StartPosition, Subscribe};
 
     let broker = TestBroker::start_with(|c| c.session_timeout_ms = 3000).await;
     let admin = broker.client().await;
     admin.create_topic("big", 1).await.unwrap();
 
     // A subscriber that never reads its socket again after subscribing.
-    let stream = tokio::net::TcpStream::connect(broker.addr()).await.unwrap();
-    let mut frozen = Framed::new(stream, FrameCodec::default());
-    let hello = Hello {
-        min_version: 1,
-        max_version: 1,
-        client_id: "frozen".into(),
-        ..Hello::default()
-    };
-    frozen.send(Message::new(1, hello)).await.unwrap();
+    let mut frozen = herald_suite::Raw::greeted(broker.addr()).await;
     let subscribe = Subscribe {
         topic: "big".into(),
         group: "g".into(),
@@ -384,13 +374,7 @@ async fn a_frozen_consumer_holds_no_more_than_its_window_and_stalls_nobody() {
         prefetch_bytes: 0,
         start: StartPosition::Earliest,
     };
-    frozen.send(Message::new(2, subscribe)).await.unwrap();
-    loop {
-        let raw = frozen.next().await.unwrap().unwrap();
-        if matches!(raw.decode().unwrap(), Frame::Subscribed(_)) {
-            break;
-        }
-    }
+    assert!(matches!(frozen.call(subscribe).await, Frame::Subscribed(_)));
 
     // 600 records of 64 KiB: the frozen window alone (~19 MB) is more than the sockets
     // buffer, so the broker's writes to it block.
@@ -560,40 +544,14 @@ async fn the_cli_creates_describes_and_consumes_push_groups() {
 
 #[tokio::test]
 async fn bad_answers_get_clear_errors_and_the_subscription_lives_on() {
-    use futures::SinkExt;
     use herald_client::ErrorCode;
-    use herald_protocol::{
-        Ack, Frame, FrameCodec, Hello, Message, Nack, OffsetRange, StartPosition, Subscribe,
-    };
-    use tokio_util::codec::Framed;
+    use herald_protocol::{Ack, Frame, Nack, OffsetRange, StartPosition, Subscribe};
 
     let broker = TestBroker::start().await;
     let admin = broker.client().await;
     admin.create_topic("strict", 1).await.unwrap();
     publish(&admin, "strict", 3).await;
-    let stream = tokio::net::TcpStream::connect(broker.addr()).await.unwrap();
-    let mut raw = Framed::new(stream, FrameCodec::default());
-    let call = async |raw: &mut Framed<_, FrameCodec>, id: u32, frame: Frame| -> Frame {
-        raw.send(Message::new(id, frame)).await.unwrap();
-        loop {
-            let got = raw.next().await.unwrap().unwrap();
-            let correlation = got.correlation_id;
-            let frame = got.decode().unwrap();
-            if correlation == id {
-                return frame;
-            }
-        }
-    };
-    let hello = Hello {
-        min_version: 1,
-        max_version: 1,
-        client_id: "strict".into(),
-        ..Hello::default()
-    };
-    assert!(matches!(
-        call(&mut raw, 1, hello.into()).await,
-        Frame::HelloOk(_)
-    ));
+    let mut raw = herald_suite::Raw::greeted(broker.addr()).await;
     let subscribe = Subscribe {
         topic: "strict".into(),
         group: "g".into(),
@@ -601,7 +559,7 @@ async fn bad_answers_get_clear_errors_and_the_subscription_lives_on() {
         prefetch_bytes: 0,
         start: StartPosition::Earliest,
     };
-    let Frame::Subscribed(subscribed) = call(&mut raw, 2, subscribe.into()).await else {
+    let Frame::Subscribed(subscribed) = raw.call(subscribe).await else {
         panic!("not subscribed");
     };
     let id = subscribed.subscription_id;
@@ -618,17 +576,14 @@ async fn bad_answers_get_clear_errors_and_the_subscription_lives_on() {
         subscription_id: id,
         ranges: vec![range(0, u64::MAX)],
     };
-    assert_eq!(
-        code(call(&mut raw, 3, huge.into()).await),
-        Some(ErrorCode::InvalidArgument)
-    );
+    assert_eq!(code(raw.call(huge).await), Some(ErrorCode::InvalidArgument));
     let backwards = Nack {
         subscription_id: id,
         ranges: vec![range(2, 1)],
         delay_ms: 0,
     };
     assert_eq!(
-        code(call(&mut raw, 4, backwards.into()).await),
+        code(raw.call(backwards).await),
         Some(ErrorCode::InvalidArgument)
     );
     let stranger = Ack {
@@ -636,7 +591,7 @@ async fn bad_answers_get_clear_errors_and_the_subscription_lives_on() {
         ranges: vec![range(0, 1)],
     };
     assert_eq!(
-        code(call(&mut raw, 5, stranger.into()).await),
+        code(raw.call(stranger).await),
         Some(ErrorCode::UnknownSubscription)
     );
     let no_partition = Ack {
@@ -648,7 +603,7 @@ async fn bad_answers_get_clear_errors_and_the_subscription_lives_on() {
         }],
     };
     assert_eq!(
-        code(call(&mut raw, 6, no_partition.into()).await),
+        code(raw.call(no_partition).await),
         Some(ErrorCode::UnknownPartition)
     );
     // The subscription still works: all three records are acked as one range.
@@ -656,7 +611,7 @@ async fn bad_answers_get_clear_errors_and_the_subscription_lives_on() {
         subscription_id: id,
         ranges: vec![range(0, 3)],
     };
-    assert!(matches!(call(&mut raw, 7, good.into()).await, Frame::Ok(_)));
+    assert!(matches!(raw.call(good).await, Frame::Ok(_)));
     let info = admin.describe_group("strict", "g").await.unwrap();
     assert_eq!(
         (info.partitions[0].committed, info.partitions[0].lag),

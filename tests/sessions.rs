@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use futures::{SinkExt, StreamExt};
 use herald_client::ErrorCode;
 use herald_protocol::{Frame, FrameCodec, Hello, Message};
-use herald_suite::TestBroker;
+use herald_suite::{Raw, TestBroker};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
@@ -74,8 +74,7 @@ async fn a_silent_client_is_expired_after_the_session_timeout() {
 
 /// Says `Hello` asking for `timeout_ms`, and returns what the broker granted.
 async fn granted(broker: &TestBroker, timeout_ms: u32, heartbeat_ms: u32) -> (u32, u32) {
-    let stream = TcpStream::connect(broker.addr()).await.unwrap();
-    let mut framed = Framed::new(stream, FrameCodec::default());
+    let mut raw = Raw::connect(broker.addr()).await;
     let hello = Hello {
         min_version: 1,
         max_version: 1,
@@ -83,9 +82,7 @@ async fn granted(broker: &TestBroker, timeout_ms: u32, heartbeat_ms: u32) -> (u3
         heartbeat_interval_ms: heartbeat_ms,
         session_timeout_ms: timeout_ms,
     };
-    framed.send(Message::new(1, hello)).await.unwrap();
-    let raw = framed.next().await.unwrap().unwrap();
-    match raw.decode().unwrap() {
+    match raw.call(hello).await {
         Frame::HelloOk(ok) => (ok.session_timeout_ms, ok.heartbeat_interval_ms),
         other => panic!("unexpected {other:?}"),
     }
