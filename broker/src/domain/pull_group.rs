@@ -364,7 +364,8 @@ impl PullGroups {
             .collect())
     }
 
-    /// A group's settings, members and progress; `None` if it does not exist.
+    /// A pull group's settings, members and progress (a push group's stored record only);
+    /// `None` if it does not exist.
     pub async fn describe(
         &self,
         topic: &Arc<Topic>,
@@ -379,13 +380,12 @@ impl PullGroups {
             return Ok(None);
         };
         if record.mode != MODE_PULL {
-            let stored = self.stored_offsets(topic, group).await?;
-            let partitions = progress(topic, &stored, |_| None);
+            // A push group: its dispatcher describes its progress.
             return Ok(Some(Described {
                 record,
                 generation: 0,
                 members: Vec::new(),
-                partitions,
+                partitions: Vec::new(),
             }));
         }
         self.load(topic, group, None).await?;
@@ -451,19 +451,6 @@ impl PullGroups {
                 committed,
             });
         Ok(())
-    }
-
-    async fn stored_offsets(
-        &self,
-        topic: &Arc<Topic>,
-        group: &str,
-    ) -> Result<Vec<u64>, BrokerError> {
-        let (store, t, name) = (
-            Arc::clone(&self.store),
-            Arc::clone(topic),
-            group.to_string(),
-        );
-        blocking(move || read_offsets(&store, &t, &name)).await
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<GroupKey, GroupState>> {

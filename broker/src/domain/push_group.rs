@@ -331,7 +331,6 @@ impl PushGroups {
             (None, None) => return Err(BrokerError::UnknownGroup(group.to_string())),
         };
         let settings = Settings::of(topic.name(), &record);
-        self.topics.ensure(&settings.dead_letter).await?;
         let parts = self.load_parts(topic, group).await?;
         let (tx, rx) = mpsc::channel(1024);
         let dispatcher = Dispatcher {
@@ -1340,7 +1339,7 @@ async fn write_dead_letters(
     if out.is_empty() {
         return Ok(());
     }
-    let topic = topics.get(dlq)?;
+    let topic = topics.ensure(dlq).await?;
     let batch = Batch::parse(encode_batch(&out)).map_err(BrokerError::BadBatch)?;
     topic.publish(store, batch, None, u32::MAX, None)?.await?;
     Ok(())
