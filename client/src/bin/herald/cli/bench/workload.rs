@@ -9,8 +9,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use herald_client::{
-    Client, Confirm, Durability, Error, ProducerConfig, PullConsumerConfig, PushConsumerConfig,
-    Record, StartPosition,
+    Client, Confirm, Durability, Error, ProducerConfig, PullConsumer, PullConsumerConfig,
+    PushConsumer, PushConsumerConfig, Record, StartPosition,
 };
 use indicatif::ProgressBar;
 use tokio::sync::mpsc;
@@ -216,27 +216,16 @@ async fn run_member(
     let mut consumer = client
         .pull_consumer_with(&plan.topic, &plan.group, config)
         .await?;
-    let mut pending = Vec::with_capacity(CHECK_EVERY);
-    let result = loop {
-        let next = tokio::select! {
-            next = consumer.next() => next,
-            _ = shared.done.cancelled() => break Ok(()),
-        };
-        match next {
-            Some(Ok(record)) => pending.push(record.record.payload),
-            Some(Err(err)) => break Err(err.into()),
-            None => break Ok(()),
-        }
-        if pending.len() >= CHECK_EVERY || !consumer.has_ready() {
-            if let Some(err) = check(&plan, &shared, &pending, &progress) {
-                break Err(err);
-            }
-            pending.clear();
-        }
-    };
-    if let Some(err) = check(&plan, &shared, &pending, &progress) {
-        return Err(err);
-    }
+    let take = |record: herald_client::PulledRecord| record.record.payload;
+    let read = verify(
+        &mut consumer,
+        PullConsumer::has_ready,
+        take,
+        &plan,
+        &shared,
+        &progress,
+    );
+    let result = read.await;
     consumer.close().await?;
     result
 }
@@ -254,46 +243,68 @@ async fn run_subscriber(
     let mut consumer = client
         .push_consumer_with(&plan.topic, &plan.group, config)
         .await?;
-    let mut pending = Vec::with_capacity(CHECK_EVERY);
-    let result = loop {
-        let next = tokio::select! {
-            next = consumer.next() => next,
-            _ = shared.done.cancelled() => break Ok(()),
-        };
-        match next {
-            Some(Ok(delivery)) => {
-                pending.push(delivery.record.payload.clone());
-                delivery.ack();
-            }
-            Some(Err(err)) => break Err(err.into()),
-            None => break Ok(()),
-        }
-        if pending.len() >= CHECK_EVERY || !consumer.has_ready() {
-            if let Some(err) = check(&plan, &shared, &pending, &progress) {
-                break Err(err);
-            }
-            pending.clear();
-        }
+    let take = |delivery: herald_client::Delivery| {
+        let payload = delivery.record.payload.clone();
+        delivery.ack();
+        payload
     };
-    if let Some(err) = check(&plan, &shared, &pending, &progress) {
-        return Err(err);
-    }
+    let read = verify(
+        &mut consumer,
+        PushConsumer::has_ready,
+        take,
+        &plan,
+        &shared,
+        &progress,
+    );
+    let result = read.await;
     consumer.close().await?;
     result
+}
+
+/// Reads `consumer` until every expected message arrived (or the run stalled), checking
+/// payloads a chunk at a time: `take` turns an item into its payload (answering it if it
+/// must be), `has_ready` says whether more is in hand without waiting.
+async fn verify<S, T>(
+    consumer: &mut S,
+    has_ready: impl Fn(&S) -> bool,
+    mut take: impl FnMut(T) -> Bytes,
+    plan: &ConsumePlan,
+    shared: &Shared,
+    progress: &ProgressBar,
+) -> anyhow::Result<()>
+where
+    S: futures::Stream<Item = herald_client::Result<T>> + Unpin,
+{
+    let mut pending = Vec::with_capacity(CHECK_EVERY);
+    loop {
+        let next = tokio::select! {
+            next = consumer.next() => next,
+            _ = shared.done.cancelled() => break,
+        };
+        match next {
+            Some(Ok(item)) => pending.push(take(item)),
+            Some(Err(err)) => {
+                check(plan, shared, &pending, progress);
+                return Err(err.into());
+            }
+            None => break,
+        }
+        if pending.len() >= CHECK_EVERY || !has_ready(consumer) {
+            check(plan, shared, &pending, progress);
+            pending.clear();
+        }
+    }
+    check(plan, shared, &pending, progress);
+    Ok(())
 }
 
 /// Records checked together, so members take the shared verifier's lock once per chunk.
 const CHECK_EVERY: usize = 1024;
 
-/// Verifies and counts handed-out records; an error when a record was skipped by the log.
-fn check(
-    plan: &ConsumePlan,
-    shared: &Shared,
-    payloads: &[Bytes],
-    progress: &ProgressBar,
-) -> Option<anyhow::Error> {
+/// Verifies and counts handed-out records.
+fn check(plan: &ConsumePlan, shared: &Shared, payloads: &[Bytes], progress: &ProgressBar) {
     if payloads.is_empty() {
-        return None;
+        return;
     }
     let now = payload::now_ns();
     let mut delivery = shared.delivery.lock().unwrap_or_else(|e| e.into_inner());
@@ -315,5 +326,4 @@ fn check(
     if verifier.complete() {
         shared.done.cancel();
     }
-    None
 }
