@@ -86,17 +86,13 @@ async fn consume_push(client: &Client, args: &ConsumeArgs) -> anyhow::Result<()>
     let mut consumer = client
         .push_consumer_with(&args.topic, &args.group, config)
         .await?;
-    let idle = Duration::from_millis(args.idle_timeout_ms);
     let mut printed = 0u64;
     let mut out = std::io::stdout().lock();
     let result = loop {
-        if args.count.is_some_and(|count| printed >= count) {
-            break Ok(());
-        }
-        let delivery = match tokio::time::timeout(idle, consumer.next()).await {
-            Err(_) | Ok(None) => break Ok(()),
-            Ok(Some(Err(err))) => break Err(err.into()),
-            Ok(Some(Ok(delivery))) => delivery,
+        let delivery = match next_message(&mut consumer, args, printed).await {
+            None => break Ok(()),
+            Some(Err(err)) => break Err(err),
+            Some(Ok(delivery)) => delivery,
         };
         let shown = Shown {
             partition: delivery.partition,
@@ -115,6 +111,26 @@ async fn consume_push(client: &Client, args: &ConsumeArgs) -> anyhow::Result<()>
     result?;
     closed?;
     Ok(())
+}
+
+/// The next message, or `None` once `--count` are printed, the stream ended, or nothing
+/// came for `--idle-timeout-ms`.
+async fn next_message<S, T>(
+    consumer: &mut S,
+    args: &ConsumeArgs,
+    printed: u64,
+) -> Option<anyhow::Result<T>>
+where
+    S: futures::Stream<Item = herald_client::Result<T>> + Unpin,
+{
+    if args.count.is_some_and(|count| printed >= count) {
+        return None;
+    }
+    let idle = Duration::from_millis(args.idle_timeout_ms);
+    match tokio::time::timeout(idle, consumer.next()).await {
+        Err(_) | Ok(None) => None,
+        Ok(Some(item)) => Some(item.map_err(Into::into)),
+    }
 }
 
 fn start(from: From) -> StartPosition {
@@ -147,17 +163,13 @@ async fn consume_pull(client: &Client, args: &ConsumeArgs) -> anyhow::Result<()>
     let mut consumer = client
         .pull_consumer_with(&args.topic, &args.group, config)
         .await?;
-    let idle = Duration::from_millis(args.idle_timeout_ms);
     let mut printed = 0u64;
     let mut out = std::io::stdout().lock();
     let result = loop {
-        if args.count.is_some_and(|count| printed >= count) {
-            break Ok(());
-        }
-        let record = match tokio::time::timeout(idle, consumer.next()).await {
-            Err(_) | Ok(None) => break Ok(()),
-            Ok(Some(Err(err))) => break Err(err.into()),
-            Ok(Some(Ok(record))) => record,
+        let record = match next_message(&mut consumer, args, printed).await {
+            None => break Ok(()),
+            Some(Err(err)) => break Err(err),
+            Some(Ok(record)) => record,
         };
         let shown = Shown {
             partition: record.partition,
