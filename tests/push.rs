@@ -243,7 +243,7 @@ async fn an_unanswered_delivery_moves_after_the_ack_deadline_and_the_slow_sessio
     let admin = broker.client().await;
     admin.create_topic("slow", 1).await.unwrap();
     let settings = herald_client::PushGroupSettings {
-        ack_timeout: Some(Duration::from_millis(600)),
+        ack_timeout: Some(Duration::from_millis(1500)),
         ..Default::default()
     };
     admin
@@ -260,10 +260,13 @@ async fn an_unanswered_delivery_moves_after_the_ack_deadline_and_the_slow_sessio
     assert_eq!(held.delivery_count, 1);
     let mut other = subscriber(&broker, "slow", "g", 10).await;
 
-    // Touching keeps it with the slow consumer past the first deadline.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Touching keeps it with the slow consumer past the first deadline (1.5 s after the
+    // delivery): nothing moves for 1.3 s after the touch, which spans that deadline.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     held.touch(None).await.unwrap();
-    assert!(next(&mut other, Duration::from_millis(400)).await.is_none());
+    assert!(next(&mut other, Duration::from_millis(1300))
+        .await
+        .is_none());
     let started = tokio::time::Instant::now();
     let moved = next(&mut other, Duration::from_secs(5)).await.unwrap();
     assert!(started.elapsed() < Duration::from_secs(2));
