@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use bytes::Bytes;
-use herald_client::{Client, FetchRequest, Record};
+use herald_client::{Client, ConnectOptions, FetchRequest, Record};
 use herald_suite::binary;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -38,7 +38,13 @@ async fn start_broker(dir: &Path) -> (Child, String) {
 
 /// Publishes until the broker dies; returns what was confirmed.
 async fn produce_until_killed(addr: String, cycle: usize, producer: usize) -> Vec<Confirmed> {
-    let Ok(client) = Client::connect(&addr).await else {
+    // Without reconnecting: the producer stops at the kill, and what it had confirmed
+    // must all be there after the restart.
+    let options = ConnectOptions {
+        reconnect: None,
+        ..Default::default()
+    };
+    let Ok(client) = Client::connect_with(addr.as_str(), options).await else {
         return Vec::new();
     };
     let sender = client.producer();

@@ -250,8 +250,11 @@ async fn a_connection_that_goes_silent_is_noticed_by_both_sides() {
     let admin = broker.client().await;
     admin.create_topic("wire", 1).await.unwrap();
     let proxy = Proxy::start(broker.addr()).await;
+    // Without reconnecting, so the stream and later calls fail once the client notices
+    // (`a_client_reconnects_through_a_proxy_that_went_silent` covers reconnecting).
     let options = ConnectOptions {
         session_timeout: Some(TIMEOUT),
+        reconnect: None,
         ..Default::default()
     };
     let client = Client::connect_with(proxy.addr, options).await.unwrap();

@@ -4,13 +4,15 @@ use std::sync::Arc;
 
 use herald_protocol::{Frame, HelloOk};
 use tokio::net::ToSocketAddrs;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-use crate::connection::{self, ConnectOptions, Request};
+use crate::connection::{self, ConnectOptions, ConnectionEvent, ConnectionState, Request};
 use crate::error::{Error, Result};
 
 /// A connection to a broker. Clones share the connection; every call may run concurrently
-/// with the others, and a slow call (a long-poll fetch) never holds up a fast one.
+/// with the others, and a slow call (a long-poll fetch) never holds up a fast one. When the
+/// connection breaks the client connects again on its own (see [`ConnectOptions::reconnect`]);
+/// calls made meanwhile wait for the new connection.
 ///
 /// ```no_run
 /// # async fn run() -> herald_client::Result<()> {
@@ -22,6 +24,8 @@ use crate::error::{Error, Result};
 pub struct Client {
     requests: mpsc::Sender<Request>,
     session: Arc<HelloOk>,
+    state: watch::Receiver<ConnectionState>,
+    events: broadcast::Sender<ConnectionEvent>,
 }
 
 impl Client {
@@ -30,18 +34,47 @@ impl Client {
         Client::connect_with(addr, ConnectOptions::default()).await
     }
 
-    /// Connects with the given options.
+    /// Connects with the given options. The first connection must succeed; later breaks
+    /// are handled as [`ConnectOptions::reconnect`] says.
     pub async fn connect_with(addr: impl ToSocketAddrs, options: ConnectOptions) -> Result<Client> {
-        let (requests, session) = connection::open(addr, &options).await?;
+        let handle = connection::open(addr, options).await?;
         Ok(Client {
-            requests,
-            session: Arc::new(session),
+            requests: handle.requests,
+            session: Arc::new(handle.session),
+            state: handle.state,
+            events: handle.events,
         })
     }
 
-    /// What the broker granted in its `HelloOk`: version, heartbeat, limits.
+    /// What the broker granted in the first connection's `HelloOk`: version, heartbeat,
+    /// limits. Later connections report theirs in [`ConnectionEvent::Connected`].
     pub fn session(&self) -> &HelloOk {
         &self.session
+    }
+
+    /// Where the connection stands now.
+    pub fn connection_state(&self) -> ConnectionState {
+        *self.state.borrow()
+    }
+
+    /// Connection changes from now on: connected, disconnected, reconnecting, closed.
+    /// A receiver that falls more than 64 events behind skips the oldest.
+    pub fn events(&self) -> broadcast::Receiver<ConnectionEvent> {
+        self.events.subscribe()
+    }
+
+    /// Waits until a connection newer than `epoch` is up; `Closed` if the client stops
+    /// first.
+    pub(crate) async fn connected_after(&self, epoch: u64) -> Result<u64> {
+        let mut state = self.state.clone();
+        let now = state
+            .wait_for(|s| s.closed || (s.connected && s.epoch > epoch))
+            .await
+            .map_err(|_| Error::Closed("the connection task has ended".into()))?;
+        if now.closed {
+            return Err(Error::Closed("the client has stopped".into()));
+        }
+        Ok(now.epoch)
     }
 
     /// Queues a request in order and returns where its reply will arrive.

@@ -1,5 +1,5 @@
-//! The connection task: it owns the socket, numbers requests, matches replies to them, and
-//! keeps the session alive with heartbeats.
+//! The connection task: it owns the socket, numbers requests, matches replies to them,
+//! keeps the session alive with heartbeats, and connects again when the connection breaks.
 //!
 //! [`Client`](crate::Client) handles send [`Request`]s over a bounded channel; the task
 //! writes them (gathering whatever is queued into one write), and routes each reply to the
@@ -7,8 +7,23 @@
 //! push subscriptions (correlation id 0) go to their subscription's queue; a subscription
 //! is registered when its `Subscribed` reply is read, before any frame after it, so none
 //! of its deliveries can arrive unrouted.
+//!
+//! ## When the connection breaks
+//!
+//! The broker is declared dead when nothing arrived from it for the granted session
+//! timeout (heartbeats flow both ways while either side is idle), when the socket fails,
+//! or when it says `GoingAway`. Requests written but unanswered then fail with
+//! [`Error::Disconnected`]: they may or may not have taken effect. Requests not yet written
+//! stay queued. With [`ConnectOptions::reconnect`] set (the default), the task connects
+//! again after a backoff with full jitter — attempt `n` waits a uniformly random time in
+//! `[0, min(cap, base · 2ⁿ)]`, no less than a `GoingAway`'s `reconnect_after_ms` — says
+//! `Hello` again, and carries on with the queued requests. The broker ends the old
+//! session's subscriptions and memberships; the producer and consumers in this crate
+//! notice the new connection (see [`Client::connection_state`](crate::Client)) and set up
+//! theirs again. Every change is logged and sent to [`Client::events`](crate::Client).
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
@@ -17,7 +32,7 @@ use herald_protocol::{
     MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use tokio::net::{TcpStream, ToSocketAddrs};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
@@ -49,6 +64,9 @@ pub struct ConnectOptions {
     pub max_frame_bytes: u32,
     /// Requests queued for the connection before callers wait.
     pub queue: usize,
+    /// How to connect again after the connection breaks; `None` ends the client instead
+    /// (every later call fails with [`Error::Closed`]).
+    pub reconnect: Option<Reconnect>,
 }
 
 impl Default for ConnectOptions {
@@ -58,19 +76,115 @@ impl Default for ConnectOptions {
             session_timeout: None,
             max_frame_bytes: herald_protocol::DEFAULT_MAX_FRAME_BYTES,
             queue: 1024,
+            reconnect: Some(Reconnect::default()),
         }
     }
+}
+
+/// Reconnection backoff: exponential, capped, with full jitter so that many clients cut
+/// off together do not all come back at the same instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reconnect {
+    /// The window of the first attempt: it waits a random time in `[0, base]`.
+    pub base: Duration,
+    /// The largest window; the window doubles per failed attempt up to this.
+    pub cap: Duration,
+    /// Attempts in a row before the client gives up for good; `None` tries forever.
+    pub max_attempts: Option<u32>,
+}
+
+impl Default for Reconnect {
+    fn default() -> Self {
+        Reconnect {
+            base: Duration::from_millis(500),
+            cap: Duration::from_secs(30),
+            max_attempts: None,
+        }
+    }
+}
+
+impl Reconnect {
+    /// The wait before attempt `attempt` (0 = the first after a break).
+    pub fn delay(&self, attempt: u32, at_least: Duration) -> Duration {
+        let window = self
+            .base
+            .saturating_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX))
+            .min(self.cap);
+        let jitter = Duration::from_nanos(fastrand::u64(..=window.as_nanos() as u64));
+        at_least + jitter
+    }
+}
+
+/// A change of the connection, as [`Client::events`](crate::Client) reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectionEvent {
+    /// A connection is up and greeted; `epoch` counts connections, from 1.
+    Connected { epoch: u64, session: HelloOk },
+    /// The connection `epoch` broke; unanswered requests failed with `Disconnected`.
+    Disconnected { epoch: u64, reason: String },
+    /// Waiting `delay` before connection attempt `attempt` (from 1).
+    Reconnecting { attempt: u32, delay: Duration },
+    /// The client has stopped for good: reconnection is off, gave up, or was refused.
+    Closed { reason: String },
+}
+
+/// Where the connection stands now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionState {
+    /// Connections made so far; a new value means a new broker session.
+    pub epoch: u64,
+    /// Whether a greeted connection is up now.
+    pub connected: bool,
+    /// Whether the client has stopped for good.
+    pub closed: bool,
+}
+
+/// What the application holds of the connection task.
+pub(crate) struct Handle {
+    pub requests: mpsc::Sender<Request>,
+    pub session: HelloOk,
+    pub state: watch::Receiver<ConnectionState>,
+    pub events: broadcast::Sender<ConnectionEvent>,
 }
 
 type Reader = FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>;
 type Writer = FramedWrite<tokio::net::tcp::OwnedWriteHalf, FrameCodec>;
 
-/// Connects, says `Hello`, and starts the connection task.
-pub(crate) async fn open(
-    addr: impl ToSocketAddrs,
-    options: &ConnectOptions,
-) -> Result<(mpsc::Sender<Request>, HelloOk)> {
-    let stream = TcpStream::connect(addr).await?;
+/// Connects, says `Hello`, and starts the connection task. The first connection must
+/// succeed; later ones are the task's business.
+pub(crate) async fn open(addr: impl ToSocketAddrs, options: ConnectOptions) -> Result<Handle> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr).await?.collect();
+    let (connection, session) = connect(&addrs, &options).await?;
+    let (requests, rx) = mpsc::channel(options.queue.max(1));
+    let (state_tx, state) = watch::channel(ConnectionState {
+        epoch: 1,
+        connected: true,
+        closed: false,
+    });
+    let (events, _) = broadcast::channel(64);
+    let _ = events.send(ConnectionEvent::Connected {
+        epoch: 1,
+        session: session.clone(),
+    });
+    let supervisor = Supervisor {
+        addrs,
+        options,
+        state: state_tx,
+        events: events.clone(),
+        epoch: 1,
+    };
+    tokio::spawn(supervisor.run(connection, rx));
+    Ok(Handle {
+        requests,
+        session,
+        state,
+        events,
+    })
+}
+
+/// Makes one connection: TCP, then `Hello` and its `HelloOk`.
+async fn connect(addrs: &[SocketAddr], options: &ConnectOptions) -> Result<(Connection, HelloOk)> {
+    let stream = TcpStream::connect(addrs).await?;
     stream.set_nodelay(true)?;
     let (read, write) = stream.into_split();
     let codec = FrameCodec::new(options.max_frame_bytes);
@@ -106,8 +220,7 @@ pub(crate) async fn open(
             }
         }
     };
-    let (tx, rx) = mpsc::channel(options.queue.max(1));
-    let task = Connection {
+    let connection = Connection {
         reader,
         writer,
         pending: HashMap::new(),
@@ -116,8 +229,7 @@ pub(crate) async fn open(
         heartbeat: Duration::from_millis(u64::from(granted.heartbeat_interval_ms.max(1))),
         timeout: Duration::from_millis(u64::from(granted.session_timeout_ms.max(1))),
     };
-    tokio::spawn(task.run(rx));
-    Ok((tx, granted))
+    Ok((connection, granted))
 }
 
 fn codec_error(err: herald_protocol::CodecError) -> Error {
@@ -127,6 +239,136 @@ fn codec_error(err: herald_protocol::CodecError) -> Error {
     }
 }
 
+/// Why a connection ended.
+struct End {
+    reason: String,
+    /// Connecting again makes no sense: the application dropped every handle, or the
+    /// broker refused this client outright.
+    last: bool,
+    /// The broker asked to wait this long first (`GoingAway`).
+    wait: Duration,
+}
+
+impl End {
+    fn broken(reason: impl Into<String>) -> End {
+        End {
+            reason: reason.into(),
+            last: false,
+            wait: Duration::ZERO,
+        }
+    }
+}
+
+/// Runs connections one after another for as long as the client lives.
+struct Supervisor {
+    addrs: Vec<SocketAddr>,
+    options: ConnectOptions,
+    state: watch::Sender<ConnectionState>,
+    events: broadcast::Sender<ConnectionEvent>,
+    epoch: u64,
+}
+
+impl Supervisor {
+    async fn run(mut self, first: Connection, mut requests: mpsc::Receiver<Request>) {
+        let mut connection = first;
+        // A request taken off the queue while no connection was up, sent first on the next.
+        let mut held: Option<Request> = None;
+        let reason = loop {
+            let end = connection.serve(&mut requests, held.take()).await;
+            connection.fail_pending(&end.reason);
+            self.state.send_modify(|s| s.connected = false);
+            let _ = self.events.send(ConnectionEvent::Disconnected {
+                epoch: self.epoch,
+                reason: end.reason.clone(),
+            });
+            let Some(policy) = self.options.reconnect.filter(|_| !end.last) else {
+                break end.reason;
+            };
+            tracing::warn!(reason = end.reason, "connection to the broker lost");
+            match self
+                .reconnect(policy, end.wait, &mut requests, &mut held)
+                .await
+            {
+                Ok(next) => connection = next,
+                Err(reason) => break reason,
+            }
+        };
+        tracing::debug!(%reason, "client closed");
+        self.state.send_modify(|s| s.closed = true);
+        let _ = self.events.send(ConnectionEvent::Closed {
+            reason: reason.clone(),
+        });
+        requests.close();
+        let failed = held
+            .into_iter()
+            .chain(std::iter::from_fn(|| requests.try_recv().ok()));
+        for request in failed {
+            let _ = request.reply.send(Err(Error::Closed(reason.clone())));
+        }
+    }
+
+    /// Backs off and connects until it works; returns why not when it gives up.
+    async fn reconnect(
+        &mut self,
+        policy: Reconnect,
+        wait: Duration,
+        requests: &mut mpsc::Receiver<Request>,
+        held: &mut Option<Request>,
+    ) -> std::result::Result<Connection, String> {
+        let mut attempt = 0u32;
+        loop {
+            if policy.max_attempts.is_some_and(|max| attempt >= max) {
+                return Err(format!("gave up after {attempt} reconnection attempts"));
+            }
+            let delay = policy.delay(attempt, wait);
+            attempt += 1;
+            let _ = self
+                .events
+                .send(ConnectionEvent::Reconnecting { attempt, delay });
+            tracing::info!(attempt, ?delay, "reconnecting");
+            let wake = Instant::now() + delay;
+            // Wait out the delay, noticing meanwhile if every handle is dropped.
+            while held.is_none() {
+                tokio::select! {
+                    request = requests.recv() => match request {
+                        Some(request) => *held = Some(request),
+                        None => return Err("client dropped".into()),
+                    },
+                    _ = tokio::time::sleep_until(wake) => break,
+                }
+            }
+            tokio::time::sleep_until(wake).await;
+            match connect(&self.addrs, &self.options).await {
+                Ok((connection, session)) => {
+                    self.epoch += 1;
+                    let epoch = self.epoch;
+                    tracing::info!(epoch, attempt, "reconnected");
+                    self.state.send_replace(ConnectionState {
+                        epoch,
+                        connected: true,
+                        closed: false,
+                    });
+                    let _ = self
+                        .events
+                        .send(ConnectionEvent::Connected { epoch, session });
+                    return Ok(connection);
+                }
+                Err(err) if refused_for_good(&err) => return Err(err.to_string()),
+                Err(err) => tracing::debug!(%err, attempt, "reconnection attempt failed"),
+            }
+        }
+    }
+}
+
+/// Errors in `Hello` that another attempt cannot cure.
+fn refused_for_good(err: &Error) -> bool {
+    matches!(
+        err.code(),
+        Some(ErrorCode::UnsupportedVersion | ErrorCode::MalformedFrame)
+    )
+}
+
+/// One connection's socket and the requests waiting on it.
 struct Connection {
     reader: Reader,
     writer: Writer,
@@ -138,21 +380,17 @@ struct Connection {
 }
 
 impl Connection {
-    async fn run(mut self, mut requests: mpsc::Receiver<Request>) {
-        let reason = self.serve(&mut requests).await;
-        tracing::debug!(%reason, "connection closed");
-        for (_, waiter) in self.pending.drain() {
-            let _ = waiter.reply.send(Err(Error::Closed(reason.clone())));
+    /// Serves until the connection ends (sending `first` before anything else); says why.
+    async fn serve(
+        &mut self,
+        requests: &mut mpsc::Receiver<Request>,
+        first: Option<Request>,
+    ) -> End {
+        if let Some(request) = first {
+            if let Err(err) = self.write(request, requests).await {
+                return End::broken(err.to_string());
+            }
         }
-        self.subscriptions.clear();
-        requests.close();
-        while let Some(request) = requests.recv().await {
-            let _ = request.reply.send(Err(Error::Closed(reason.clone())));
-        }
-    }
-
-    /// Serves until the connection ends; returns why.
-    async fn serve(&mut self, requests: &mut mpsc::Receiver<Request>) -> String {
         let mut last_sent = Instant::now();
         let mut last_received = Instant::now();
         loop {
@@ -160,21 +398,23 @@ impl Connection {
             let dead_at = last_received + self.timeout;
             tokio::select! {
                 request = requests.recv() => {
-                    let Some(request) = request else { return "client dropped".into() };
+                    let Some(request) = request else {
+                        return End { reason: "client dropped".into(), last: true, wait: Duration::ZERO };
+                    };
                     if let Err(err) = self.write(request, requests).await {
-                        return err.to_string();
+                        return End::broken(err.to_string());
                     }
                     last_sent = Instant::now();
                 }
                 frame = self.reader.next() => {
                     last_received = Instant::now();
                     match frame {
-                        None => return "the broker closed the connection".into(),
-                        Some(Err(err)) => return codec_error(err).to_string(),
+                        None => return End::broken("the broker closed the connection"),
+                        Some(Err(err)) => return End::broken(codec_error(err).to_string()),
                         Some(Ok(raw)) => {
                             let id = raw.correlation_id;
                             match raw.decode() {
-                                Ok(frame) => if let Some(reason) = self.on_frame(id, frame) { return reason },
+                                Ok(frame) => if let Some(end) = self.on_frame(id, frame) { return end },
                                 Err(err) => self.fail(id, Error::Protocol(err.to_string())),
                             }
                         }
@@ -182,15 +422,25 @@ impl Connection {
                 }
                 _ = tokio::time::sleep_until(heartbeat_due) => {
                     if self.writer.send(Message::new(0, Heartbeat {})).await.is_err() {
-                        return "cannot send a heartbeat".into();
+                        return End::broken("cannot send a heartbeat");
                     }
                     last_sent = Instant::now();
                 }
                 _ = tokio::time::sleep_until(dead_at) => {
-                    return format!("nothing heard from the broker for {:?}", self.timeout);
+                    return End::broken(format!("nothing heard from the broker for {:?}", self.timeout));
                 }
             }
         }
+    }
+
+    /// Fails every request written and not answered: nobody can say whether it took effect.
+    fn fail_pending(&mut self, reason: &str) {
+        for (_, waiter) in self.pending.drain() {
+            let _ = waiter
+                .reply
+                .send(Err(Error::Disconnected(reason.to_string())));
+        }
+        self.subscriptions.clear();
     }
 
     /// Writes `first` and whatever else is already queued, then flushes once.
@@ -220,8 +470,8 @@ impl Connection {
             .map_err(codec_error)
     }
 
-    /// Routes one frame; returns a reason when the connection must end.
-    fn on_frame(&mut self, id: u32, frame: Frame) -> Option<String> {
+    /// Routes one frame; says when the connection must end.
+    fn on_frame(&mut self, id: u32, frame: Frame) -> Option<End> {
         if id != 0 {
             match frame {
                 Frame::Error(err) => self.fail(id, BrokerError::from(err).into()),
@@ -253,19 +503,23 @@ impl Connection {
                 }
                 None
             }
-            Frame::GoingAway(away) => Some(format!("the broker is going away: {}", away.reason)),
+            Frame::GoingAway(away) => Some(End {
+                reason: format!("the broker is going away: {}", away.reason),
+                last: false,
+                wait: Duration::from_millis(u64::from(away.reconnect_after_ms)),
+            }),
             Frame::Error(err) => {
                 let err = BrokerError::from(err);
-                let fatal = matches!(
-                    err.code,
-                    Some(
-                        ErrorCode::TooManyConnections
-                            | ErrorCode::FrameTooLarge
-                            | ErrorCode::MalformedFrame
-                    )
-                );
                 tracing::warn!(%err, "broker error outside a request");
-                fatal.then(|| err.to_string())
+                match err.code {
+                    Some(ErrorCode::TooManyConnections) => Some(End::broken(err.to_string())),
+                    Some(ErrorCode::FrameTooLarge | ErrorCode::MalformedFrame) => Some(End {
+                        reason: err.to_string(),
+                        last: true,
+                        wait: Duration::ZERO,
+                    }),
+                    _ => None,
+                }
             }
             other => {
                 tracing::debug!(opcode = ?other.opcode(), "ignoring an unsolicited frame");

@@ -141,6 +141,7 @@ impl Client {
         group: &str,
         config: PullConsumerConfig,
     ) -> Result<PullConsumer> {
+        let epoch = self.connection_state().epoch;
         let assignment = self.join_group(topic, group, config.start).await?;
         let (batches_tx, batches) = mpsc::channel(BATCH_QUEUE);
         let (commands, commands_rx) = mpsc::channel(1);
@@ -157,6 +158,7 @@ impl Client {
             releasing: BTreeMap::new(),
             batches: batches_tx,
             view: Arc::clone(&view),
+            epoch,
         };
         engine.apply(assignment);
         let task = tokio::spawn(engine.run(commands_rx));
@@ -366,13 +368,38 @@ struct Engine {
     batches: mpsc::Sender<Result<Delivered>>,
     view: Arc<Mutex<Membership>>,
     counters: Arc<Counters>,
+    /// The connection this member joined on; a newer one means the broker ended the
+    /// membership with the old session.
+    epoch: u64,
 }
 
 /// Most sync rounds in one go; what is left waits for the next interval.
 const MAX_ROUNDS: usize = 8;
 
 impl Engine {
-    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+    async fn run(mut self, commands: mpsc::Receiver<Command>) {
+        let _ = self.serve(commands).await;
+    }
+
+    /// Runs the periodic step; a broken connection waits for the next one, any other
+    /// error stops the consumer (reported through the stream) and gives `None`.
+    async fn maintain_or_stop(&mut self) -> Option<()> {
+        match self.maintain().await {
+            Ok(()) => Some(()),
+            Err(Error::Disconnected(err)) => {
+                tracing::info!(%err, group = self.group, "membership upkeep cut off by a break");
+                Some(())
+            }
+            Err(err) => {
+                tracing::warn!(%err, group = self.group, "the consumer stops");
+                self.stop_readers();
+                let _ = self.batches.send(Err(err)).await;
+                None
+            }
+        }
+    }
+
+    async fn serve(&mut self, mut commands: mpsc::Receiver<Command>) -> Option<()> {
         let mut tick = tokio::time::interval(self.config.sync_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
@@ -384,22 +411,28 @@ impl Engine {
                     }
                     Some(Command::Close(reply)) => {
                         let _ = reply.send(self.close().await);
-                        return;
+                        return None;
                     }
                     None => {
                         if let Err(err) = self.close().await {
                             tracing::warn!(%err, group = self.group, "closing the consumer failed");
                         }
-                        return;
+                        return None;
                     }
                 },
-                _ = tick.tick() => {
-                    if let Err(err) = self.maintain().await {
-                        tracing::warn!(%err, group = self.group, "the consumer stops");
-                        self.stop_readers();
-                        let _ = self.batches.send(Err(err)).await;
-                        return;
+                _ = tick.tick() => self.maintain_or_stop().await?,
+                connected = self.client.connected_after(self.epoch) => {
+                    // A new session: the old one's membership is gone (or soon will be).
+                    // Syncing finds that out and joins again under the same member id.
+                    match connected {
+                        Ok(epoch) => self.epoch = epoch,
+                        Err(err) => {
+                            self.stop_readers();
+                            let _ = self.batches.send(Err(err)).await;
+                            return None;
+                        }
                     }
+                    self.maintain_or_stop().await?;
                 }
             }
         }
@@ -688,6 +721,9 @@ impl Reader {
                     self.request.offset = resume;
                     continue;
                 }
+                // Asked again once the client is connected again; the engine meanwhile
+                // rejoins the group and restarts this reader if the partition stays.
+                Err(Error::Disconnected(_)) => continue,
                 Err(err) => {
                     if !stop.is_cancelled() {
                         let _ = self.batches.send(Err(err)).await;

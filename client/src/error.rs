@@ -36,9 +36,14 @@ pub enum Error {
     /// The connection could not be made or broke.
     #[error(transparent)]
     Io(#[from] std::io::Error),
-    /// The connection is closed (the broker went away or the client was dropped).
+    /// The client has stopped: reconnection is off or gave up, or the handle was dropped.
     #[error("connection closed: {0}")]
     Closed(String),
+    /// The connection broke after the request was sent and before its answer came: it
+    /// may or may not have taken effect. The client is connecting again (unless
+    /// reconnection is off); a request that is safe to repeat can be sent again.
+    #[error("disconnected before the answer came: {0}")]
+    Disconnected(String),
     /// The broker sent something this client cannot make sense of.
     #[error("protocol error: {0}")]
     Protocol(String),
@@ -57,6 +62,7 @@ impl Error {
             Error::Broker(err) => Error::Broker(err.clone()),
             Error::Io(err) => Error::Io(std::io::Error::new(err.kind(), err.to_string())),
             Error::Closed(why) => Error::Closed(why.clone()),
+            Error::Disconnected(why) => Error::Disconnected(why.clone()),
             Error::Protocol(why) => Error::Protocol(why.clone()),
             Error::InvalidArgument(why) => Error::InvalidArgument(why.clone()),
             Error::MessageTooLarge { size, max } => Error::MessageTooLarge {

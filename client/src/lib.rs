@@ -36,7 +36,7 @@ mod push;
 
 pub use admin::{PushGroupSettings, DEFAULT_MAX_DELIVERIES};
 pub use client::Client;
-pub use connection::ConnectOptions;
+pub use connection::{ConnectOptions, ConnectionEvent, ConnectionState, Reconnect};
 pub use consumer::{ConsumerStats, Membership, PullConsumer, PullConsumerConfig, PulledRecord};
 pub use error::{BrokerError, Error, Result};
 pub use herald_protocol::{

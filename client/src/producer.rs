@@ -1,21 +1,40 @@
-//! [`Producer`]: batches records sent close together and keeps several batches in flight.
+//! [`Producer`]: batches records sent close together, keeps several batches in flight, and
+//! gets every record stored exactly once even when the connection breaks.
 //!
-//! Records go into a per-topic batch. A batch is sent as soon as one of the producer's
-//! in-flight slots is free — so at low load every record leaves at once, and under load
-//! records queue while the slots are busy and leave together in larger batches (natural
-//! batching). `linger` can hold a partial batch a little longer to make batches bigger still.
-//! Batches leave in the order their records were queued, and one connection keeps that
-//! order into the log.
+//! Records go into a batch per partition: a record with a key goes to
+//! [`partition_for_key`] of it, as the broker would place it; records without a key go
+//! to one partition until its batch leaves, then to the next (sticky round-robin). A batch
+//! is sent as soon as one of the producer's in-flight slots is free — so at low load every
+//! record leaves at once, and under load records queue while the slots are busy and leave
+//! together in larger batches (natural batching). `linger` can hold a partial batch a
+//! little longer to make batches bigger still.
+//!
+//! ## Exactly once, in order
+//!
+//! Each producer draws a random 64-bit producer id and numbers its batches to each
+//! partition 1, 2, 3, … The broker stores the next number, answers a number it has already
+//! stored with the offsets it gave then, and refuses a gap (`OutOfOrderSequence`). So when
+//! the connection breaks, the producer sends every unconfirmed batch of a partition again,
+//! in order, with the same numbers, once that partition's answers are all in: what the
+//! broker had stored is confirmed, not stored twice, and the rest is stored in order. A
+//! batch the broker refuses for good (say `UnknownTopic`) fails its records; the batches
+//! behind it, refused for the gap, are numbered again and resent. The broker remembers a
+//! producer's last 16 numbers per partition, so at most 16 batches are unconfirmed at once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use herald_protocol::{encode_batch, Durability, Publish, PublishOk, Record, ANY_PARTITION};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use herald_protocol::{
+    encode_batch, partition_for_key, Durability, ErrorCode, Publish, PublishOk, Record,
+};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::client::{await_reply, expect_reply, Client};
@@ -30,7 +49,8 @@ pub struct ProducerConfig {
     pub batch_records: usize,
     /// Most payload bytes in one batch (a larger single record goes alone).
     pub batch_bytes: usize,
-    /// Batches awaiting their confirm at once.
+    /// Batches awaiting their confirm at once (1 to 16: the broker remembers a producer's
+    /// last 16 batches per partition, which is what makes resending safe).
     pub max_in_flight: usize,
     /// Records queued for the producer task before `send` waits.
     pub queue: usize,
@@ -97,13 +117,19 @@ impl Client {
     pub fn producer_with(&self, config: ProducerConfig) -> Producer {
         let (commands, rx) = mpsc::channel(config.queue.max(1));
         let max_message_bytes = self.session().max_message_bytes as usize;
-        let slots = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
         let task = Batcher {
             client: self.clone(),
+            max_in_flight: config.max_in_flight.clamp(1, MAX_UNCONFIRMED),
             config,
-            slots,
+            producer_id: fastrand::u64(1..),
+            topics: HashMap::new(),
             open: HashMap::new(),
             order: Vec::new(),
+            lanes: HashMap::new(),
+            replies: FuturesUnordered::new(),
+            unconfirmed: 0,
+            next_batch: 0,
+            flushes: Vec::new(),
         };
         tokio::spawn(task.run(rx));
         Producer {
@@ -165,7 +191,13 @@ impl Producer {
     }
 }
 
-/// Records waiting to be sent to one topic.
+/// The broker keeps this many recent batch numbers per producer and partition.
+const MAX_UNCONFIRMED: usize = 16;
+
+/// One partition of one topic.
+type PartitionKey = (String, u32);
+
+/// Records waiting to be sent to one partition.
 struct OpenBatch {
     records: Vec<Record>,
     confirms: Vec<oneshot::Sender<Result<Confirm>>>,
@@ -173,52 +205,147 @@ struct OpenBatch {
     since: Instant,
 }
 
+/// What the producer knows of a topic.
+struct TopicState {
+    partitions: u32,
+    /// Where records without a key go now.
+    sticky: u32,
+}
+
+/// A batch sent and not yet confirmed or failed.
+struct Unconfirmed {
+    id: u64,
+    sequence: u64,
+    batch: Bytes,
+    confirms: Vec<oneshot::Sender<Result<Confirm>>>,
+    /// Sent and its answer not yet in.
+    awaiting: bool,
+}
+
+/// One partition's numbering and the batches it has out.
+#[derive(Default)]
+struct Lane {
+    /// The number the next new batch gets.
+    next_sequence: u64,
+    /// Unconfirmed batches in number order.
+    batches: VecDeque<Unconfirmed>,
+    /// Some batches must go again once every answer is in (a break, or a gap).
+    resend: bool,
+}
+
+type Reply = (PartitionKey, u64, Result<PublishOk>);
+
 struct Batcher {
     client: Client,
     config: ProducerConfig,
-    slots: Arc<Semaphore>,
-    open: HashMap<String, OpenBatch>,
-    /// Topics with an open batch, in the order their first record arrived.
-    order: Vec<String>,
+    max_in_flight: usize,
+    producer_id: u64,
+    topics: HashMap<String, TopicState>,
+    open: HashMap<PartitionKey, OpenBatch>,
+    /// Partitions with an open batch, in the order their first record arrived.
+    order: Vec<PartitionKey>,
+    lanes: HashMap<PartitionKey, Lane>,
+    replies: FuturesUnordered<BoxFuture<'static, Reply>>,
+    /// Batches in every lane.
+    unconfirmed: usize,
+    next_batch: u64,
+    flushes: Vec<oneshot::Sender<()>>,
 }
 
 impl Batcher {
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut open = true;
         loop {
-            let command = if self.order.is_empty() {
-                commands.recv().await
-            } else if let Ok(command) = commands.try_recv() {
-                Some(command)
-            } else {
-                // Nothing more queued right now: send what has lingered long enough.
-                let deadline = self.open[&self.order[0]].since + self.config.linger;
-                if deadline <= Instant::now() {
-                    self.send_all().await;
-                    continue;
-                }
-                tokio::select! {
-                    command = commands.recv() => command,
-                    _ = tokio::time::sleep_until(deadline) => {
-                        self.send_all().await;
-                        continue;
-                    }
-                }
-            };
-            match command {
-                None => break,
-                Some(Command::Send {
-                    topic,
-                    record,
-                    confirm,
-                }) => self.add(topic, record, confirm).await,
-                Some(Command::Flush(done)) => {
-                    self.send_all().await;
-                    self.wait_idle().await;
+            self.send_ready().await;
+            if self.open.is_empty() && self.unconfirmed == 0 {
+                for done in self.flushes.drain(..) {
                     let _ = done.send(());
+                }
+                if !open {
+                    return;
+                }
+            }
+            // A full batch waiting for a slot holds up new records (backpressure).
+            let accepting = open && !self.open.values().any(|b| self.is_full(b));
+            let linger = self
+                .order
+                .first()
+                .filter(|_| self.unconfirmed < self.max_in_flight)
+                .map(|key| self.open[key].since + self.config.linger);
+            tokio::select! {
+                Some((key, id, reply)) = self.replies.next(), if !self.replies.is_empty() => {
+                    self.on_reply(key, id, reply).await;
+                }
+                command = commands.recv(), if accepting => match command {
+                    None => open = false,
+                    Some(command) => {
+                        self.take(command).await;
+                        // Take what else is queued, so records queued together leave together.
+                        while !self.open.values().any(|b| self.is_full(b)) {
+                            match commands.try_recv() {
+                                Ok(command) => self.take(command).await,
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                },
+                _ = tokio::time::sleep_until(linger.unwrap_or_else(Instant::now)), if linger.is_some() => {
+                    self.send_lingered(true).await;
                 }
             }
         }
-        self.send_all().await;
+    }
+
+    async fn take(&mut self, command: Command) {
+        match command {
+            Command::Send {
+                topic,
+                record,
+                confirm,
+            } => self.add(topic, record, confirm).await,
+            Command::Flush(done) => {
+                self.flushes.push(done);
+                // Everything open leaves now, linger or not.
+                self.send_lingered(false).await;
+            }
+        }
+    }
+
+    fn is_full(&self, batch: &OpenBatch) -> bool {
+        batch.records.len() >= self.config.batch_records || batch.bytes >= self.config.batch_bytes
+    }
+
+    /// Sends open batches while slots are free: full ones, and (without linger) the rest.
+    async fn send_ready(&mut self) {
+        if self.config.linger.is_zero() || !self.flushes.is_empty() {
+            self.send_lingered(false).await;
+            return;
+        }
+        while self.unconfirmed < self.max_in_flight {
+            let Some(key) = self
+                .order
+                .iter()
+                .find(|k| self.is_full(&self.open[*k]))
+                .cloned()
+            else {
+                return;
+            };
+            self.send(key).await;
+        }
+    }
+
+    /// Sends open batches in arrival order while slots are free; with `due_only`, only
+    /// those that have lingered long enough.
+    async fn send_lingered(&mut self, due_only: bool) {
+        while self.unconfirmed < self.max_in_flight {
+            let Some(key) = self.order.first().cloned() else {
+                return;
+            };
+            if due_only && self.open[&key].since + self.config.linger > Instant::now() {
+                return;
+            }
+            self.send(key).await;
+        }
     }
 
     async fn add(
@@ -227,70 +354,163 @@ impl Batcher {
         record: Record,
         confirm: oneshot::Sender<Result<Confirm>>,
     ) {
-        let size = record.size();
-        let full = match self.open.get(&topic) {
-            Some(open) => {
-                open.records.len() >= self.config.batch_records
-                    || open.bytes + size > self.config.batch_bytes
+        let partitions = match self.partitions(&topic).await {
+            Ok(partitions) => partitions,
+            Err(err) => {
+                let _ = confirm.send(Err(err));
+                return;
             }
-            None => false,
         };
-        if full {
-            self.send(&topic).await;
-        }
-        if !self.open.contains_key(&topic) {
-            self.order.push(topic.clone());
-        }
-        let open = self.open.entry(topic).or_insert_with(|| OpenBatch {
-            records: Vec::new(),
-            confirms: Vec::new(),
-            bytes: 0,
-            since: Instant::now(),
+        let state = self.topics.get_mut(&topic).expect("looked up above");
+        let partition = match &record.key {
+            Some(key) => partition_for_key(key, partitions),
+            None => state.sticky,
+        };
+        let key = (topic, partition);
+        let size = record.size();
+        let open = self.open.entry(key.clone()).or_insert_with(|| {
+            self.order.push(key);
+            OpenBatch {
+                records: Vec::new(),
+                confirms: Vec::new(),
+                bytes: 0,
+                since: Instant::now(),
+            }
         });
         open.records.push(record);
         open.confirms.push(confirm);
         open.bytes += size;
     }
 
-    async fn send_all(&mut self) {
-        while let Some(topic) = self.order.first().cloned() {
-            self.send(&topic).await;
+    /// The topic's partition count, asked of the broker the first time. A topic that
+    /// does not exist yet counts as one partition: publishing creates it so (or fails
+    /// with `UnknownTopic` when the broker does not create topics).
+    async fn partitions(&mut self, topic: &str) -> Result<u32> {
+        if let Some(state) = self.topics.get(topic) {
+            return Ok(state.partitions);
+        }
+        let mut tries = 0;
+        let partitions = loop {
+            match self.client.describe_topic(topic).await {
+                Ok(info) => break (info.partitions.len() as u32).max(1),
+                Err(err) if err.code() == Some(ErrorCode::UnknownTopic) => break 1,
+                Err(Error::Disconnected(_)) if tries < 3 => tries += 1,
+                Err(err) => return Err(err),
+            }
+        };
+        let state = TopicState {
+            partitions,
+            sticky: fastrand::u32(..partitions),
+        };
+        self.topics.insert(topic.to_string(), state);
+        Ok(partitions)
+    }
+
+    /// Numbers one open batch and sends it.
+    async fn send(&mut self, key: PartitionKey) {
+        let Some(open) = self.open.remove(&key) else {
+            return;
+        };
+        self.order.retain(|k| *k != key);
+        if let Some(state) = self.topics.get_mut(&key.0) {
+            if state.sticky == key.1 {
+                state.sticky = (state.sticky + 1) % state.partitions;
+            }
+        }
+        let lane = self.lanes.entry(key.clone()).or_default();
+        lane.next_sequence += 1;
+        let batch = Unconfirmed {
+            id: self.next_batch,
+            sequence: lane.next_sequence,
+            batch: encode_batch(&open.records),
+            confirms: open.confirms,
+            awaiting: false,
+        };
+        self.next_batch += 1;
+        lane.batches.push_back(batch);
+        self.unconfirmed += 1;
+        if !lane.resend {
+            let index = lane.batches.len() - 1;
+            self.transmit(&key, index).await;
         }
     }
 
-    /// Sends one topic's open batch once an in-flight slot is free.
-    async fn send(&mut self, topic: &str) {
-        let Some(open) = self.open.remove(topic) else {
-            return;
-        };
-        self.order.retain(|t| t != topic);
-        let Ok(slot) = Arc::clone(&self.slots).acquire_owned().await else {
-            return;
-        };
+    /// Sends (or sends again) the lane's batch at `index`.
+    async fn transmit(&mut self, key: &PartitionKey, index: usize) {
+        let lane = self.lanes.get_mut(key).expect("lane exists");
+        let batch = &mut lane.batches[index];
+        batch.awaiting = true;
         let publish = Publish {
-            topic: topic.to_string(),
-            partition: ANY_PARTITION,
-            producer_id: 0,
-            sequence: 0,
-            batch: encode_batch(&open.records),
+            topic: key.0.clone(),
+            partition: key.1,
+            producer_id: self.producer_id,
+            sequence: batch.sequence,
+            batch: batch.batch.clone(),
         };
+        let (key, id) = (key.clone(), batch.id);
         let started = self.client.start(publish).await;
-        tokio::spawn(async move {
+        self.replies.push(Box::pin(async move {
             let reply = match started {
                 Ok(rx) => await_reply(rx)
                     .await
                     .and_then(|frame| expect_reply!(frame, PublishOk)),
                 Err(err) => Err(err),
             };
-            deliver_confirms(reply, open.confirms);
-            drop(slot);
-        });
+            (key, id, reply)
+        }));
     }
 
-    /// Waits until no batch is in flight.
-    async fn wait_idle(&self) {
-        let all = self.config.max_in_flight.max(1) as u32;
-        drop(self.slots.acquire_many(all).await);
+    /// Settles one answer; once a lane that must resend has every answer in, resends.
+    async fn on_reply(&mut self, key: PartitionKey, id: u64, reply: Result<PublishOk>) {
+        let lane = self.lanes.get_mut(&key).expect("lane of a sent batch");
+        let Some(index) = lane.batches.iter().position(|b| b.id == id) else {
+            return;
+        };
+        lane.batches[index].awaiting = false;
+        match reply {
+            Ok(ok) => {
+                let batch = lane.batches.remove(index).expect("found above");
+                deliver_confirms(Ok(ok), batch.confirms);
+                self.unconfirmed -= 1;
+            }
+            Err(err) if Self::worth_resending(lane, index, &err) => {
+                tracing::debug!(%err, topic = key.0, partition = key.1, "batch to be sent again");
+                lane.resend = true;
+            }
+            Err(err) => {
+                // Refused for good, so not stored: the batches behind it (refused for the
+                // gap, or about to be) take the numbers down by one.
+                let batch = lane.batches.remove(index).expect("found above");
+                for later in lane.batches.iter_mut().skip(index) {
+                    later.sequence -= 1;
+                }
+                lane.next_sequence -= 1;
+                lane.resend |= lane.batches.len() > index;
+                if err.code() == Some(ErrorCode::UnknownTopic) {
+                    self.topics.remove(&key.0);
+                }
+                deliver_confirms(Err(err), batch.confirms);
+                self.unconfirmed -= 1;
+            }
+        }
+        // A lane is kept when empty: its numbering must go on where it stopped.
+        let lane = self.lanes.get_mut(&key).expect("lane of a sent batch");
+        if lane.resend && lane.batches.iter().all(|b| !b.awaiting) {
+            lane.resend = false;
+            for index in 0..lane.batches.len() {
+                self.transmit(&key, index).await;
+            }
+        }
+    }
+
+    /// Whether an error leaves the batch to be sent again: the connection broke before
+    /// its answer, or the broker refused it for a gap left by an earlier batch of the lane
+    /// that is itself going again.
+    fn worth_resending(lane: &Lane, index: usize, err: &Error) -> bool {
+        match err {
+            Error::Disconnected(_) => true,
+            _ => err.code() == Some(ErrorCode::OutOfOrderSequence) && (index > 0 || lane.resend),
+        }
     }
 }
 

@@ -8,6 +8,13 @@
 //! the broker refused surfaces as an error from the stream. [`PushConsumer::flush_acks`]
 //! waits until every ack queued so far is stored; [`PushConsumer::close`] flushes, then
 //! unsubscribes (what was not answered goes back to the group at once).
+//!
+//! When the connection breaks, the broker gives this subscriber's unanswered deliveries
+//! back to the group; once the client is connected again the consumer subscribes again
+//! and carries on. Deliveries received before the break are stale then: the stream drops
+//! those it still holds, acking one does nothing, and `nack`, `reject` or `touch` on one
+//! fails with [`Error::Disconnected`]. Their records come again (to this subscriber or
+//! another), counted as redelivered.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -18,10 +25,11 @@ use std::time::Duration;
 use futures::stream::FuturesUnordered;
 use futures::{Stream, StreamExt};
 use herald_protocol::{
-    read_batches, Ack, Deliver, Nack, OffsetRange, Record, Reject, StartPosition, Subscribe, Touch,
-    Unsubscribe,
+    read_batches, Ack, Deliver, ErrorCode, Nack, OffsetRange, Record, Reject, StartPosition,
+    Subscribe, Touch, Unsubscribe,
 };
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::client::{await_reply, expect_reply, Client};
 use crate::error::{Error, Result};
@@ -56,6 +64,8 @@ pub struct Delivery {
     pub delivery_count: u32,
     /// Whether it was delivered before (`delivery_count > 1`).
     pub redelivered: bool,
+    /// The subscription it came on, which a reconnect replaces.
+    on: Current,
     subscription: Arc<Subscription>,
 }
 
@@ -76,13 +86,13 @@ impl Delivery {
         let _ = self
             .subscription
             .acks
-            .send(AckMessage::Ack(self.partition, self.offset));
+            .send(AckMessage::Ack(self.on, self.partition, self.offset));
     }
 
     /// Give the record back to the group: redelivered now, or no sooner than `delay`.
     pub async fn nack(self, delay: Duration) -> Result<()> {
         let request = Nack {
-            subscription_id: self.subscription.id,
+            subscription_id: self.live_subscription()?,
             ranges: vec![self.range()],
             delay_ms: delay.as_millis().min(u128::from(u32::MAX)) as u32,
         };
@@ -93,7 +103,7 @@ impl Delivery {
     /// Send the record to the group's dead-letter topic.
     pub async fn reject(self, reason: &str) -> Result<()> {
         let request = Reject {
-            subscription_id: self.subscription.id,
+            subscription_id: self.live_subscription()?,
             ranges: vec![self.range()],
             reason: reason.to_string(),
         };
@@ -104,12 +114,24 @@ impl Delivery {
     /// Still working on it: restart its ack deadline (`None`: the group's ack timeout).
     pub async fn touch(&self, extend: Option<Duration>) -> Result<()> {
         let request = Touch {
-            subscription_id: self.subscription.id,
+            subscription_id: self.live_subscription()?,
             ranges: vec![self.range()],
             extend_ms: extend.map_or(0, |d| d.as_millis().clamp(1, u128::from(u32::MAX)) as u32),
         };
         let reply = self.subscription.client.call(request).await?;
         expect_reply!(reply, Ok).map(drop)
+    }
+
+    /// The subscription this delivery came on, if a reconnect has not replaced it.
+    fn live_subscription(&self) -> Result<u64> {
+        if self.subscription.current() == self.on {
+            Ok(self.on.id)
+        } else {
+            Err(Error::Disconnected(
+                "delivered on a connection that has since broken; the broker gave it back to the group"
+                    .into(),
+            ))
+        }
     }
 
     fn range(&self) -> OffsetRange {
@@ -149,7 +171,6 @@ impl Client {
         group: &str,
         config: PushConsumerConfig,
     ) -> Result<PushConsumer> {
-        let (deliveries_tx, deliveries) = mpsc::unbounded_channel();
         let request = Subscribe {
             topic: topic.to_string(),
             group: group.to_string(),
@@ -157,24 +178,44 @@ impl Client {
             prefetch_bytes: config.prefetch_bytes,
             start: config.start,
         };
-        let reply = self.subscribe_call(request, deliveries_tx).await?;
-        let subscribed = expect_reply!(reply, Subscribed)?;
+        let epoch = self.connection_state().epoch;
+        let (subscribed, deliveries) = subscribe(self, request.clone()).await?;
         let (acks, acks_rx) = mpsc::unbounded_channel();
         let failure = Arc::new(Mutex::new(None));
-        let subscription = Arc::new(Subscription {
+        let on = Current {
+            generation: 0,
             id: subscribed.subscription_id,
+        };
+        let current = Arc::new(Mutex::new(on));
+        let subscription = Arc::new(Subscription {
             client: self.clone(),
             acks,
+            current: Arc::clone(&current),
         });
         tokio::spawn(run_acker(
             self.clone(),
-            subscribed.subscription_id,
+            Arc::clone(&current),
             acks_rx,
             Arc::clone(&failure),
         ));
+        let (swaps_tx, swaps) = mpsc::unbounded_channel();
+        let stop = CancellationToken::new();
+        tokio::spawn(keep_subscribed(
+            self.clone(),
+            current,
+            request,
+            epoch,
+            swaps_tx,
+            Arc::clone(&failure),
+            stop.clone(),
+        ));
         Ok(PushConsumer {
             subscription,
+            on,
             deliveries,
+            swaps,
+            keeper_done: false,
+            _keeper: stop.drop_guard(),
             ready: VecDeque::new(),
             failure,
             ack_timeout: Duration::from_millis(u64::from(subscribed.ack_timeout_ms)),
@@ -184,21 +225,110 @@ impl Client {
     }
 }
 
-struct Subscription {
+/// Subscribes with a fresh delivery queue.
+async fn subscribe(
+    client: &Client,
+    request: Subscribe,
+) -> Result<(
+    herald_protocol::Subscribed,
+    mpsc::UnboundedReceiver<Deliver>,
+)> {
+    let (deliveries_tx, deliveries) = mpsc::unbounded_channel();
+    let reply = client.subscribe_call(request, deliveries_tx).await?;
+    Ok((expect_reply!(reply, Subscribed)?, deliveries))
+}
+
+/// Subscribes again after every reconnect, handing the stream its new delivery queue.
+/// Ends when the consumer goes, or with a failure the stream reports when the client
+/// stops or the broker refuses the subscription.
+async fn keep_subscribed(
+    client: Client,
+    current: Arc<Mutex<Current>>,
+    request: Subscribe,
+    mut epoch: u64,
+    swaps: mpsc::UnboundedSender<(Current, mpsc::UnboundedReceiver<Deliver>)>,
+    failure: Arc<Mutex<Option<Error>>>,
+    stop: CancellationToken,
+) {
+    let client = &client;
+    loop {
+        epoch = tokio::select! {
+            _ = stop.cancelled() => return,
+            connected = client.connected_after(epoch) => match connected {
+                Ok(epoch) => epoch,
+                Err(err) => return record(&failure, &mut None, err),
+            },
+        };
+        let subscribed = tokio::select! {
+            _ = stop.cancelled() => return,
+            subscribed = subscribe(client, request.clone()) => subscribed,
+        };
+        match subscribed {
+            Ok((subscribed, deliveries)) => {
+                let on = {
+                    let mut current = lock(&current);
+                    current.generation += 1;
+                    current.id = subscribed.subscription_id;
+                    *current
+                };
+                tracing::info!(
+                    topic = request.topic,
+                    group = request.group,
+                    subscription = on.id,
+                    "subscribed again after a reconnect"
+                );
+                if swaps.send((on, deliveries)).is_err() {
+                    return;
+                }
+            }
+            Err(Error::Disconnected(_)) => continue,
+            Err(err) => return record(&failure, &mut None, err),
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Which broker subscription deliveries belong to: the id, and how many times the
+/// consumer subscribed again (ids may repeat after a broker restart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Current {
+    generation: u64,
     id: u64,
+}
+
+/// What deliveries share of their subscription. The tasks behind it do not hold it, so
+/// the ack queue closes once the consumer and its deliveries are gone.
+struct Subscription {
     client: Client,
     acks: mpsc::UnboundedSender<AckMessage>,
+    current: Arc<Mutex<Current>>,
+}
+
+impl Subscription {
+    fn current(&self) -> Current {
+        *lock(&self.current)
+    }
 }
 
 enum AckMessage {
-    Ack(u32, u64),
+    Ack(Current, u32, u64),
     Flush(oneshot::Sender<Result<()>>),
 }
 
 /// A push-group subscriber; see the module docs.
 pub struct PushConsumer {
     subscription: Arc<Subscription>,
+    /// The subscription `deliveries` belong to.
+    on: Current,
     deliveries: mpsc::UnboundedReceiver<Deliver>,
+    /// New delivery queues after reconnects.
+    swaps: mpsc::UnboundedReceiver<(Current, mpsc::UnboundedReceiver<Deliver>)>,
+    /// The resubscribing task has ended: no new queue will come.
+    keeper_done: bool,
+    _keeper: DropGuard,
     ready: VecDeque<Delivery>,
     /// The first error of the ack task, reported by the stream.
     failure: Arc<Mutex<Option<Error>>>,
@@ -208,9 +338,9 @@ pub struct PushConsumer {
 }
 
 impl PushConsumer {
-    /// The subscription id the broker gave.
+    /// The subscription id the broker gave (a reconnect brings a new one).
     pub fn subscription_id(&self) -> u64 {
-        self.subscription.id
+        self.subscription.current().id
     }
 
     /// The group's ack deadline.
@@ -243,7 +373,7 @@ impl PushConsumer {
     pub async fn close(self) -> Result<()> {
         let flushed = self.flush_acks().await;
         let request = Unsubscribe {
-            subscription_id: self.subscription.id,
+            subscription_id: self.subscription.current().id,
         };
         let reply = self.subscription.client.call(request).await;
         flushed?;
@@ -251,10 +381,7 @@ impl PushConsumer {
     }
 
     fn take_failure(&self) -> Option<Error> {
-        self.failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
+        lock(&self.failure).take()
     }
 
     /// Turns one delivery frame into deliveries.
@@ -272,6 +399,7 @@ impl PushConsumer {
                     record: stored.record,
                     delivery_count,
                     redelivered: delivery_count > 1,
+                    on: self.on,
                     subscription: Arc::clone(&self.subscription),
                 });
             }
@@ -293,6 +421,18 @@ impl Stream for PushConsumer {
             return Poll::Ready(Some(Err(err)));
         }
         loop {
+            while !this.keeper_done {
+                match this.swaps.poll_recv(cx) {
+                    Poll::Ready(Some((on, deliveries))) => {
+                        // What came before the reconnect went back to the group.
+                        this.on = on;
+                        this.deliveries = deliveries;
+                        this.ready.clear();
+                    }
+                    Poll::Ready(None) => this.keeper_done = true,
+                    Poll::Pending => break,
+                }
+            }
             if let Some(delivery) = this.ready.pop_front() {
                 return Poll::Ready(Some(Ok(delivery)));
             }
@@ -303,11 +443,14 @@ impl Stream for PushConsumer {
                         return Poll::Ready(Some(Err(err)));
                     }
                 }
+                // The connection broke; a new queue comes after the reconnect.
+                Poll::Ready(None) if !this.keeper_done => return Poll::Pending,
                 Poll::Ready(None) => {
                     this.ended = true;
-                    return Poll::Ready(Some(Err(Error::Closed(
-                        "the connection to the broker ended".into(),
-                    ))));
+                    let err = this.take_failure().unwrap_or_else(|| {
+                        Error::Closed("the connection to the broker ended".into())
+                    });
+                    return Poll::Ready(Some(Err(err)));
                 }
                 Poll::Pending => return Poll::Pending,
             }
@@ -319,9 +462,11 @@ impl Stream for PushConsumer {
 const ACKS_IN_FLIGHT: usize = 4;
 
 /// Gathers queued acks into ranges and sends them, a few requests at a time.
+/// Acks of deliveries made before a reconnect are dropped (those records went back to the
+/// group), and so are acks the break cut off.
 async fn run_acker(
     client: Client,
-    subscription_id: u64,
+    current: Arc<Mutex<Current>>,
     mut queue: mpsc::UnboundedReceiver<AckMessage>,
     failure: Arc<Mutex<Option<Error>>>,
 ) {
@@ -343,8 +488,10 @@ async fn run_acker(
         tokio::select! {
             message = queue.recv(), if open && in_flight.len() < ACKS_IN_FLIGHT => {
                 let Some(message) = message else { open = false; continue };
+                let on = *lock(&current);
                 let mut take = |message| match message {
-                    AckMessage::Ack(p, offset) => pending.push((p, offset)),
+                    AckMessage::Ack(of, p, offset) if of == on => pending.push((p, offset)),
+                    AckMessage::Ack(..) => {}
                     AckMessage::Flush(reply) => flushes.push(reply),
                 };
                 take(message);
@@ -353,17 +500,22 @@ async fn run_acker(
                 }
                 if !pending.is_empty() {
                     let ranges = coalesce(std::mem::take(&mut pending));
-                    let request = Ack { subscription_id, ranges };
+                    let request = Ack { subscription_id: on.id, ranges };
                     match client.start(request).await {
-                        Ok(rx) => in_flight.push(await_reply(rx)),
+                        Ok(rx) => in_flight.push(async move { (on, await_reply(rx).await) }),
                         Err(err) => { record(&failure, &mut first_error, err); open = false; }
                     }
                 }
             }
-            Some(reply) = in_flight.next(), if !in_flight.is_empty() => {
-                let result = reply.and_then(|frame| expect_reply!(frame, Ok).map(drop));
-                if let Err(err) = result {
-                    record(&failure, &mut first_error, err);
+            Some((on, reply)) = in_flight.next(), if !in_flight.is_empty() => {
+                match reply.and_then(|frame| expect_reply!(frame, Ok).map(drop)) {
+                    Ok(()) => {}
+                    Err(Error::Disconnected(err)) => {
+                        tracing::debug!(%err, "acks cut off by a break; their records come again");
+                    }
+                    Err(err) if *lock(&current) != on
+                        && err.code() == Some(ErrorCode::UnknownSubscription) => {}
+                    Err(err) => record(&failure, &mut first_error, err),
                 }
             }
         }
@@ -374,12 +526,9 @@ async fn run_acker(
 }
 
 fn record(failure: &Mutex<Option<Error>>, first: &mut Option<String>, err: Error) {
-    tracing::warn!(%err, "an ack was not stored");
+    tracing::warn!(%err, "push consumer failure");
     first.get_or_insert_with(|| err.to_string());
-    failure
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get_or_insert(err);
+    lock(failure).get_or_insert(err);
 }
 
 /// Acked offsets as ranges: sorted, consecutive offsets merged.
