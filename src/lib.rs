@@ -83,6 +83,54 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// A `herald-broker` process on a data directory, for tests that kill it and start it
+/// again on the same address.
+pub struct BrokerProcess {
+    child: tokio::process::Child,
+    addr: SocketAddr,
+}
+
+impl BrokerProcess {
+    /// Starts a broker on `listen` (port 0 picks one) with `args` added, and waits until it
+    /// prints the address it listens on.
+    pub async fn start(data_dir: &Path, listen: &str, args: &[&str]) -> BrokerProcess {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(binary("herald-broker"))
+            .args(["--listen", listen, "--data-dir"])
+            .arg(data_dir)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("herald-broker starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .expect("the broker prints its address in time")
+            .expect("stdout readable")
+            .expect("the broker prints its address");
+        let addr = line
+            .rsplit(' ')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        BrokerProcess { child, addr }
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Kills it with SIGKILL and waits until it is gone.
+    pub async fn kill(mut self) {
+        self.child.start_kill().expect("kill");
+        self.child.wait().await.expect("reaped");
+    }
+}
+
 /// A hand-driven connection, for sending what no well-behaved client would, or for a
 /// client that falls silent.
 pub struct Raw {

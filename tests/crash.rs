@@ -1,40 +1,17 @@
 //! A broker killed with SIGKILL mid-stream loses no confirmed record.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use bytes::Bytes;
 use herald_client::{Client, ConnectOptions, FetchRequest, Record};
-use herald_suite::binary;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use herald_suite::BrokerProcess;
 
 const PARTITIONS: u32 = 4;
 const PRODUCERS: usize = 4;
 
 /// A confirmed record: where the broker said it stored which bytes.
 type Confirmed = (u32, u64, Bytes);
-
-async fn start_broker(dir: &Path) -> (Child, String) {
-    let mut child = Command::new(binary("herald-broker"))
-        .args(["--listen", "127.0.0.1:0", "--fsync", "always", "--data-dir"])
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    let addr = line.rsplit(' ').next().unwrap().to_string();
-    (child, addr)
-}
 
 /// Publishes until the broker dies; returns what was confirmed.
 async fn produce_until_killed(addr: String, cycle: usize, producer: usize) -> Vec<Confirmed> {
@@ -111,7 +88,8 @@ async fn confirmed_records_survive_sigkill() {
     let data = dir.path().join("data");
     let mut confirmed: Vec<Confirmed> = Vec::new();
     for cycle in 0..3 {
-        let (mut child, addr) = start_broker(&data).await;
+        let broker = BrokerProcess::start(&data, "127.0.0.1:0", &["--fsync", "always"]).await;
+        let addr = broker.addr().to_string();
         let client = Client::connect(&addr).await.unwrap();
         if cycle == 0 {
             client.create_topic("crash", PARTITIONS).await.unwrap();
@@ -121,8 +99,7 @@ async fn confirmed_records_survive_sigkill() {
             .map(|p| tokio::spawn(produce_until_killed(addr.clone(), cycle, p)))
             .collect();
         tokio::time::sleep(Duration::from_millis(400)).await;
-        child.start_kill().unwrap();
-        child.wait().await.unwrap();
+        broker.kill().await;
         let before = confirmed.len();
         for producer in producers {
             confirmed.extend(producer.await.unwrap());
@@ -133,8 +110,8 @@ async fn confirmed_records_survive_sigkill() {
             confirmed.len() - before
         );
     }
-    let (_child, addr) = start_broker(&data).await;
-    check(&Client::connect(&addr).await.unwrap(), &confirmed).await;
+    let broker = BrokerProcess::start(&data, "127.0.0.1:0", &["--fsync", "always"]).await;
+    check(&Client::connect(broker.addr()).await.unwrap(), &confirmed).await;
 }
 
 /// Every confirmed record is at its offset with its bytes, and new records continue each

@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use herald_client::{Client, ConnectOptions, PullConsumerConfig, PushConsumerConfig, Record};
+use herald_client::{
+    Client, ConnectOptions, ConnectionEvent, PullConsumerConfig, PushConsumerConfig, Reconnect,
+    Record,
+};
 use herald_suite::{binary, TestBroker};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -294,5 +297,78 @@ async fn a_connection_that_goes_silent_is_noticed_by_both_sides() {
             "{side} took {took:?}"
         );
     }
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_reconnects_through_a_proxy_that_went_silent() {
+    let broker = TestBroker::start().await;
+    let admin = broker.client().await;
+    admin.create_topic("wire", 1).await.unwrap();
+    let proxy = Proxy::start(broker.addr()).await;
+    let options = ConnectOptions {
+        session_timeout: Some(TIMEOUT),
+        connect_timeout: Duration::from_millis(500),
+        reconnect: Some(Reconnect {
+            base: Duration::from_millis(100),
+            cap: Duration::from_millis(400),
+            max_attempts: None,
+        }),
+        ..Default::default()
+    };
+    let client = Client::connect_with(proxy.addr, options).await.unwrap();
+    let mut events = client.events();
+    let mut consumer = client.push_consumer("wire", "g").await.unwrap();
+    publish(&admin, "wire", 0, 1).await;
+    let first = tokio::time::timeout(Duration::from_secs(5), consumer.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    first.ack();
+    consumer.flush_acks().await.unwrap();
+
+    proxy.blackhole.store(true, Ordering::Relaxed);
+    let cut_at = Instant::now();
+    let limit = TIMEOUT + INTERVAL + Duration::from_millis(500);
+    let reason = loop {
+        match tokio::time::timeout(limit, events.recv()).await {
+            Ok(Ok(ConnectionEvent::Disconnected { reason, .. })) => break reason,
+            Ok(Ok(_)) => {}
+            other => panic!("the client did not notice: {other:?}"),
+        }
+    };
+    let took = cut_at.elapsed();
+    // Whichever side times out first: the client itself, or the broker (its close
+    // reaches the client as the proxy's FIN).
+    assert!(
+        reason.contains("nothing heard") || reason.contains("closed the connection"),
+        "{reason}"
+    );
+    assert!(took >= TIMEOUT - INTERVAL && took <= limit, "{took:?}");
+    assert!(!client.connection_state().connected);
+    // Attempts through the silent proxy time out; once it forwards again, one gets through.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    proxy.blackhole.store(false, Ordering::Relaxed);
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), events.recv()).await {
+            Ok(Ok(ConnectionEvent::Connected { epoch, .. })) => {
+                assert_eq!(epoch, 2);
+                break;
+            }
+            Ok(Ok(_)) => {}
+            other => panic!("the client did not come back: {other:?}"),
+        }
+    }
+    // The push consumer subscribed again and gets what is published now.
+    publish(&admin, "wire", 1, 1).await;
+    let next = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+        .await
+        .expect("deliveries resume")
+        .unwrap()
+        .unwrap();
+    assert_eq!(&next.record.payload[..], b"r1");
+    next.ack();
+    consumer.close().await.unwrap();
     broker.stop().await;
 }

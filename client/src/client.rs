@@ -6,7 +6,7 @@ use herald_protocol::{Frame, HelloOk};
 use tokio::net::ToSocketAddrs;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-use crate::connection::{self, ConnectOptions, ConnectionEvent, ConnectionState, Request};
+use crate::connection::{self, ConnectOptions, ConnectionEvent, ConnectionState, Request, Route};
 use crate::error::{Error, Result};
 
 /// A connection to a broker. Clones share the connection; every call may run concurrently
@@ -87,29 +87,35 @@ impl Client {
             .send(Request {
                 frame: frame.into(),
                 reply,
-                deliveries: None,
+                route: None,
             })
             .await
             .map_err(|_| Error::Closed("the connection task has ended".into()))?;
         Ok(rx)
     }
 
-    /// Sends a `Subscribe` whose deliveries go to `deliveries`, and waits for its reply.
+    /// Sends a `Subscribe` whose deliveries go to `deliveries`, and waits for its reply;
+    /// returns it with the epoch of the connection that took the subscription.
     pub(crate) async fn subscribe_call(
         &self,
         frame: herald_protocol::Subscribe,
         deliveries: mpsc::UnboundedSender<herald_protocol::Deliver>,
-    ) -> Result<Frame> {
+    ) -> Result<(Frame, u64)> {
         let (reply, rx) = oneshot::channel();
+        let (epoch, epoch_rx) = oneshot::channel();
         self.requests
             .send(Request {
                 frame: frame.into(),
                 reply,
-                deliveries: Some(deliveries),
+                route: Some(Route { deliveries, epoch }),
             })
             .await
             .map_err(|_| Error::Closed("the connection task has ended".into()))?;
-        await_reply(rx).await
+        let reply = await_reply(rx).await?;
+        let epoch = epoch_rx
+            .await
+            .map_err(|_| Error::Protocol(format!("{:?} for a subscription", reply.opcode())))?;
+        Ok((reply, epoch))
     }
 
     /// Sends a request and waits for its reply.

@@ -42,15 +42,23 @@ use crate::error::{BrokerError, Error, Result};
 pub(crate) struct Request {
     pub frame: Frame,
     pub reply: oneshot::Sender<Result<Frame>>,
-    /// For a `Subscribe`: where the subscription's deliveries go. Unbounded here because
-    /// the broker never has more than the subscriber's window unanswered.
-    pub deliveries: Option<mpsc::UnboundedSender<Deliver>>,
+    /// For a `Subscribe`: where the subscription's deliveries go.
+    pub route: Option<Route>,
+}
+
+/// Where a subscription's deliveries go, and where to say which connection took it.
+pub(crate) struct Route {
+    /// Unbounded because the broker never has more than the subscriber's window
+    /// unanswered.
+    pub deliveries: mpsc::UnboundedSender<Deliver>,
+    /// Told the epoch of the connection the subscription was made on, before its reply.
+    pub epoch: oneshot::Sender<u64>,
 }
 
 /// A request sent and waiting for its reply.
 struct Pending {
     reply: oneshot::Sender<Result<Frame>>,
-    deliveries: Option<mpsc::UnboundedSender<Deliver>>,
+    route: Option<Route>,
 }
 
 /// Connection settings.
@@ -64,6 +72,8 @@ pub struct ConnectOptions {
     pub max_frame_bytes: u32,
     /// Requests queued for the connection before callers wait.
     pub queue: usize,
+    /// Most time for one connection attempt: TCP connect, `Hello` and its answer.
+    pub connect_timeout: Duration,
     /// How to connect again after the connection breaks; `None` ends the client instead
     /// (every later call fails with [`Error::Closed`]).
     pub reconnect: Option<Reconnect>,
@@ -76,6 +86,7 @@ impl Default for ConnectOptions {
             session_timeout: None,
             max_frame_bytes: herald_protocol::DEFAULT_MAX_FRAME_BYTES,
             queue: 1024,
+            connect_timeout: Duration::from_secs(10),
             reconnect: Some(Reconnect::default()),
         }
     }
@@ -154,7 +165,7 @@ type Writer = FramedWrite<tokio::net::tcp::OwnedWriteHalf, FrameCodec>;
 /// succeed; later ones are the task's business.
 pub(crate) async fn open(addr: impl ToSocketAddrs, options: ConnectOptions) -> Result<Handle> {
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr).await?.collect();
-    let (connection, session) = connect(&addrs, &options).await?;
+    let (connection, session) = connect(&addrs, &options, 1).await?;
     let (requests, rx) = mpsc::channel(options.queue.max(1));
     let (state_tx, state) = watch::channel(ConnectionState {
         epoch: 1,
@@ -182,8 +193,28 @@ pub(crate) async fn open(addr: impl ToSocketAddrs, options: ConnectOptions) -> R
     })
 }
 
-/// Makes one connection: TCP, then `Hello` and its `HelloOk`.
-async fn connect(addrs: &[SocketAddr], options: &ConnectOptions) -> Result<(Connection, HelloOk)> {
+/// Makes one connection: TCP, then `Hello` and its `HelloOk`, within the connect timeout.
+async fn connect(
+    addrs: &[SocketAddr],
+    options: &ConnectOptions,
+    epoch: u64,
+) -> Result<(Connection, HelloOk)> {
+    let limit = options.connect_timeout;
+    tokio::time::timeout(limit, handshake(addrs, options, epoch))
+        .await
+        .map_err(|_| {
+            Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer to Hello within {limit:?}"),
+            ))
+        })?
+}
+
+async fn handshake(
+    addrs: &[SocketAddr],
+    options: &ConnectOptions,
+    epoch: u64,
+) -> Result<(Connection, HelloOk)> {
     let stream = TcpStream::connect(addrs).await?;
     stream.set_nodelay(true)?;
     let (read, write) = stream.into_split();
@@ -228,6 +259,7 @@ async fn connect(addrs: &[SocketAddr], options: &ConnectOptions) -> Result<(Conn
         next_id: 2,
         heartbeat: Duration::from_millis(u64::from(granted.heartbeat_interval_ms.max(1))),
         timeout: Duration::from_millis(u64::from(granted.session_timeout_ms.max(1))),
+        epoch,
     };
     Ok((connection, granted))
 }
@@ -338,7 +370,7 @@ impl Supervisor {
                 }
             }
             tokio::time::sleep_until(wake).await;
-            match connect(&self.addrs, &self.options).await {
+            match connect(&self.addrs, &self.options, self.epoch + 1).await {
                 Ok((connection, session)) => {
                     self.epoch += 1;
                     let epoch = self.epoch;
@@ -377,6 +409,8 @@ struct Connection {
     next_id: u32,
     heartbeat: Duration,
     timeout: Duration,
+    /// Which connection of the client this is, from 1.
+    epoch: u64,
 }
 
 impl Connection {
@@ -461,7 +495,7 @@ impl Connection {
         self.next_id = self.next_id.checked_add(1).unwrap_or(1);
         let pending = Pending {
             reply: request.reply,
-            deliveries: request.deliveries,
+            route: request.route,
         };
         self.pending.insert(id, pending);
         self.writer
@@ -477,10 +511,10 @@ impl Connection {
                 Frame::Error(err) => self.fail(id, BrokerError::from(err).into()),
                 reply => {
                     if let Some(waiter) = self.pending.remove(&id) {
-                        if let (Frame::Subscribed(ok), Some(deliveries)) =
-                            (&reply, waiter.deliveries)
-                        {
-                            self.subscriptions.insert(ok.subscription_id, deliveries);
+                        if let (Frame::Subscribed(ok), Some(route)) = (&reply, waiter.route) {
+                            self.subscriptions
+                                .insert(ok.subscription_id, route.deliveries);
+                            let _ = route.epoch.send(self.epoch);
                         }
                         let _ = waiter.reply.send(Ok(reply));
                     }

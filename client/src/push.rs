@@ -26,7 +26,7 @@ use futures::stream::FuturesUnordered;
 use futures::{Stream, StreamExt};
 use herald_protocol::{
     read_batches, Ack, Deliver, ErrorCode, Nack, OffsetRange, Record, Reject, StartPosition,
-    Subscribe, Touch, Unsubscribe,
+    Subscribe, Subscribed, Touch, Unsubscribe,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -124,7 +124,7 @@ impl Delivery {
 
     /// The subscription this delivery came on, if a reconnect has not replaced it.
     fn live_subscription(&self) -> Result<u64> {
-        if self.subscription.current() == self.on {
+        if self.subscription.is_live(self.on) {
             Ok(self.on.id)
         } else {
             Err(Error::Disconnected(
@@ -178,14 +178,9 @@ impl Client {
             prefetch_bytes: config.prefetch_bytes,
             start: config.start,
         };
-        let epoch = self.connection_state().epoch;
-        let (subscribed, deliveries) = subscribe(self, request.clone()).await?;
+        let (subscribed, on, deliveries) = subscribe(self, request.clone()).await?;
         let (acks, acks_rx) = mpsc::unbounded_channel();
         let failure = Arc::new(Mutex::new(None));
-        let on = Current {
-            generation: 0,
-            id: subscribed.subscription_id,
-        };
         let current = Arc::new(Mutex::new(on));
         let subscription = Arc::new(Subscription {
             client: self.clone(),
@@ -204,7 +199,7 @@ impl Client {
             self.clone(),
             current,
             request,
-            epoch,
+            on.epoch,
             swaps_tx,
             Arc::clone(&failure),
             stop.clone(),
@@ -225,17 +220,19 @@ impl Client {
     }
 }
 
-/// Subscribes with a fresh delivery queue.
+/// Subscribes with a fresh delivery queue; returns which subscription it got.
 async fn subscribe(
     client: &Client,
     request: Subscribe,
-) -> Result<(
-    herald_protocol::Subscribed,
-    mpsc::UnboundedReceiver<Deliver>,
-)> {
+) -> Result<(Subscribed, Current, mpsc::UnboundedReceiver<Deliver>)> {
     let (deliveries_tx, deliveries) = mpsc::unbounded_channel();
-    let reply = client.subscribe_call(request, deliveries_tx).await?;
-    Ok((expect_reply!(reply, Subscribed)?, deliveries))
+    let (reply, epoch) = client.subscribe_call(request, deliveries_tx).await?;
+    let subscribed = expect_reply!(reply, Subscribed)?;
+    let on = Current {
+        epoch,
+        id: subscribed.subscription_id,
+    };
+    Ok((subscribed, on, deliveries))
 }
 
 /// Subscribes again after every reconnect, handing the stream its new delivery queue.
@@ -264,13 +261,10 @@ async fn keep_subscribed(
             subscribed = subscribe(client, request.clone()) => subscribed,
         };
         match subscribed {
-            Ok((subscribed, deliveries)) => {
-                let on = {
-                    let mut current = lock(&current);
-                    current.generation += 1;
-                    current.id = subscribed.subscription_id;
-                    *current
-                };
+            Ok((_, on, deliveries)) => {
+                // Perhaps made on a newer connection than awaited: go on from there.
+                epoch = on.epoch;
+                *lock(&current) = on;
                 tracing::info!(
                     topic = request.topic,
                     group = request.group,
@@ -282,6 +276,10 @@ async fn keep_subscribed(
                 }
             }
             Err(Error::Disconnected(_)) => continue,
+            // Refused because the connection broke again before it was sent.
+            Err(err) if client.connection_state().epoch != epoch => {
+                tracing::debug!(%err, "subscribing again once more");
+            }
             Err(err) => return record(&failure, &mut None, err),
         }
     }
@@ -291,11 +289,11 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Which broker subscription deliveries belong to: the id, and how many times the
-/// consumer subscribed again (ids may repeat after a broker restart).
+/// Which broker subscription deliveries belong to: the connection it was made on (ids
+/// repeat after a broker restart) and its id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Current {
-    generation: u64,
+    epoch: u64,
     id: u64,
 }
 
@@ -311,6 +309,15 @@ impl Subscription {
     fn current(&self) -> Current {
         *lock(&self.current)
     }
+
+    /// Whether `on` is still the subscription, on the connection it was made on.
+    fn is_live(&self, on: Current) -> bool {
+        is_live(&self.client, &self.current, on)
+    }
+}
+
+fn is_live(client: &Client, current: &Mutex<Current>, on: Current) -> bool {
+    *lock(current) == on && client.connection_state().epoch == on.epoch
 }
 
 enum AckMessage {
@@ -489,8 +496,9 @@ async fn run_acker(
             message = queue.recv(), if open && in_flight.len() < ACKS_IN_FLIGHT => {
                 let Some(message) = message else { open = false; continue };
                 let on = *lock(&current);
+                let live = is_live(&client, &current, on);
                 let mut take = |message| match message {
-                    AckMessage::Ack(of, p, offset) if of == on => pending.push((p, offset)),
+                    AckMessage::Ack(of, p, offset) if of == on && live => pending.push((p, offset)),
                     AckMessage::Ack(..) => {}
                     AckMessage::Flush(reply) => flushes.push(reply),
                 };
@@ -513,7 +521,8 @@ async fn run_acker(
                     Err(Error::Disconnected(err)) => {
                         tracing::debug!(%err, "acks cut off by a break; their records come again");
                     }
-                    Err(err) if *lock(&current) != on
+                    // Written after a reconnect, before or after subscribing again.
+                    Err(err) if !is_live(&client, &current, on)
                         && err.code() == Some(ErrorCode::UnknownSubscription) => {}
                     Err(err) => record(&failure, &mut first_error, err),
                 }
