@@ -568,3 +568,40 @@ impl Connection {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_windows_double_up_to_the_cap_and_jitter_fills_them() {
+        let policy = Reconnect {
+            base: Duration::from_millis(100),
+            cap: Duration::from_millis(1000),
+            max_attempts: None,
+        };
+        let floor = Duration::from_millis(250);
+        for (attempt, window_ms) in [
+            (0, 100),
+            (1, 200),
+            (2, 400),
+            (3, 800),
+            (4, 1000),
+            (40, 1000),
+        ] {
+            let window = Duration::from_millis(window_ms);
+            let delays: Vec<Duration> = (0..2000).map(|_| policy.delay(attempt, floor)).collect();
+            assert!(delays.iter().all(|d| *d >= floor && *d <= floor + window));
+            // Full jitter: the whole window is used, not just its end.
+            let low = delays.iter().filter(|d| **d < floor + window / 4).count();
+            let high = delays
+                .iter()
+                .filter(|d| **d > floor + window * 3 / 4)
+                .count();
+            assert!(
+                low > 300 && high > 300,
+                "attempt {attempt}: {low} low, {high} high"
+            );
+        }
+    }
+}
