@@ -345,7 +345,7 @@ impl Writer {
 
     /// Appends a producer's numbered batch unless it was appended before (then answers
     /// with its original offsets); the producer's state is written with the batch, in one
-    /// sled transaction.
+    /// atomic sled batch.
     fn write_numbered(
         &mut self,
         log: &PartitionLog,
@@ -353,25 +353,17 @@ impl Writer {
         producer: ProducerBatch,
         buf: &mut BytesMut,
     ) -> Result<(u64, u32), StorageError> {
-        let name = log.name();
-        match self.producers.check(&name, producer)? {
+        match self.producers.check(log, producer)? {
             Check::Duplicate { base_offset, count } => Ok((base_offset, count)),
             Check::Append => {
                 let base = log.write_next();
-                let (key, value, recent) =
+                let (state, recent) =
                     self.producers
-                        .after(&name, producer, base, batch.record_count)?;
+                        .after(log, producer, base, batch.record_count)?;
                 buf.clear();
                 batch.encode_as(base, now_ms(), buf);
-                log.insert_with(
-                    base,
-                    buf,
-                    batch.record_count,
-                    self.producers.tree(),
-                    &key,
-                    &value,
-                )?;
-                self.producers.remember(&name, producer.producer_id, recent);
+                log.insert_numbered(base, buf, batch.record_count, producer.producer_id, &state)?;
+                self.producers.remember(log, producer.producer_id, recent);
                 Ok((base, batch.record_count))
             }
         }

@@ -165,6 +165,7 @@ impl Store {
                 let name = log_tree_name(topic.id, p);
                 let tree = self.db.open_tree(&name)?;
                 let log = PartitionLog::open(tree, self.bounds.clone())?;
+                producers::repair(&log)?;
                 match self.marks.get(&name) {
                     Some(&synced) if log.next_offset() < synced => {
                         Err(StorageError::Corrupt(format!(

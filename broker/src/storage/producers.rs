@@ -6,12 +6,15 @@
 //! alone appends, accepts the next number, answers a number it still remembers with the
 //! offsets it gave then, and refuses anything else with `OutOfOrderSequence`. It remembers
 //! the last [`KEEP`] batches per producer and partition — more than a client keeps in
-//! flight — in the `producers` tree, written in one sled transaction with the batch, so
-//! after any crash the store holds both or neither.
+//! flight — in the partition's own tree, written just before the batch. sled recovers
+//! writes in order, so after a crash the store holds both, neither, or the state alone;
+//! [`repair`] drops state entries naming offsets beyond the log's end when the log is
+//! opened, before anything else can be appended there. (Stores written before kept the
+//! state in a `producers` tree; it is still read, never written.)
 
 use std::collections::{HashMap, VecDeque};
 
-use super::StorageError;
+use super::{PartitionLog, StorageError};
 
 /// Batches remembered per producer and partition.
 pub(super) const KEEP: usize = 16;
@@ -36,6 +39,12 @@ pub(super) enum Check {
 pub(super) struct Recent(VecDeque<(u64, u64, u32)>);
 
 impl Recent {
+    /// The encoded state of these (sequence, base offset, count) entries.
+    #[cfg(test)]
+    pub(super) fn from_entries(entries: &[(u64, u64, u32)]) -> Vec<u8> {
+        Recent(entries.iter().copied().collect()).encode()
+    }
+
     fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(20 * self.0.len());
         for (sequence, base, count) in &self.0 {
@@ -68,26 +77,23 @@ impl Recent {
 
 /// The writer thread's view of every producer's recent batches.
 pub(super) struct Producers {
-    tree: sled::Tree,
+    /// Where older stores kept the state.
+    legacy: sled::Tree,
     cache: HashMap<(String, u64), Recent>,
 }
 
 impl Producers {
-    pub(super) fn new(tree: sled::Tree) -> Producers {
+    pub(super) fn new(legacy: sled::Tree) -> Producers {
         Producers {
-            tree,
+            legacy,
             cache: HashMap::new(),
         }
-    }
-
-    pub(super) fn tree(&self) -> &sled::Tree {
-        &self.tree
     }
 
     /// Decides what to do with `batch` from `producer` for `log`.
     pub(super) fn check(
         &mut self,
-        log: &str,
+        log: &PartitionLog,
         producer: ProducerBatch,
     ) -> Result<Check, StorageError> {
         if producer.sequence == 0 {
@@ -108,9 +114,10 @@ impl Producers {
             return Ok(Check::Duplicate { base_offset, count });
         }
         Err(StorageError::Sequence(format!(
-            "producer {} sent batch {} to {log}; the next one is {}{}",
+            "producer {} sent batch {} to {}; the next one is {}{}",
             producer.producer_id,
             producer.sequence,
+            log.name(),
             last + 1,
             if producer.sequence < last {
                 format!(
@@ -123,56 +130,83 @@ impl Producers {
         )))
     }
 
-    /// The key and value that record `producer`'s batch at `base_offset` — to be written
-    /// in the same transaction as the batch — and the state to keep once it is.
+    /// The state that records `producer`'s batch at `base_offset` — to be written with
+    /// the batch — encoded, and as kept once it is.
     pub(super) fn after(
         &mut self,
-        log: &str,
+        log: &PartitionLog,
         producer: ProducerBatch,
         base_offset: u64,
         count: u32,
-    ) -> Result<(Vec<u8>, Vec<u8>, Recent), StorageError> {
+    ) -> Result<(Vec<u8>, Recent), StorageError> {
         let mut recent = self.recent(log, producer.producer_id)?.clone();
         recent.0.push_back((producer.sequence, base_offset, count));
         while recent.0.len() > KEEP {
             recent.0.pop_front();
         }
-        let value = recent.encode();
-        Ok((key(log, producer.producer_id), value, recent))
+        Ok((recent.encode(), recent))
     }
 
     /// Keeps `recent` as `producer`'s state once its batch is stored.
-    pub(super) fn remember(&mut self, log: &str, producer_id: u64, recent: Recent) {
-        self.cache.insert((log.to_string(), producer_id), recent);
+    pub(super) fn remember(&mut self, log: &PartitionLog, producer_id: u64, recent: Recent) {
+        self.cache.insert((log.name(), producer_id), recent);
     }
 
-    /// Forgets every producer of a deleted log.
+    /// Forgets every producer of a deleted log (the log's own tree is cleared with it).
     pub(super) fn forget(&mut self, log: &str) -> Result<(), StorageError> {
         self.cache.retain(|(name, _), _| name != log);
-        for key in self.tree.scan_prefix(prefix(log)).keys() {
-            self.tree.remove(key?)?;
+        for key in self.legacy.scan_prefix(prefix(log)).keys() {
+            self.legacy.remove(key?)?;
         }
         Ok(())
     }
 
-    fn recent(&mut self, log: &str, producer_id: u64) -> Result<&Recent, StorageError> {
-        let entry = (log.to_string(), producer_id);
+    fn recent(&mut self, log: &PartitionLog, producer_id: u64) -> Result<&Recent, StorageError> {
+        let entry = (log.name(), producer_id);
         if !self.cache.contains_key(&entry) {
-            let stored = match self.tree.get(key(log, producer_id))? {
+            let stored = match log.producer_state(producer_id)? {
+                Some(value) => Some(value),
+                None => self.legacy.get(legacy_key(&entry.0, producer_id))?,
+            };
+            let recent = match stored {
                 Some(value) => Recent::decode(&value)?,
                 None => Recent::default(),
             };
-            self.cache.insert(entry.clone(), stored);
+            self.cache.insert(entry.clone(), recent);
         }
         Ok(&self.cache[&entry])
     }
+}
+
+/// Drops from every producer state of `log` the batches the log does not hold: their
+/// state was written, and the crash came before the batch. Run when the log is opened.
+pub(super) fn repair(log: &PartitionLog) -> Result<(), StorageError> {
+    let end = log.write_next();
+    for (producer_id, value) in log.producer_states()? {
+        let mut recent = Recent::decode(&value)?;
+        let before = recent.0.len();
+        recent
+            .0
+            .retain(|&(_, base, count)| base + u64::from(count) <= end);
+        if recent.0.len() != before {
+            tracing::warn!(
+                log = log.name(),
+                producer_id,
+                dropped = before - recent.0.len(),
+                "producer state named batches lost in a crash; forgotten"
+            );
+            let encoded = recent.encode();
+            log.set_producer_state(producer_id, (!recent.0.is_empty()).then_some(&encoded[..]))?;
+        }
+    }
+    Ok(())
 }
 
 fn prefix(log: &str) -> Vec<u8> {
     [log.as_bytes(), b"/"].concat()
 }
 
-fn key(log: &str, producer_id: u64) -> Vec<u8> {
+fn legacy_key(log: &str, producer_id: u64) -> Vec<u8> {
     [prefix(log).as_slice(), &producer_id.to_be_bytes()].concat()
 }
 

@@ -74,6 +74,38 @@ async fn reopening_recovers_topics_offsets_and_group_positions() {
 }
 
 #[tokio::test]
+async fn a_producer_state_written_just_before_a_crash_lost_its_batch_is_repaired() {
+    let dir = tempfile::tempdir().unwrap();
+    let numbered = |sequence| ProducerBatch {
+        producer_id: 7,
+        sequence,
+    };
+    {
+        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        let (_, logs) = store
+            .create_topic("t", 1, RetentionPolicy::default())
+            .unwrap();
+        let first = store.append_as(&logs[0], batch(&["a", "b"]), numbered(1));
+        assert_eq!(first.await.unwrap().unwrap().base_offset, 0);
+        // What a crash between the two writes of batch 2 leaves: its state, not the batch.
+        let state = producers::Recent::from_entries(&[(1, 0, 2), (2, 2, 1)]);
+        logs[0].set_producer_state(7, Some(&state)).unwrap();
+        store.close().unwrap();
+    }
+    let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+    let topics = store.load_topics().unwrap();
+    let logs = store.open_logs(&topics[0]).unwrap();
+    // Batch 2 is appended, not answered with offsets the log never held ...
+    let again = store.append_as(&logs[0], batch(&["c"]), numbered(2));
+    assert_eq!(again.await.unwrap().unwrap().base_offset, 2);
+    assert_eq!(logs[0].next_offset(), 3);
+    // ... and batch 1 is still known.
+    let first = store.append_as(&logs[0], batch(&["a", "b"]), numbered(1));
+    assert_eq!(first.await.unwrap().unwrap().base_offset, 0);
+    assert_eq!(logs[0].next_offset(), 3);
+}
+
+#[tokio::test]
 async fn deleting_a_topic_removes_its_logs_and_offsets() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
