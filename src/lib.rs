@@ -56,9 +56,28 @@ impl TestBroker {
         self.dir.path().join("data")
     }
 
+    /// Bytes of frames the broker has queued for clients (see `--max-outbound-bytes`).
+    pub fn outbound_bytes(&self) -> u64 {
+        self.broker.outbound_bytes()
+    }
+
     /// A new client connection.
     pub async fn client(&self) -> Client {
         Client::connect(self.addr).await.expect("client connects")
+    }
+
+    /// Checks that a well-behaved client still publishes and reads (on topic `healthy`).
+    pub async fn assert_serving(&self) {
+        let client = self.client().await;
+        let confirm = client
+            .producer()
+            .send("healthy", herald_client::Record::new("ok"))
+            .await
+            .expect("publishes");
+        let request =
+            herald_client::FetchRequest::new("healthy", confirm.partition, confirm.offset);
+        let fetched = client.fetch(request).await.expect("reads");
+        assert_eq!(fetched.records[0].record.payload, "ok");
     }
 
     /// Shuts the broker down cleanly and removes its data.
@@ -171,11 +190,12 @@ impl Raw {
 
     /// Writes bytes as they are.
     pub async fn send_bytes(&mut self, bytes: &[u8]) {
-        self.framed
-            .get_mut()
-            .write_all(bytes)
-            .await
-            .expect("written");
+        assert!(self.try_send_bytes(bytes).await, "written");
+    }
+
+    /// Writes bytes as they are; says whether the socket took them.
+    pub async fn try_send_bytes(&mut self, bytes: &[u8]) -> bool {
+        self.framed.get_mut().write_all(bytes).await.is_ok()
     }
 
     /// The next frame, with its correlation id (waits up to 5 s).
@@ -205,9 +225,16 @@ impl Raw {
         }
     }
 
-    /// The next frame must be an error with `code` answering request `id`.
+    /// The next frame (heartbeats aside) must be an error with `code` answering request
+    /// `id`.
     pub async fn expect_error(&mut self, id: u32, code: ErrorCode) -> String {
-        match self.recv().await {
+        let next = loop {
+            match self.recv().await {
+                (0, Frame::Heartbeat(_)) => continue,
+                other => break other,
+            }
+        };
+        match next {
             (got, Frame::Error(err)) if got == id && err.error_code() == Some(code) => err.message,
             other => panic!("expected {code} for request {id}, got {other:?}"),
         }

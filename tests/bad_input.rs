@@ -29,25 +29,6 @@ fn publish(topic: &str, batch: Bytes) -> Publish {
     }
 }
 
-/// Meanwhile, a well-behaved client still publishes and reads.
-async fn still_serving(broker: &TestBroker) {
-    let client = broker.client().await;
-    let confirm = client
-        .producer()
-        .send("healthy", Record::new("ok"))
-        .await
-        .unwrap();
-    let fetched = client
-        .fetch(herald_client::FetchRequest::new(
-            "healthy",
-            confirm.partition,
-            confirm.offset,
-        ))
-        .await
-        .unwrap();
-    assert_eq!(fetched.records[0].record.payload, "ok");
-}
-
 #[tokio::test]
 async fn garbage_bytes_get_an_error_frame_and_a_closed_connection() {
     let broker = TestBroker::start().await;
@@ -55,7 +36,7 @@ async fn garbage_bytes_get_an_error_frame_and_a_closed_connection() {
     raw.send_bytes(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
     raw.expect_error(0, ErrorCode::FrameTooLarge).await;
     raw.expect_closed().await;
-    still_serving(&broker).await;
+    broker.assert_serving().await;
     broker.stop().await;
 }
 
@@ -67,7 +48,7 @@ async fn a_frame_announcing_four_gib_is_refused_from_its_header() {
     let message = raw.expect_error(0, ErrorCode::FrameTooLarge).await;
     assert!(message.contains("4294967295"), "{message}");
     raw.expect_closed().await;
-    still_serving(&broker).await;
+    broker.assert_serving().await;
     broker.stop().await;
 }
 
@@ -78,7 +59,7 @@ async fn a_length_shorter_than_a_header_closes_the_connection_with_an_error() {
     raw.send_bytes(&[0, 0, 0, 2, 0, 1]).await;
     raw.expect_error(0, ErrorCode::MalformedFrame).await;
     raw.expect_closed().await;
-    still_serving(&broker).await;
+    broker.assert_serving().await;
     broker.stop().await;
 }
 
@@ -97,7 +78,7 @@ async fn a_truncated_frame_waits_for_the_rest() {
     cut.send_bytes(head).await;
     drop(cut);
     raw.expect_alive().await;
-    still_serving(&broker).await;
+    broker.assert_serving().await;
     broker.stop().await;
 }
 
@@ -252,7 +233,7 @@ async fn a_message_over_the_size_limit_is_refused_by_broker_and_client() {
         ),
         "{err}"
     );
-    still_serving(&broker).await;
+    broker.assert_serving().await;
     broker.stop().await;
 }
 

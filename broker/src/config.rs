@@ -92,6 +92,26 @@ pub struct Config {
     #[arg(long, env = "HERALD_RETENTION_CHECK_MS", default_value_t = 1_000)]
     pub retention_check_ms: u64,
 
+    /// Most bytes of frames queued for one connection (record bytes of fetch replies and
+    /// deliveries, plus a little per frame); a client that stops reading stalls itself
+    /// once this much waits for it.
+    #[arg(long, env = "HERALD_MAX_OUTBOUND_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_outbound_bytes: usize,
+
+    /// Most records in one published batch; more are refused with BatchTooLarge.
+    #[arg(long, env = "HERALD_MAX_BATCH_RECORDS", default_value_t = 100_000)]
+    pub max_batch_records: u32,
+
+    /// Most consumers of one group at once (pull members or push subscribers); more are
+    /// refused with TooManyConsumers.
+    #[arg(long, env = "HERALD_MAX_CONSUMERS_PER_GROUP", default_value_t = 1_000)]
+    pub max_consumers_per_group: usize,
+
+    /// How long a new connection has to say `Hello` before it is closed (heartbeats do not
+    /// count), so connections that never finish the handshake hold nothing for long.
+    #[arg(long, env = "HERALD_HELLO_TIMEOUT_MS", default_value_t = 10_000)]
+    pub hello_timeout_ms: u64,
+
     /// How long shutdown waits for requests in flight before closing anyway.
     #[arg(long, env = "HERALD_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
     pub shutdown_timeout_ms: u64,

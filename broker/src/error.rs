@@ -65,6 +65,12 @@ pub enum BrokerError {
     UnknownSubscription(u64),
     #[error("the broker holds its maximum of {0} topics")]
     TooManyTopics(usize),
+    #[error("a topic has at most {max} partitions on this broker, not {asked}")]
+    TooManyPartitions { asked: u32, max: u32 },
+    #[error("a batch of {records} records exceeds the broker's maximum of {max} per publish")]
+    BatchTooLarge { records: u32, max: u32 },
+    #[error("group {group:?} already has the broker's maximum of {max} consumers")]
+    TooManyConsumers { group: String, max: usize },
     #[error("{0}")]
     NotSupported(&'static str),
     #[error("the broker is shutting down")]
@@ -96,6 +102,9 @@ impl BrokerError {
             GroupExists(_) => ErrorCode::GroupExists,
             UnknownSubscription(_) => ErrorCode::UnknownSubscription,
             TooManyTopics(_) => ErrorCode::TooManyTopics,
+            TooManyPartitions { .. } => ErrorCode::TooManyTopics,
+            BatchTooLarge { .. } => ErrorCode::BatchTooLarge,
+            TooManyConsumers { .. } => ErrorCode::TooManyConsumers,
             NotSupported(_) => ErrorCode::NotSupported,
             ShuttingDown => ErrorCode::ShuttingDown,
             Storage(StorageError::Deleted) => ErrorCode::UnknownTopic,

@@ -1,7 +1,7 @@
 //! Starting and stopping a broker: open the store, bind, serve, shut down with a deadline.
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +27,8 @@ pub struct Shared {
     pub next_session: AtomicU64,
     /// Cancelled when the broker starts shutting down.
     pub shutdown: CancellationToken,
+    /// Bytes of frames queued for clients, over every session (see `net::outbound`).
+    pub outbound_bytes: Arc<AtomicU64>,
 }
 
 /// A running broker.
@@ -62,13 +64,19 @@ impl Broker {
         let shutdown = CancellationToken::new();
         let topics = Arc::new(topics);
         let shared = Arc::new(Shared {
-            pull_groups: PullGroups::new(Arc::clone(&store)),
-            push_groups: PushGroups::new(Arc::clone(&store), Arc::clone(&topics), shutdown.clone()),
+            pull_groups: PullGroups::new(Arc::clone(&store), config.max_consumers_per_group),
+            push_groups: PushGroups::new(
+                Arc::clone(&store),
+                Arc::clone(&topics),
+                shutdown.clone(),
+                config.max_consumers_per_group,
+            ),
             store,
             topics,
             config,
             next_session: AtomicU64::new(1),
             shutdown: shutdown.clone(),
+            outbound_bytes: Arc::new(AtomicU64::new(0)),
         });
         let tracker = TaskTracker::new();
         let every = Duration::from_millis(shared.config.retention_check_ms.max(1));
@@ -94,6 +102,11 @@ impl Broker {
     /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Bytes of frames now queued for clients, over every connection.
+    pub fn outbound_bytes(&self) -> u64 {
+        self.shared.outbound_bytes.load(Ordering::Relaxed)
     }
 
     /// Stops accepting, lets sessions finish their requests in flight (up to

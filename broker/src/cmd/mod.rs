@@ -26,7 +26,7 @@ pub struct Context {
     /// The request's correlation id, for handlers that answer by themselves.
     pub correlation_id: u32,
     /// The session's outbound queue, for handlers that answer by themselves.
-    pub out: tokio::sync::mpsc::Sender<herald_protocol::Message>,
+    pub out: crate::net::outbound::Outbound,
 }
 
 /// A handler's answer: ready now, or a future the session runs beside other requests.

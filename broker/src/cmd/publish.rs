@@ -23,6 +23,13 @@ async fn queue(
     BrokerError,
 > {
     let batch = Batch::parse(req.batch).map_err(BrokerError::BadBatch)?;
+    let max = ctx.shared.config.max_batch_records;
+    if batch.record_count > max {
+        return Err(BrokerError::BatchTooLarge {
+            records: batch.record_count,
+            max,
+        });
+    }
     let topic = ctx.shared.topics.get_or_create(&req.topic).await?;
     let partition = (req.partition != ANY_PARTITION).then_some(req.partition);
     let producer = (req.producer_id != 0).then_some(ProducerBatch {

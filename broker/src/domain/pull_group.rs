@@ -103,10 +103,12 @@ pub struct PullGroups {
     /// Makes generated member ids unique across broker restarts.
     incarnation: u64,
     next_member: AtomicU64,
+    /// Most members of one group (`--max-consumers-per-group`).
+    max_members: usize,
 }
 
 impl PullGroups {
-    pub fn new(store: Arc<Store>) -> Self {
+    pub fn new(store: Arc<Store>, max_members: usize) -> Self {
         let incarnation = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as u64);
@@ -116,6 +118,7 @@ impl PullGroups {
             creating: Arc::new(Mutex::new(())),
             incarnation,
             next_member: AtomicU64::new(1),
+            max_members,
         }
     }
 
@@ -144,6 +147,13 @@ impl PullGroups {
         self.load(topic, group, Some(start)).await?;
         let mut groups = self.lock();
         let state = state_of(&mut groups, topic, group)?;
+        let members = state.membership.members().count();
+        if state.membership.member(&member_id).is_none() && members >= self.max_members {
+            return Err(BrokerError::TooManyConsumers {
+                group: group.to_string(),
+                max: self.max_members,
+            });
+        }
         state.membership.join(
             &member_id,
             Member {

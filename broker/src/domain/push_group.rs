@@ -148,10 +148,17 @@ pub struct PushGroups {
     subscriptions: Subscriptions,
     next_subscription: AtomicU64,
     shutdown: CancellationToken,
+    /// Most subscriptions of one group (`--max-consumers-per-group`).
+    max_subscribers: usize,
 }
 
 impl PushGroups {
-    pub fn new(store: Arc<Store>, topics: Arc<Topics>, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        store: Arc<Store>,
+        topics: Arc<Topics>,
+        shutdown: CancellationToken,
+        max_subscribers: usize,
+    ) -> Self {
         PushGroups {
             store,
             topics,
@@ -160,6 +167,7 @@ impl PushGroups {
             subscriptions: Subscriptions::default(),
             next_subscription: AtomicU64::new(1),
             shutdown,
+            max_subscribers,
         }
     }
 
@@ -341,6 +349,7 @@ impl PushGroups {
             topics: Arc::clone(&self.topics),
             parts,
             subs: BTreeMap::new(),
+            max_subs: self.max_subscribers,
             served: 0,
             next_part: 0,
             timers: BTreeSet::new(),
@@ -586,6 +595,8 @@ struct Dispatcher {
     topics: Arc<Topics>,
     parts: Vec<Part>,
     subs: BTreeMap<u64, Sub>,
+    /// Most subscriptions at once (`--max-consumers-per-group`).
+    max_subs: usize,
     /// The subscription served last, for round-robin.
     served: u64,
     /// The partition to look at first next time, for round-robin.
@@ -645,6 +656,13 @@ impl Dispatcher {
     async fn handle(&mut self, command: Command) {
         match command {
             Command::Subscribe { id, request, reply } => {
+                if self.subs.len() >= self.max_subs {
+                    let _ = reply.send(Err(BrokerError::TooManyConsumers {
+                        group: self.group.clone(),
+                        max: self.max_subs,
+                    }));
+                    return;
+                }
                 let capacity = request.prefetch_count as usize;
                 let (tx, deliveries) = mpsc::channel(capacity);
                 let inbox = self.inbox.upgrade();

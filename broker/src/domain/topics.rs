@@ -97,11 +97,16 @@ impl Topics {
         if !valid_name(name) {
             return Err(BrokerError::InvalidTopicName(name.to_string()));
         }
-        if partitions == 0 || partitions > self.limits.max_partitions {
-            return Err(BrokerError::InvalidArgument(format!(
-                "a topic has 1 to {} partitions, not {partitions}",
-                self.limits.max_partitions
-            )));
+        if partitions == 0 {
+            return Err(BrokerError::InvalidArgument(
+                "a topic has at least one partition".into(),
+            ));
+        }
+        if partitions > self.limits.max_partitions {
+            return Err(BrokerError::TooManyPartitions {
+                asked: partitions,
+                max: self.limits.max_partitions,
+            });
         }
         let _changing = self.changing.lock().await;
         {

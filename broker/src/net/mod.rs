@@ -1,4 +1,5 @@
 //! The network edge: accepting connections and serving one client's session.
 
 pub mod listener;
+pub mod outbound;
 pub mod session;

@@ -27,6 +27,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::cmd::{self, Reply};
+use crate::net::outbound::{Outbound, Queued, Ticket};
 use crate::server::Shared;
 
 /// Serves one connection until the client leaves, the stream breaks, or shutdown.
@@ -52,7 +53,11 @@ async fn serve_session(
 ) {
     tracing::debug!("connected");
     let (read, write) = stream.into_split();
-    let (out, outbound) = mpsc::channel(shared.config.outbound_queue.max(1));
+    let (out, outbound) = Outbound::new(
+        shared.config.outbound_queue,
+        shared.config.max_outbound_bytes,
+        Arc::clone(&shared.outbound_bytes),
+    );
     let (timeout_ms, heartbeat_ms) = shared.config.grant_session(0, 0);
     let heartbeat = Arc::new(AtomicU64::new(u64::from(heartbeat_ms)));
     let writer = tokio::spawn(write_loop(
@@ -100,7 +105,7 @@ struct Session {
     id: u64,
     peer: SocketAddr,
     shared: Arc<Shared>,
-    out: mpsc::Sender<Message>,
+    out: Outbound,
     in_flight: Arc<Semaphore>,
     requests: TaskTracker,
     /// Cancelled when the client has gone, so its long-polls end with it.
@@ -119,10 +124,17 @@ impl Session {
         shutdown: &CancellationToken,
     ) -> &'static str {
         let mut frames = FramedRead::new(read, FrameCodec::new(self.shared.config.max_frame_bytes));
+        let hello_limit = Duration::from_millis(self.shared.config.hello_timeout_ms.max(1));
+        let hello_by = tokio::time::Instant::now() + hello_limit;
         loop {
             let timeout = self.timeout;
             let next = tokio::select! {
                 _ = shutdown.cancelled() => return "shutdown",
+                _ = tokio::time::sleep_until(hello_by), if !self.greeted => {
+                    let message = format!("no Hello within {hello_limit:?}");
+                    self.reply(0, ErrorFrame::new(ErrorCode::HelloRequired, message).into()).await;
+                    return "no hello";
+                }
                 next = tokio::time::timeout(timeout, frames.next()) => match next {
                     Ok(next) => next,
                     Err(_) => {
@@ -283,22 +295,28 @@ impl Session {
 /// whenever nothing else was sent for one interval.
 async fn write_loop(
     write: OwnedWriteHalf,
-    mut outbound: mpsc::Receiver<Message>,
+    mut outbound: mpsc::Receiver<Queued>,
     max_frame_bytes: u32,
     heartbeat: Arc<AtomicU64>,
 ) {
     let mut sink = FramedWrite::new(write, FrameCodec::new(max_frame_bytes));
+    // Frames fed but not yet flushed keep their share of the byte budget until they are.
+    let mut unflushed: Vec<Ticket> = Vec::new();
     loop {
         let every = Duration::from_millis(heartbeat.load(Ordering::Relaxed).max(1));
         let message = match tokio::time::timeout(every, outbound.recv()).await {
-            Ok(Some(message)) => message,
+            Ok(Some(Queued { message, ticket })) => {
+                unflushed.push(ticket);
+                message
+            }
             Ok(None) => break,
             Err(_) => Message::new(0, Heartbeat {}),
         };
         if sink.feed(message).await.is_err() {
             return;
         }
-        while let Ok(message) = outbound.try_recv() {
+        while let Ok(Queued { message, ticket }) = outbound.try_recv() {
+            unflushed.push(ticket);
             if sink.feed(message).await.is_err() {
                 return;
             }
@@ -306,6 +324,7 @@ async fn write_loop(
         if sink.flush().await.is_err() {
             return;
         }
+        unflushed.clear();
     }
     let _ = sink.close().await;
 }
