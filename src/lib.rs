@@ -143,6 +143,25 @@ impl BrokerProcess {
         self.addr
     }
 
+    /// Sends it a signal by name (`-TERM`, `-INT`, `-STOP`, ...).
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().expect("running").to_string();
+        let status = std::process::Command::new("kill")
+            .args([name, &pid])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {name} {pid}");
+    }
+
+    /// Waits until it exits, at most `limit`; returns its exit code (`None`: by a signal).
+    pub async fn exit_code(mut self, limit: Duration) -> Option<i32> {
+        let status = tokio::time::timeout(limit, self.child.wait())
+            .await
+            .expect("the broker exits in time")
+            .expect("reaped");
+        status.code()
+    }
+
     /// Kills it with SIGKILL and waits until it is gone.
     pub async fn kill(mut self) {
         self.child.start_kill().expect("kill");

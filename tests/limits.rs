@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use herald_client::{ErrorCode, PullConsumerConfig, PushConsumerConfig, Record};
+use herald_client::{ErrorCode, PullConsumerConfig, PushConsumerConfig, Record, Retention};
 use herald_protocol::{encode_batch, Fetch, Frame, Heartbeat, Publish, StartPosition, Subscribe};
 use herald_suite::{Raw, TestBroker};
 
@@ -220,6 +220,63 @@ async fn a_client_dribbling_one_byte_at_a_time_is_timed_out() {
     raw.expect_closed().await;
     let took = started.elapsed();
     assert!(took < Duration::from_secs(3), "{took:?}");
+    broker.assert_serving().await;
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_quota_refuses_publishes_while_reading_goes_on_until_retention_frees_space() {
+    const QUOTA: u64 = 64 * 1024;
+    let broker = TestBroker::start_with(|c| {
+        c.max_disk_bytes = QUOTA;
+        c.retention_check_ms = 100;
+    })
+    .await;
+    let client = broker.client().await;
+    let retention = Retention {
+        max_age_ms: 1_500,
+        ..Retention::default()
+    };
+    client
+        .create_topic_with("full", 1, retention)
+        .await
+        .unwrap();
+    let producer = client.producer();
+    let mut stored = 0u64;
+    let err = loop {
+        match producer.send("full", Record::new(vec![b'r'; 1024])).await {
+            Ok(confirm) => {
+                assert_eq!(confirm.offset, stored);
+                stored += 1;
+                assert!(stored < 1_000, "the quota never applied");
+            }
+            Err(err) => break err,
+        }
+    };
+    assert_eq!(err.code(), Some(ErrorCode::StorageFull), "{err}");
+    assert!(
+        stored >= 50,
+        "only {stored} records before the quota of {QUOTA} bytes"
+    );
+    // Consumers keep reading everything stored.
+    let mut request = herald_client::FetchRequest::new("full", 0, 0);
+    request.max_messages = 1_000;
+    let fetched = client.fetch(request).await.unwrap();
+    assert_eq!(fetched.records.len() as u64, stored);
+    // Once retention has dropped the old records, publishing resumes (the same producer:
+    // its refused batch left no gap in its numbering).
+    let started = Instant::now();
+    let confirm = loop {
+        match producer.send("full", Record::new("after")).await {
+            Ok(confirm) => break confirm,
+            Err(err) => {
+                assert_eq!(err.code(), Some(ErrorCode::StorageFull), "{err}");
+                assert!(started.elapsed() < Duration::from_secs(10), "never freed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(confirm.offset, stored, "offsets go on where they stopped");
     broker.assert_serving().await;
     broker.stop().await;
 }

@@ -98,6 +98,12 @@ pub struct Config {
     #[arg(long, env = "HERALD_MAX_OUTBOUND_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_outbound_bytes: usize,
 
+    /// Most bytes of stored record batches over all topics (0 = no quota). Publishes that
+    /// would go beyond fail with StorageFull; reading goes on, and publishing resumes once
+    /// retention or topic deletion frees space. sled's files take about 1.4 times this.
+    #[arg(long, env = "HERALD_MAX_DISK_BYTES", default_value_t = 0)]
+    pub max_disk_bytes: u64,
+
     /// Most records in one published batch; more are refused with BatchTooLarge.
     #[arg(long, env = "HERALD_MAX_BATCH_RECORDS", default_value_t = 100_000)]
     pub max_batch_records: u32,

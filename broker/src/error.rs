@@ -65,6 +65,8 @@ pub enum BrokerError {
     UnknownSubscription(u64),
     #[error("the broker holds its maximum of {0} topics")]
     TooManyTopics(usize),
+    #[error("the store holds {used} bytes of records; {more} more would pass the quota of {max} (--max-disk-bytes)")]
+    StorageFull { used: u64, more: u64, max: u64 },
     #[error("a topic has at most {max} partitions on this broker, not {asked}")]
     TooManyPartitions { asked: u32, max: u32 },
     #[error("a batch of {records} records exceeds the broker's maximum of {max} per publish")]
@@ -103,6 +105,7 @@ impl BrokerError {
             UnknownSubscription(_) => ErrorCode::UnknownSubscription,
             TooManyTopics(_) => ErrorCode::TooManyTopics,
             TooManyPartitions { .. } => ErrorCode::TooManyTopics,
+            StorageFull { .. } => ErrorCode::StorageFull,
             BatchTooLarge { .. } => ErrorCode::BatchTooLarge,
             TooManyConsumers { .. } => ErrorCode::TooManyConsumers,
             NotSupported(_) => ErrorCode::NotSupported,

@@ -23,6 +23,15 @@ async fn queue(
     BrokerError,
 > {
     let batch = Batch::parse(req.batch).map_err(BrokerError::BadBatch)?;
+    let quota = ctx.shared.config.max_disk_bytes;
+    let (used, more) = (ctx.shared.store.stored_bytes(), batch.encoded_len() as u64);
+    if quota > 0 && used + more > quota {
+        return Err(BrokerError::StorageFull {
+            used,
+            more,
+            max: quota,
+        });
+    }
     let max = ctx.shared.config.max_batch_records;
     if batch.record_count > max {
         return Err(BrokerError::BatchTooLarge {

@@ -27,6 +27,8 @@ pub struct PartitionLog {
     write_next: AtomicU64,
     first: AtomicU64,
     bytes: AtomicU64,
+    /// The store's total of stored batch bytes, which this log's size is part of.
+    total: Arc<AtomicU64>,
     appended: tokio::sync::Notify,
     /// Set when its topic is deleted: later appends fail, nothing more is saved.
     retired: AtomicBool,
@@ -61,7 +63,11 @@ impl PartitionLog {
     /// Opens a log over `tree`, recovering its bounds. The saved bounds keep offsets from
     /// restarting when retention emptied the log; the stored batches are the truth for
     /// anything the saved bounds do not cover yet. Blocks.
-    pub(super) fn open(tree: sled::Tree, bounds: sled::Tree) -> Result<PartitionLog, StorageError> {
+    pub(super) fn open(
+        tree: sled::Tree,
+        bounds: sled::Tree,
+        total: Arc<AtomicU64>,
+    ) -> Result<PartitionLog, StorageError> {
         let saved = match bounds.get(tree.name())? {
             Some(value) => Bounds::decode(&value)?,
             None => Bounds::default(),
@@ -74,9 +80,11 @@ impl PartitionLog {
             Some((_, value)) => parse(value)?.base_offset,
             None => next,
         };
+        total.fetch_add(saved.bytes, Ordering::Relaxed);
         Ok(PartitionLog {
             tree,
             bounds,
+            total,
             next: AtomicU64::new(next),
             write_next: AtomicU64::new(next),
             first: AtomicU64::new(first),
@@ -180,6 +188,7 @@ impl PartitionLog {
     pub(super) fn retire(&self) -> Result<(), StorageError> {
         self.retired.store(true, Ordering::Release);
         self.tree.clear()?;
+        self.shrink(self.size_bytes());
         self.bounds.remove(self.tree.name())?;
         Ok(())
     }
@@ -212,7 +221,7 @@ impl PartitionLog {
         self.tree.insert(key(base_offset), stored)?;
         self.write_next
             .store(base_offset + u64::from(count), Ordering::Relaxed);
-        self.bytes.fetch_add(stored.len() as u64, Ordering::Relaxed);
+        self.grow(stored.len() as u64);
         Ok(())
     }
 
@@ -273,8 +282,18 @@ impl PartitionLog {
         self.tree.insert(key(base_offset), stored)?;
         self.write_next
             .store(base_offset + u64::from(count), Ordering::Relaxed);
-        self.bytes.fetch_add(stored.len() as u64, Ordering::Relaxed);
+        self.grow(stored.len() as u64);
         Ok(())
+    }
+
+    fn grow(&self, bytes: u64) {
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.total.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn shrink(&self, bytes: u64) {
+        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+        self.total.fetch_sub(bytes, Ordering::Relaxed);
     }
 
     /// Called by the writer thread: deletes whole stored batches from the head while the
@@ -299,7 +318,7 @@ impl PartitionLog {
                 break;
             }
             self.tree.remove(key)?;
-            self.bytes.fetch_sub(size, Ordering::Relaxed);
+            self.shrink(size);
             self.first.store(head.next_offset(), Ordering::Release);
             trimmed = true;
         }

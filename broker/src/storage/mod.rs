@@ -29,6 +29,7 @@ mod records;
 mod sync;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub use commit::{Appended, Durability, FsyncPolicy};
@@ -100,6 +101,8 @@ pub struct Store {
     /// Push groups' ack state per partition (see `domain::ack_state`).
     acks: sled::Tree,
     writer: CommitWriter,
+    /// Bytes of stored record batches over every open log (what `--max-disk-bytes` caps).
+    stored_bytes: Arc<AtomicU64>,
 }
 
 impl Store {
@@ -124,7 +127,14 @@ impl Store {
             marks,
             db,
             writer,
+            stored_bytes: Arc::new(AtomicU64::new(0)),
         }))
+    }
+
+    /// Bytes of stored record batches in every open partition log: what retention frees.
+    /// sled's own files are larger (its log and index; see the README's space figures).
+    pub fn stored_bytes(&self) -> u64 {
+        self.stored_bytes.load(Ordering::Relaxed)
     }
 
     /// Every stored topic. Blocks.
@@ -164,7 +174,8 @@ impl Store {
             .map(|p| {
                 let name = log_tree_name(topic.id, p);
                 let tree = self.db.open_tree(&name)?;
-                let log = PartitionLog::open(tree, self.bounds.clone())?;
+                let log =
+                    PartitionLog::open(tree, self.bounds.clone(), Arc::clone(&self.stored_bytes))?;
                 producers::repair(&log)?;
                 match self.marks.get(&name) {
                     Some(&synced) if log.next_offset() < synced => {
