@@ -143,6 +143,17 @@ impl BrokerProcess {
         self.addr
     }
 
+    /// Its resident memory in KiB, read from `/proc`.
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.child.id().expect("running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/<pid>/status")
+    }
+
     /// Sends it a signal by name (`-TERM`, `-INT`, `-STOP`, ...).
     pub fn signal(&self, name: &str) {
         let pid = self.child.id().expect("running").to_string();
