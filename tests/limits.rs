@@ -280,3 +280,48 @@ async fn a_full_disk_quota_refuses_publishes_while_reading_goes_on_until_retenti
     broker.assert_serving().await;
     broker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_flood_past_the_limit_is_refused_and_its_slots_come_back() {
+    let broker = TestBroker::start_with(|c| {
+        c.max_connections = 50;
+        c.hello_timeout_ms = 1_000;
+    })
+    .await;
+    let existing = broker.client().await;
+    let mut flood = Vec::new();
+    for _ in 0..149 {
+        flood.push(Raw::connect(broker.addr()).await);
+    }
+    // 49 more fit beside the existing session; the other 100 are refused with a reason.
+    for raw in &mut flood[49..] {
+        raw.expect_error(0, ErrorCode::TooManyConnections).await;
+        raw.expect_closed().await;
+    }
+    existing
+        .list_topics()
+        .await
+        .expect("existing sessions keep working");
+    // The flood never says Hello: it is closed, and its slots are free again.
+    for raw in &mut flood[..49] {
+        raw.expect_error(0, ErrorCode::HelloRequired).await;
+        raw.expect_closed().await;
+    }
+    let started = Instant::now();
+    let mut clients = Vec::new();
+    while clients.len() < 49 {
+        match herald_client::Client::connect(broker.addr()).await {
+            Ok(client) => clients.push(client),
+            Err(err) => {
+                assert_eq!(err.code(), Some(ErrorCode::TooManyConnections), "{err}");
+                assert!(
+                    started.elapsed() < Duration::from_secs(3),
+                    "slots not freed"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    clients[48].list_topics().await.unwrap();
+    broker.stop().await;
+}
