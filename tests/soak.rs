@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use herald_client::{
-    Client, ConnectOptions, FetchRequest, PullConsumerConfig, PushConsumerConfig, Record,
+    Client, ConnectOptions, FetchRequest, PullConsumerConfig, PushConsumerConfig, Record, Retention,
 };
 use herald_suite::BrokerProcess;
 
@@ -23,6 +23,8 @@ const PRODUCERS: usize = 16;
 const PUSHERS: usize = 17;
 const PULLERS: usize = 17;
 const PARTITIONS: u32 = 4;
+/// Records kept per partition.
+const RETAINED: u64 = 50_000;
 
 /// (partition, offset)
 type Position = (u32, u64);
@@ -187,7 +189,16 @@ async fn soak(duration: Duration) {
     .await;
     let addr = broker.addr();
     let admin = Client::connect(addr).await.unwrap();
-    admin.create_topic("soak", PARTITIONS).await.unwrap();
+    // Retention keeps the stored data bounded, as on a broker left running: memory that
+    // still grows then is a leak, not the data.
+    let retention = Retention {
+        max_messages: RETAINED,
+        ..Retention::default()
+    };
+    admin
+        .create_topic_with("soak", PARTITIONS, retention)
+        .await
+        .unwrap();
     let tally = Arc::new(Tally::default());
     let mut workers = Vec::new();
     for w in 0..PRODUCERS {
@@ -232,29 +243,37 @@ async fn soak(duration: Duration) {
     );
     assert!(tally.disconnects.load(Ordering::Relaxed) >= 50);
 
-    // Confirmed records are stored where their confirms say.
-    let mut stored: BTreeMap<u32, Vec<String>> = BTreeMap::new();
-    for p in 0..PARTITIONS {
-        let mut payloads = Vec::new();
+    // Confirmed records are stored where their confirms say (those retention kept).
+    let info = admin.describe_topic("soak").await.unwrap();
+    let first: BTreeMap<u32, u64> = info
+        .partitions
+        .iter()
+        .map(|p| (p.partition, p.first_offset))
+        .collect();
+    let mut stored: BTreeMap<Position, String> = BTreeMap::new();
+    for (&p, &from) in &first {
+        let mut offset = from;
         loop {
-            let mut request = FetchRequest::new("soak", p, payloads.len() as u64);
+            let mut request = FetchRequest::new("soak", p, offset);
             request.max_messages = 10_000;
             let fetched = admin.fetch(request).await.unwrap();
-            if fetched.records.is_empty() {
+            let Some(last) = fetched.records.last() else {
                 break;
+            };
+            offset = last.offset + 1;
+            for r in fetched.records {
+                let payload = String::from_utf8(r.record.payload.to_vec()).unwrap();
+                stored.insert((p, r.offset), payload);
             }
-            payloads.extend(
-                fetched
-                    .records
-                    .into_iter()
-                    .map(|r| String::from_utf8(r.record.payload.to_vec()).unwrap()),
-            );
         }
-        stored.insert(p, payloads);
     }
-    for ((p, offset), payload) in &confirmed {
+    let retained: Vec<&(Position, String)> = confirmed
+        .iter()
+        .filter(|((p, offset), _)| *offset >= first[p])
+        .collect();
+    for ((p, offset), payload) in &retained {
         assert_eq!(
-            stored[p].get(*offset as usize),
+            stored.get(&(*p, *offset)),
             Some(payload),
             "confirmed record {p}:{offset} lost"
         );
@@ -271,7 +290,7 @@ async fn soak(duration: Duration) {
             partition.partition
         );
     }
-    for ((p, offset), _) in &confirmed {
+    for ((p, offset), _) in &retained {
         assert!(
             pulled.contains(&(*p, *offset)),
             "pull group never saw {p}:{offset}"

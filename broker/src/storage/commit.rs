@@ -304,7 +304,12 @@ impl Writer {
                         done.push(Done::Append { log, reply, result });
                     }
                     Op::Trim { log, policy, reply } => {
-                        let result = log.trim(&policy, now_ms());
+                        let result = log.trim(&policy, now_ms()).and_then(|trimmed| {
+                            if trimmed {
+                                self.producers.forget_trimmed(&log)?;
+                            }
+                            Ok(trimmed)
+                        });
                         trimmed |= matches!(result, Ok(true));
                         touch(&mut self.unsaved, &log);
                         done.push(Done::Trim { log, reply, result });

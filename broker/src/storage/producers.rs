@@ -19,6 +19,10 @@ use super::{PartitionLog, StorageError};
 /// Batches remembered per producer and partition.
 pub(super) const KEEP: usize = 16;
 
+/// Producer states kept in memory; past this the cache starts over (states reload from
+/// the store when next used), so short-lived producers cost no memory for long.
+const CACHE_ENTRIES: usize = 4096;
+
 /// Who appends, and the batch's number for this partition (from 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProducerBatch {
@@ -152,6 +156,27 @@ impl Producers {
         self.cache.insert((log.name(), producer_id), recent);
     }
 
+    /// Forgets the producers of `log` whose remembered batches retention has all deleted:
+    /// a resend of those could not be answered with records anyway, and a producer still
+    /// alive simply continues (a producer without state may start at any number). Keeps
+    /// the states of producers that come and go from piling up.
+    pub(super) fn forget_trimmed(&mut self, log: &PartitionLog) -> Result<(), StorageError> {
+        let head = log.first_offset();
+        let name = log.name();
+        for (producer_id, value) in log.producer_states()? {
+            let recent = Recent::decode(&value)?;
+            let behind = recent
+                .0
+                .back()
+                .is_none_or(|&(_, base, count)| base + u64::from(count) <= head);
+            if behind {
+                log.set_producer_state(producer_id, None)?;
+                self.cache.remove(&(name.clone(), producer_id));
+            }
+        }
+        Ok(())
+    }
+
     /// Forgets every producer of a deleted log (the log's own tree is cleared with it).
     pub(super) fn forget(&mut self, log: &str) -> Result<(), StorageError> {
         self.cache.retain(|(name, _), _| name != log);
@@ -164,6 +189,9 @@ impl Producers {
     fn recent(&mut self, log: &PartitionLog, producer_id: u64) -> Result<&Recent, StorageError> {
         let entry = (log.name(), producer_id);
         if !self.cache.contains_key(&entry) {
+            if self.cache.len() >= CACHE_ENTRIES {
+                self.cache.clear();
+            }
             let stored = match log.producer_state(producer_id)? {
                 Some(value) => Some(value),
                 None => self.legacy.get(legacy_key(&entry.0, producer_id))?,

@@ -106,6 +106,45 @@ async fn a_producer_state_written_just_before_a_crash_lost_its_batch_is_repaired
 }
 
 #[tokio::test]
+async fn retention_forgets_producers_whose_batches_it_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+    let (_, logs) = store
+        .create_topic("t", 1, RetentionPolicy::default())
+        .unwrap();
+    let log = &logs[0];
+    let numbered = |producer_id, sequence| ProducerBatch {
+        producer_id,
+        sequence,
+    };
+    let gone = store.append_as(log, batch(&["a", "b"]), numbered(1, 1));
+    gone.await.unwrap().unwrap();
+    let kept = store.append_as(log, batch(&["c"]), numbered(2, 1));
+    kept.await.unwrap().unwrap();
+    let policy = RetentionPolicy {
+        max_messages: 1,
+        ..RetentionPolicy::default()
+    };
+    assert!(store.trim(log, policy).await.unwrap().unwrap());
+    let left: Vec<u64> = log
+        .producer_states()
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(
+        left,
+        [2],
+        "producer 1's only batch was deleted, producer 2's was not"
+    );
+    // Producer 2 is still deduplicated; producer 1 simply goes on.
+    let again = store.append_as(log, batch(&["c"]), numbered(2, 1));
+    assert_eq!(again.await.unwrap().unwrap().base_offset, 2);
+    let next = store.append_as(log, batch(&["d"]), numbered(1, 2));
+    assert_eq!(next.await.unwrap().unwrap().base_offset, 3);
+}
+
+#[tokio::test]
 async fn deleting_a_topic_removes_its_logs_and_offsets() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
