@@ -249,9 +249,11 @@ impl PushGroups {
     }
 
     /// A session ended: its subscriptions end and their deliveries go back at once.
-    pub fn session_closed(&self, session: u64) {
+    pub async fn session_closed(&self, session: u64) {
+        // Waits for room in a busy dispatcher's inbox: dropping this would leave the
+        // session's subscriptions, and their deliveries, in place until ack deadlines.
         for dispatcher in self.all() {
-            let _ = dispatcher.try_send(Command::SessionClosed { session });
+            let _ = dispatcher.send(Command::SessionClosed { session }).await;
         }
     }
 

@@ -88,7 +88,7 @@ async fn serve_session(
     session.requests.wait().await;
     // Only now, with none of its requests still running, can its memberships go.
     session.shared.pull_groups.session_closed(id);
-    session.shared.push_groups.session_closed(id);
+    session.shared.push_groups.session_closed(id).await;
     if shutdown.is_cancelled() {
         let going = GoingAway {
             reconnect_after_ms: 1000,
