@@ -5,6 +5,7 @@
 //! `soak_briefly` runs in CI. The long run is ignored by default:
 //!
 //! ```sh
+//! cargo build --release --workspace     # the test starts target/release/herald-broker
 //! HERALD_SOAK_SECS=600 cargo test --release --test soak -- --ignored --nocapture
 //! ```
 
