@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use herald_broker::{Broker, Config};
-use herald_client::{Client, ErrorCode};
+use herald_client::{Client, ConnectionEvent, ErrorCode};
 use herald_protocol::{Frame, FrameCodec, Hello, ListTopics, Message, RawFrame};
 use tempfile::TempDir;
 use tokio::io::AsyncWriteExt;
@@ -178,6 +178,55 @@ impl BrokerProcess {
         self.child.start_kill().expect("kill");
         self.child.wait().await.expect("reaped");
     }
+}
+
+/// Waits up to `limit` for the client's next `Disconnected` event (skipping others) and
+/// returns its reason.
+pub async fn disconnected(
+    events: &mut tokio::sync::broadcast::Receiver<ConnectionEvent>,
+    limit: Duration,
+) -> String {
+    next_event(events, limit, |event| match event {
+        ConnectionEvent::Disconnected { reason, .. } => Some(reason),
+        _ => None,
+    })
+    .await
+}
+
+/// Waits up to `limit` for the client's next `Connected` event (skipping others) and
+/// returns its epoch.
+pub async fn reconnected(
+    events: &mut tokio::sync::broadcast::Receiver<ConnectionEvent>,
+    limit: Duration,
+) -> u64 {
+    next_event(events, limit, |event| match event {
+        ConnectionEvent::Connected { epoch, .. } => Some(epoch),
+        _ => None,
+    })
+    .await
+}
+
+async fn next_event<T>(
+    events: &mut tokio::sync::broadcast::Receiver<ConnectionEvent>,
+    limit: Duration,
+    mut pick: impl FnMut(ConnectionEvent) -> Option<T>,
+) -> T {
+    let wait = async {
+        loop {
+            match events.recv().await {
+                Ok(event) => {
+                    if let Some(found) = pick(event) {
+                        return found;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(err) => panic!("no more connection events: {err}"),
+            }
+        }
+    };
+    tokio::time::timeout(limit, wait)
+        .await
+        .unwrap_or_else(|_| panic!("the connection event did not come within {limit:?}"))
 }
 
 /// A hand-driven connection, for sending what no well-behaved client would, or for a

@@ -8,10 +8,9 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use herald_client::{
-    Client, ConnectOptions, ConnectionEvent, PullConsumerConfig, PushConsumerConfig, Reconnect,
-    Record,
+    Client, ConnectOptions, PullConsumerConfig, PushConsumerConfig, Reconnect, Record,
 };
-use herald_suite::{binary, TestBroker};
+use herald_suite::{binary, disconnected, reconnected, TestBroker};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
@@ -331,13 +330,7 @@ async fn a_client_reconnects_through_a_proxy_that_went_silent() {
     proxy.blackhole.store(true, Ordering::Relaxed);
     let cut_at = Instant::now();
     let limit = TIMEOUT + INTERVAL + Duration::from_millis(500);
-    let reason = loop {
-        match tokio::time::timeout(limit, events.recv()).await {
-            Ok(Ok(ConnectionEvent::Disconnected { reason, .. })) => break reason,
-            Ok(Ok(_)) => {}
-            other => panic!("the client did not notice: {other:?}"),
-        }
-    };
+    let reason = disconnected(&mut events, limit).await;
     let took = cut_at.elapsed();
     // Whichever side times out first: the client itself, or the broker (its close
     // reaches the client as the proxy's FIN).
@@ -350,16 +343,7 @@ async fn a_client_reconnects_through_a_proxy_that_went_silent() {
     // Attempts through the silent proxy time out; once it forwards again, one gets through.
     tokio::time::sleep(Duration::from_secs(1)).await;
     proxy.blackhole.store(false, Ordering::Relaxed);
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), events.recv()).await {
-            Ok(Ok(ConnectionEvent::Connected { epoch, .. })) => {
-                assert_eq!(epoch, 2);
-                break;
-            }
-            Ok(Ok(_)) => {}
-            other => panic!("the client did not come back: {other:?}"),
-        }
-    }
+    assert_eq!(reconnected(&mut events, Duration::from_secs(10)).await, 2);
     // The push consumer subscribed again and gets what is published now.
     publish(&admin, "wire", 1, 1).await;
     let next = tokio::time::timeout(Duration::from_secs(10), consumer.next())

@@ -12,7 +12,7 @@ use herald_client::{
     Client, ConnectOptions, ConnectionEvent, FetchRequest, PullConsumerConfig, PushConsumerConfig,
     Reconnect, Record,
 };
-use herald_suite::BrokerProcess;
+use herald_suite::{disconnected, reconnected, BrokerProcess};
 use tokio::sync::broadcast;
 
 /// Quick reconnection, so the tests do not wait on the default backoff.
@@ -324,13 +324,7 @@ async fn a_graceful_shutdown_sends_clients_away_without_a_timeout() {
 
     let stopping = Instant::now();
     first.shutdown().await.unwrap();
-    let reason = loop {
-        match tokio::time::timeout(Duration::from_secs(5), events.recv()).await {
-            Ok(Ok(ConnectionEvent::Disconnected { reason, .. })) => break reason,
-            Ok(Ok(_)) => {}
-            other => panic!("no disconnect: {other:?}"),
-        }
-    };
+    let reason = disconnected(&mut events, Duration::from_secs(5)).await;
     assert!(reason.contains("going away"), "{reason}");
     assert!(
         stopping.elapsed() < timeout / 2,
@@ -346,16 +340,7 @@ async fn a_graceful_shutdown_sends_clients_away_without_a_timeout() {
     let mut config = config;
     config.listen = addr;
     let second = herald_broker::Broker::start(config).await.unwrap();
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), events.recv()).await {
-            Ok(Ok(ConnectionEvent::Connected { epoch, .. })) => {
-                assert_eq!(epoch, 2);
-                break;
-            }
-            Ok(Ok(_)) => {}
-            other => panic!("no reconnect: {other:?}"),
-        }
-    }
+    assert_eq!(reconnected(&mut events, Duration::from_secs(10)).await, 2);
     client.list_topics().await.unwrap();
     second.shutdown().await.unwrap();
 }

@@ -4,9 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use herald_client::{Client, ConnectOptions, ConnectionEvent, FetchRequest, Record};
+use herald_client::{Client, ConnectOptions, FetchRequest, Record};
 use herald_protocol::Fetch;
-use herald_suite::{BrokerProcess, Raw};
+use herald_suite::{disconnected, BrokerProcess, Raw};
 
 async fn publish(client: &Client, n: usize) {
     let records = (0..n).map(|i| Record::new(format!("{i:>1024}"))).collect();
@@ -43,13 +43,7 @@ async fn sigterm_tells_clients_ends_long_polls_flushes_and_exits_zero() {
 
     let started = Instant::now();
     broker.signal("-TERM");
-    let told = loop {
-        match tokio::time::timeout(Duration::from_secs(5), events.recv()).await {
-            Ok(Ok(ConnectionEvent::Disconnected { reason, .. })) => break reason,
-            Ok(Ok(_)) => {}
-            other => panic!("no disconnect: {other:?}"),
-        }
-    };
+    let told = disconnected(&mut events, Duration::from_secs(5)).await;
     assert!(told.contains("going away"), "{told}");
     let answered = tokio::time::timeout(Duration::from_secs(5), waiting)
         .await
