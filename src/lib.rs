@@ -335,3 +335,74 @@ impl Raw {
         ));
     }
 }
+
+/// A TCP proxy in front of a broker that counts the frames clients send through it, by
+/// opcode, so tests can see how a client turns calls into requests.
+pub struct FrameTap {
+    addr: SocketAddr,
+    counts: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<u16, u64>>>,
+}
+
+impl FrameTap {
+    /// Starts a proxy to `target` on `127.0.0.1:0`.
+    pub async fn start(target: SocketAddr) -> FrameTap {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binds");
+        let addr = listener.local_addr().expect("bound");
+        let counts = std::sync::Arc::default();
+        let tally = std::sync::Arc::clone(&counts);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(broker) = TcpStream::connect(target).await else {
+                    return;
+                };
+                let (client_read, mut client_write) = client.into_split();
+                let (mut broker_read, broker_write) = broker.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut broker_read, &mut client_write).await;
+                });
+                tokio::spawn(count_frames(
+                    client_read,
+                    broker_write,
+                    std::sync::Arc::clone(&tally),
+                ));
+            }
+        });
+        FrameTap { addr, counts }
+    }
+
+    /// Where clients connect.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Frames with `opcode` sent so far, by every client of the tap.
+    pub fn count(&self, opcode: herald_protocol::Opcode) -> u64 {
+        let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        counts.get(&(opcode as u16)).copied().unwrap_or(0)
+    }
+}
+
+/// Forwards a client's frames, counting them (a tap for well-behaved clients: a frame
+/// that does not decode ends the connection).
+async fn count_frames(
+    from: tokio::net::tcp::OwnedReadHalf,
+    to: tokio::net::tcp::OwnedWriteHalf,
+    counts: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<u16, u64>>>,
+) {
+    let mut frames = tokio_util::codec::FramedRead::new(from, FrameCodec::default());
+    let mut sink = tokio_util::codec::FramedWrite::new(to, FrameCodec::default());
+    while let Some(Ok(raw)) = frames.next().await {
+        *counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(raw.opcode)
+            .or_default() += 1;
+        let id = raw.correlation_id;
+        let Ok(frame) = raw.decode() else { return };
+        if sink.send(Message::new(id, frame)).await.is_err() {
+            return;
+        }
+    }
+}

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use herald_client::{Client, Delivery, FetchRequest, PushConsumer, PushConsumerConfig, Record};
-use herald_suite::TestBroker;
+use herald_protocol::Opcode;
+use herald_suite::{FrameTap, TestBroker};
 
 async fn publish(client: &Client, topic: &str, count: usize) {
     let producer = client.producer();
@@ -103,6 +104,83 @@ async fn competing_consumers_split_the_records_and_groups_each_get_all() {
     a.close().await.unwrap();
     b.close().await.unwrap();
     audit.close().await.unwrap();
+    broker.stop().await;
+}
+
+/// A consumer through a frame-counting tap, acks lingering for an hour unless the window
+/// needs them.
+async fn tapped(tap: &FrameTap, topic: &str, group: &str, prefetch: u32) -> PushConsumer {
+    let config = PushConsumerConfig {
+        prefetch,
+        ack_linger: Duration::from_secs(3600),
+        ..PushConsumerConfig::default()
+    };
+    let client = Client::connect(tap.addr()).await.unwrap();
+    client
+        .push_consumer_with(topic, group, config)
+        .await
+        .unwrap()
+}
+
+/// Records of `group` on partition 0 not yet acked, as the broker describes them.
+async fn unacked(client: &Client, topic: &str, group: &str) -> u64 {
+    let info = client.describe_group(topic, group).await.unwrap();
+    info.partitions.iter().map(|p| p.lag).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_given_within_the_linger_travel_in_one_request() {
+    let broker = TestBroker::start().await;
+    let admin = broker.client().await;
+    admin.create_topic("grouped", 1).await.unwrap();
+    publish(&admin, "grouped", 200).await;
+    let tap = FrameTap::start(broker.addr()).await;
+    let mut consumer = tapped(&tap, "grouped", "g", 1000).await;
+    for _ in 0..200 {
+        let delivery = next(&mut consumer, Duration::from_secs(5)).await.unwrap();
+        delivery.ack();
+    }
+    // 200 acks are fewer than half the window: they wait for the linger or a flush.
+    consumer.flush_acks().await.unwrap();
+    assert_eq!(tap.count(Opcode::Ack), 1, "one request carried every ack");
+    assert_eq!(unacked(&admin, "grouped", "g").await, 0);
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lingering_acks_leave_once_half_the_window_waits_so_deliveries_never_stall() {
+    let broker = TestBroker::start().await;
+    let admin = broker.client().await;
+    admin.create_topic("window", 1).await.unwrap();
+    publish(&admin, "window", 100).await;
+    let tap = FrameTap::start(broker.addr()).await;
+    let mut consumer = tapped(&tap, "window", "g", 10).await;
+    for i in 0..100 {
+        let delivery = next(&mut consumer, Duration::from_secs(5)).await;
+        delivery
+            .unwrap_or_else(|| panic!("delivery {i} never came"))
+            .ack();
+    }
+    consumer.flush_acks().await.unwrap();
+    let requests = tap.count(Opcode::Ack);
+    assert!(
+        (1..=21).contains(&requests),
+        "acks left five or more at a time (the flush took the rest), in {requests} requests"
+    );
+    // Prefetch 1: nothing can wait, or the next delivery never comes.
+    let mut one = tapped(&tap, "window", "single", 1).await;
+    for i in 0..10 {
+        let delivery = next(&mut one, Duration::from_secs(5)).await;
+        delivery
+            .unwrap_or_else(|| panic!("delivery {i} never came"))
+            .ack();
+    }
+    one.flush_acks().await.unwrap();
+    assert_eq!(
+        tap.count(Opcode::Ack) - requests,
+        10,
+        "each ack left at once"
+    );
     broker.stop().await;
 }
 

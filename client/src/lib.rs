@@ -45,4 +45,4 @@ pub use herald_protocol::{
 };
 pub use producer::{Confirm, PendingConfirm, Producer, ProducerConfig};
 pub use pull::{FetchRequest, Fetched};
-pub use push::{Delivery, PushConsumer, PushConsumerConfig};
+pub use push::{Delivery, PushConsumer, PushConsumerConfig, DEFAULT_ACK_LINGER};

@@ -5,7 +5,11 @@
 //! its window (`prefetch`), so the local buffer never holds more than the window. Acks are
 //! the common answer and are cheap: [`Delivery::ack`] only queues the offset; a background
 //! task gathers queued acks into ranges and keeps a few `Ack` requests in flight. An ack
-//! the broker refused surfaces as an error from the stream. [`PushConsumer::flush_acks`]
+//! waits up to [`PushConsumerConfig::ack_linger`] for others to go with it (as Pulsar's
+//! ack grouping does), unless half the window is waiting to be acked: the broker refills
+//! a window once half of it is free, so holding more would only idle the consumer. With a
+//! window of 1 or 2 every ack leaves at once. An ack the broker refused surfaces as an
+//! error from the stream. [`PushConsumer::flush_acks`]
 //! waits until every ack queued so far is stored; [`PushConsumer::close`] flushes, then
 //! unsubscribes (what was not answered goes back to the group at once).
 //!
@@ -43,6 +47,10 @@ pub struct PushConsumerConfig {
     pub prefetch_bytes: u32,
     /// Where the group starts if this subscription creates it.
     pub start: StartPosition,
+    /// How long an ack may wait for later ones to share its `Ack` request (zero: none).
+    /// One request then answers many deliveries, which saves the broker a stored ack state
+    /// per delivery; a crash of this client within the linger redelivers those records.
+    pub ack_linger: Duration,
 }
 
 impl Default for PushConsumerConfig {
@@ -51,9 +59,13 @@ impl Default for PushConsumerConfig {
             prefetch: 100,
             prefetch_bytes: 0,
             start: StartPosition::Earliest,
+            ack_linger: DEFAULT_ACK_LINGER,
         }
     }
 }
+
+/// How long an ack waits for company by default.
+pub const DEFAULT_ACK_LINGER: Duration = Duration::from_millis(1);
 
 /// One record delivered to this subscriber, to be answered once.
 pub struct Delivery {
@@ -187,11 +199,17 @@ impl Client {
             acks,
             current: Arc::clone(&current),
         });
+        let grouping = AckGrouping {
+            linger: config.ack_linger,
+            // The broker refills a window once half of it is free (see the module docs).
+            enough: (config.prefetch as usize).div_ceil(2).max(1),
+        };
         tokio::spawn(run_acker(
             self.clone(),
             Arc::clone(&current),
             acks_rx,
             Arc::clone(&failure),
+            grouping,
         ));
         let (swaps_tx, swaps) = mpsc::unbounded_channel();
         let stop = CancellationToken::new();
@@ -468,18 +486,27 @@ impl Stream for PushConsumer {
 /// Ack requests kept in flight at once.
 const ACKS_IN_FLIGHT: usize = 4;
 
-/// Gathers queued acks into ranges and sends them, a few requests at a time.
-/// Acks of deliveries made before a reconnect are dropped (those records went back to the
-/// group), and so are acks the break cut off.
+/// When queued acks leave: after `linger`, or at once when `enough` of them wait.
+#[derive(Debug, Clone, Copy)]
+struct AckGrouping {
+    linger: Duration,
+    enough: usize,
+}
+
+/// Gathers queued acks into ranges and sends them, a few requests at a time, each ack
+/// waiting at most the linger for others to join it. Acks of deliveries made before a
+/// reconnect are dropped (those records went back to the group), and so are acks the
+/// break cut off.
 async fn run_acker(
     client: Client,
     current: Arc<Mutex<Current>>,
     mut queue: mpsc::UnboundedReceiver<AckMessage>,
     failure: Arc<Mutex<Option<Error>>>,
+    grouping: AckGrouping,
 ) {
     let mut in_flight = FuturesUnordered::new();
     let mut flushes: Vec<oneshot::Sender<Result<()>>> = Vec::new();
-    let mut pending: Vec<(u32, u64)> = Vec::new();
+    let mut pending = PendingAcks::default();
     let mut first_error: Option<String> = None;
     let mut open = true;
     while open || !in_flight.is_empty() || !pending.is_empty() {
@@ -492,13 +519,37 @@ async fn run_acker(
                 let _ = flush.send(result);
             }
         }
+        let room = in_flight.len() < ACKS_IN_FLIGHT;
+        // Everything leaves at once when the queue has closed or a flush waits for it.
+        let hurry = !flushes.is_empty() || !open;
+        if room && pending.ready(&grouping, hurry) {
+            if let Some((on, ranges)) = pending.take() {
+                match client
+                    .start(Ack {
+                        subscription_id: on.id,
+                        ranges,
+                    })
+                    .await
+                {
+                    Ok(rx) => in_flight.push(async move { (on, await_reply(rx).await) }),
+                    Err(err) => {
+                        record(&failure, &mut first_error, err);
+                        open = false;
+                    }
+                }
+            }
+            continue;
+        }
+        let linger_ends = pending.due.filter(|_| room);
         tokio::select! {
-            message = queue.recv(), if open && in_flight.len() < ACKS_IN_FLIGHT => {
+            message = queue.recv(), if open => {
                 let Some(message) = message else { open = false; continue };
                 let on = *lock(&current);
                 let live = is_live(&client, &current, on);
                 let mut take = |message| match message {
-                    AckMessage::Ack(of, p, offset) if of == on && live => pending.push((p, offset)),
+                    AckMessage::Ack(of, p, offset) if of == on && live => {
+                        pending.push(on, p, offset, grouping.linger);
+                    }
                     AckMessage::Ack(..) => {}
                     AckMessage::Flush(reply) => flushes.push(reply),
                 };
@@ -506,15 +557,10 @@ async fn run_acker(
                 while let Ok(message) = queue.try_recv() {
                     take(message);
                 }
-                if !pending.is_empty() {
-                    let ranges = coalesce(std::mem::take(&mut pending));
-                    let request = Ack { subscription_id: on.id, ranges };
-                    match client.start(request).await {
-                        Ok(rx) => in_flight.push(async move { (on, await_reply(rx).await) }),
-                        Err(err) => { record(&failure, &mut first_error, err); open = false; }
-                    }
-                }
             }
+            // Its linger is over: the next turn of the loop sends it.
+            _ = tokio::time::sleep_until(linger_ends.unwrap_or_else(tokio::time::Instant::now)),
+                if linger_ends.is_some() => {}
             Some((on, reply)) = in_flight.next(), if !in_flight.is_empty() => {
                 match reply.and_then(|frame| expect_reply!(frame, Ok).map(drop)) {
                     Ok(()) => {}
@@ -531,6 +577,51 @@ async fn run_acker(
     }
     for flush in flushes {
         let _ = flush.send(Err(Error::Closed("the consumer has stopped".into())));
+    }
+}
+
+/// Acks waiting to be sent: all of one subscription, and when the first must leave.
+#[derive(Default)]
+struct PendingAcks {
+    on: Option<Current>,
+    acked: Vec<(u32, u64)>,
+    due: Option<tokio::time::Instant>,
+}
+
+impl PendingAcks {
+    fn is_empty(&self) -> bool {
+        self.acked.is_empty()
+    }
+
+    /// Adds an ack of subscription `on`; those of an older subscription are void (a
+    /// reconnect gave their records back to the group).
+    fn push(&mut self, on: Current, partition: u32, offset: u64, linger: Duration) {
+        if self.on != Some(on) {
+            self.acked.clear();
+            self.on = Some(on);
+            self.due = None;
+        }
+        self.acked.push((partition, offset));
+        self.due
+            .get_or_insert_with(|| tokio::time::Instant::now() + linger);
+    }
+
+    /// Whether to send now: enough are waiting, the first has lingered long enough, or
+    /// the caller is in a `hurry`.
+    fn ready(&self, grouping: &AckGrouping, hurry: bool) -> bool {
+        !self.acked.is_empty()
+            && (hurry
+                || self.acked.len() >= grouping.enough
+                || self
+                    .due
+                    .is_some_and(|due| due <= tokio::time::Instant::now()))
+    }
+
+    /// The waiting acks as ranges, and the subscription they answer.
+    fn take(&mut self) -> Option<(Current, Vec<OffsetRange>)> {
+        self.due = None;
+        let acked = std::mem::take(&mut self.acked);
+        self.on.map(|on| (on, coalesce(acked)))
     }
 }
 

@@ -91,21 +91,46 @@ async fn run_producer(
     });
     let count = plan.expected.count(producer);
     let per_producer_rate = plan.rate as f64 / plan.expected.producers as f64;
-    let start = Instant::now();
-    for sequence in 0..count {
-        if per_producer_rate > 0.0 {
-            let due = start + Duration::from_secs_f64(sequence as f64 / per_producer_rate);
-            tokio::time::sleep_until(due).await;
+    let (topic, size) = (plan.topic.clone(), plan.size);
+    if per_producer_rate > 0.0 {
+        // Paced on a thread of its own: Tokio's timers tick in whole milliseconds, which
+        // would send 5,000 msg/s as bursts of five every millisecond. A thread's sleep
+        // wakes within tens of microseconds, so messages leave evenly spaced; each is
+        // stamped when it leaves, not when it was due.
+        let handle = tokio::runtime::Handle::current();
+        let interval = Duration::from_secs_f64(1.0 / per_producer_rate);
+        tokio::task::spawn_blocking(move || {
+            let start = std::time::Instant::now();
+            for sequence in 0..count {
+                let due = start + interval.mul_f64(sequence as f64);
+                std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
+                let (sent_ns, record) = stamped(producer, sequence, size);
+                let pending = handle.block_on(sender.enqueue(&topic, record))?;
+                if pending_tx.blocking_send((sent_ns, pending)).is_err() {
+                    break; // the confirmer failed; its error is reported below
+                }
+            }
+            Ok::<_, Error>(())
+        })
+        .await??;
+    } else {
+        for sequence in 0..count {
+            let (sent_ns, record) = stamped(producer, sequence, size);
+            let pending = sender.enqueue(&topic, record).await?;
+            if pending_tx.send((sent_ns, pending)).await.is_err() {
+                break; // the confirmer failed; its error is reported below
+            }
         }
-        let sent_ns = payload::now_ns();
-        let body = payload::encode(producer as u32, sequence, sent_ns, plan.size);
-        let pending = sender.enqueue(&plan.topic, Record::new(body)).await?;
-        if pending_tx.send((sent_ns, pending)).await.is_err() {
-            break; // the confirmer failed; its error is reported below
-        }
+        drop(pending_tx);
     }
-    drop(pending_tx);
     Ok(confirmer.await??)
+}
+
+/// Message `sequence` of `producer`, stamped with the time it leaves.
+fn stamped(producer: usize, sequence: u64, size: usize) -> (u64, Record) {
+    let sent_ns = payload::now_ns();
+    let body = payload::encode(producer as u32, sequence, sent_ns, size);
+    (sent_ns, Record::new(body))
 }
 
 /// How one group of pull consumers reads.
