@@ -47,6 +47,11 @@ pub struct Config {
     #[arg(long, env = "HERALD_CACHE_MB", default_value_t = 128)]
     pub cache_mb: u64,
 
+    /// Memory for the newest batches of every partition together, in MiB: consumers keeping
+    /// up with a partition read them from here rather than from sled (0 turns it off).
+    #[arg(long, env = "HERALD_TAIL_CACHE_MB", default_value_t = 32)]
+    pub tail_cache_mb: u64,
+
     /// Most simultaneous client connections; more are refused with TooManyConnections.
     #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
@@ -151,6 +156,7 @@ impl Config {
         StoreConfig {
             fsync,
             cache_bytes: self.cache_mb.saturating_mul(1024 * 1024),
+            tail_cache_bytes: self.tail_cache_mb.saturating_mul(1024 * 1024),
         }
     }
 

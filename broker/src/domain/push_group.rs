@@ -756,7 +756,9 @@ impl Dispatcher {
         }
     }
 
-    /// Delivers while some consumer has room and there is something to deliver.
+    /// Delivers while some consumer has room and there is something to deliver. A read
+    /// that finds nothing ends the round (the next append or answer starts another), so a
+    /// store that lags what it announced can never make the dispatcher spin.
     async fn pump(&mut self) -> Result<(), BrokerError> {
         loop {
             let Some(id) = self.next_sub_with_room() else {
@@ -769,11 +771,15 @@ impl Dispatcher {
             let sub = &self.subs[&id];
             let max_records = sub.room().min(MAX_DELIVER_RECORDS);
             let max_bytes = sub.byte_room();
-            match work {
+            let progressed = match work {
                 Work::Fresh(p) => self.deliver_fresh(id, p, max_records, max_bytes).await?,
                 Work::Redeliver(p, from) => {
                     self.redeliver(id, p, from, max_records, max_bytes).await?
                 }
+            };
+            if !progressed {
+                tracing::debug!(group = self.group, "a read found nothing; waiting");
+                return Ok(());
             }
         }
     }
@@ -811,16 +817,18 @@ impl Dispatcher {
         None
     }
 
+    /// Delivers new records of partition `p`; says whether the partition moved on.
     async fn deliver_fresh(
         &mut self,
         id: u64,
         p: u32,
         max_records: u32,
         max_bytes: usize,
-    ) -> Result<(), BrokerError> {
+    ) -> Result<bool, BrokerError> {
         let log = Arc::clone(&self.topic.partitions()[p as usize]);
         let first = log.first_offset();
         let part = &mut self.parts[p as usize];
+        let before = part.next;
         if part.next < first {
             tracing::warn!(
                 group = self.group,
@@ -841,13 +849,16 @@ impl Dispatcher {
             // After a restart, records acked out of order above the floor are skipped.
             batches.extend(not_done(&batch, &part.acks)?);
         }
+        let progressed = self.parts[p as usize].next > before;
         for batch in batches {
             let counts = vec![1; batch.record_count as usize];
             self.send(id, p, batch, counts);
         }
-        Ok(())
+        Ok(progressed)
     }
 
+    /// Delivers records of partition `p` waiting for redelivery from `from`; says whether
+    /// any left the queue.
     async fn redeliver(
         &mut self,
         id: u64,
@@ -855,7 +866,7 @@ impl Dispatcher {
         from: u64,
         max_records: u32,
         max_bytes: usize,
-    ) -> Result<(), BrokerError> {
+    ) -> Result<bool, BrokerError> {
         let part = &mut self.parts[p as usize];
         // The run of consecutive offsets waiting from `from`.
         let mut run = 0u32;
@@ -871,7 +882,7 @@ impl Dispatcher {
                 part.acks.mark(offset, offset + 1);
             }
             part.dirty = true;
-            return Ok(());
+            return Ok(true);
         }
         let read = log.read_async(from, run, max_bytes).await?;
         let part = &mut self.parts[p as usize];
@@ -882,11 +893,12 @@ impl Dispatcher {
                 .collect();
             deliveries.push((batch, counts));
         }
+        let progressed = !deliveries.is_empty();
         for (batch, counts) in deliveries {
             self.redelivered += counts.len() as u64;
             self.send(id, p, batch, counts);
         }
-        Ok(())
+        Ok(progressed)
     }
 
     /// Hands a batch to subscriber `id` and records its flights.

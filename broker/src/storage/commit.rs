@@ -242,11 +242,15 @@ struct Writer {
 /// once); the size they record may lag a crash by this much.
 const BOUNDS_EVERY: Duration = Duration::from_millis(100);
 
+/// Where an append went, and the batch it stored (none for a resent batch that was
+/// stored before).
+type Written = (u64, u32, Option<Batch>);
+
 enum Done {
     Append {
         log: Arc<PartitionLog>,
         reply: oneshot::Sender<Result<Appended, StorageError>>,
-        result: Result<(u64, u32), StorageError>,
+        result: Result<Written, StorageError>,
     },
     Run {
         reply: oneshot::Sender<Result<(), StorageError>>,
@@ -357,9 +361,9 @@ impl Writer {
         batch: &Batch,
         producer: ProducerBatch,
         buf: &mut BytesMut,
-    ) -> Result<(u64, u32), StorageError> {
+    ) -> Result<Written, StorageError> {
         match self.producers.check(log, producer)? {
-            Check::Duplicate { base_offset, count } => Ok((base_offset, count)),
+            Check::Duplicate { base_offset, count } => Ok((base_offset, count, None)),
             Check::Append => {
                 let base = log.write_next();
                 let (state, recent) =
@@ -367,9 +371,15 @@ impl Writer {
                         .after(log, producer, base, batch.record_count)?;
                 buf.clear();
                 batch.encode_as(base, now_ms(), buf);
-                log.insert_numbered(base, buf, batch.record_count, producer.producer_id, &state)?;
+                let stored = log.insert_numbered(
+                    base,
+                    buf,
+                    batch.record_count,
+                    producer.producer_id,
+                    &state,
+                )?;
                 self.producers.remember(log, producer.producer_id, recent);
-                Ok((base, batch.record_count))
+                Ok((base, batch.record_count, Some(stored)))
             }
         }
     }
@@ -442,8 +452,11 @@ impl Writer {
                     let result = match (&commit, result) {
                         (_, Err(err)) => Err(err),
                         (Err(err), _) => Err(err.clone()),
-                        (Ok(durability), Ok((base_offset, count))) => {
-                            log.publish();
+                        (Ok(durability), Ok((base_offset, count, stored))) => {
+                            if let Some(stored) = stored {
+                                log.cache(stored);
+                            }
+                            log.publish(base_offset + u64::from(count));
                             Ok(Appended {
                                 base_offset,
                                 count,
@@ -459,7 +472,7 @@ impl Writer {
                 Done::Trim { log, reply, result } => {
                     let result = commit.clone().and(result);
                     if matches!(result, Ok(true)) {
-                        log.publish();
+                        log.wake_readers();
                     }
                     let _ = reply.send(result);
                 }
@@ -480,12 +493,12 @@ fn write_batch(
     log: &PartitionLog,
     batch: &Batch,
     buf: &mut BytesMut,
-) -> Result<(u64, u32), StorageError> {
+) -> Result<Written, StorageError> {
     let base = log.write_next();
-    buf.clear(); // reused: no allocation per stored value
+    buf.clear(); // reused: sled copies the value once, into the one it keeps
     batch.encode_as(base, now_ms(), buf);
-    log.insert(base, buf, batch.record_count)?;
-    Ok((base, batch.record_count))
+    let stored = log.insert(base, buf, batch.record_count)?;
+    Ok((base, batch.record_count, Some(stored)))
 }
 
 fn touch(touched: &mut Vec<Arc<PartitionLog>>, log: &Arc<PartitionLog>) {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use herald_protocol::Batch;
 
+use super::tail::{Tail, TailBudget};
 use super::{RetentionPolicy, StorageError};
 
 /// A partition's log and its bounds.
@@ -32,6 +33,8 @@ pub struct PartitionLog {
     appended: tokio::sync::Notify,
     /// Set when its topic is deleted: later appends fail, nothing more is saved.
     retired: AtomicBool,
+    /// The latest committed batches, served without sled (see `storage::tail`).
+    tail: Tail,
 }
 
 /// Where producer-state keys start; batch keys all sort below it.
@@ -67,6 +70,7 @@ impl PartitionLog {
         tree: sled::Tree,
         bounds: sled::Tree,
         total: Arc<AtomicU64>,
+        tail_budget: Arc<TailBudget>,
     ) -> Result<PartitionLog, StorageError> {
         let saved = match bounds.get(tree.name())? {
             Some(value) => Bounds::decode(&value)?,
@@ -91,6 +95,7 @@ impl PartitionLog {
             bytes: AtomicU64::new(saved.bytes),
             appended: tokio::sync::Notify::new(),
             retired: AtomicBool::new(false),
+            tail: Tail::new(tail_budget),
         })
     }
 
@@ -115,9 +120,10 @@ impl PartitionLog {
     }
 
     /// [`read`](Self::read) from async code: reads of the most recent records (the tail
-    /// consumers keep up with) are served inline, since sled still holds those pages in
-    /// memory; older ones may need the disk and are read on a blocking thread. Skipping
-    /// the thread hop takes a scheduling round trip off every live delivery.
+    /// consumers keep up with) are served inline, from the cached tail or from sled, which
+    /// still holds those pages in memory; older ones may need the disk and are read on a
+    /// blocking thread. Skipping the thread hop takes a scheduling round trip off every
+    /// live delivery.
     pub async fn read_async(
         self: &Arc<Self>,
         offset: u64,
@@ -127,6 +133,15 @@ impl PartitionLog {
         let next = self.next_offset();
         if offset >= next {
             return Ok(ReadBatches::default());
+        }
+        if let Some(cached) = self.tail.batches_from(offset) {
+            return collect(
+                cached.into_iter().map(Ok),
+                offset,
+                next,
+                max_records,
+                max_bytes,
+            );
         }
         if next - offset <= HOT_TAIL_RECORDS {
             return self.read(offset, max_records, max_bytes);
@@ -144,42 +159,27 @@ impl PartitionLog {
         max_bytes: usize,
     ) -> Result<ReadBatches, StorageError> {
         let next = self.next_offset();
-        let mut out = ReadBatches::default();
         if offset >= next || max_records == 0 {
-            return Ok(out);
+            return Ok(ReadBatches::default());
+        }
+        if let Some(cached) = self.tail.batches_from(offset) {
+            return collect(
+                cached.into_iter().map(Ok),
+                offset,
+                next,
+                max_records,
+                max_bytes,
+            );
         }
         let start = match self.tree.range(..=key(offset)).next_back() {
             Some(entry) => entry?.0,
             None => sled::IVec::from(&key(offset)),
         };
-        let mut cursor = offset;
-        for entry in self.tree.range(start..sled::IVec::from(&STATE_KEYS)) {
-            let batch = parse(entry?.1)?;
-            if batch.base_offset >= next || out.records >= u64::from(max_records) {
-                break;
-            }
-            let left_records = (u64::from(max_records) - out.records) as u32;
-            let left_bytes = max_bytes.saturating_sub(out.bytes);
-            if out.records > 0 && left_bytes < herald_protocol::record::BATCH_HEADER_LEN {
-                break;
-            }
-            let slice = batch
-                .slice(cursor, left_records, left_bytes)
-                .map_err(|e| StorageError::Corrupt(format!("stored batch: {e}")))?;
-            let Some(slice) = slice else { continue };
-            if out.records > 0 && slice.encoded_len() > left_bytes {
-                break;
-            }
-            cursor = slice.next_offset();
-            out.records += u64::from(slice.record_count);
-            out.bytes += slice.encoded_len();
-            let partial = slice.next_offset() < batch.next_offset();
-            out.batches.push(slice);
-            if partial {
-                break;
-            }
-        }
-        Ok(out)
+        let stored = self
+            .tree
+            .range(start..sled::IVec::from(&STATE_KEYS))
+            .map(|entry| parse(entry?.1));
+        collect(stored, offset, next, max_records, max_bytes)
     }
 
     /// Called by the writer thread when the topic is deleted: refuses further appends,
@@ -187,6 +187,7 @@ impl PartitionLog {
     /// a dropped tree's pages under any handle still in use) and is dropped at next start.
     pub(super) fn retire(&self) -> Result<(), StorageError> {
         self.retired.store(true, Ordering::Release);
+        self.tail.clear();
         self.tree.clear()?;
         self.shrink(self.size_bytes());
         self.bounds.remove(self.tree.name())?;
@@ -208,21 +209,23 @@ impl PartitionLog {
     }
 
     /// Called by the writer thread: stores `stored` (a batch whose offsets start at
-    /// [`write_next`](Self::write_next)).
+    /// [`write_next`](Self::write_next)). Returns the stored batch, sharing sled's copy of
+    /// its bytes, for [`cache`](Self::cache) once it is committed.
     pub(super) fn insert(
         &self,
         base_offset: u64,
         stored: &[u8],
         count: u32,
-    ) -> Result<(), StorageError> {
+    ) -> Result<Batch, StorageError> {
         if self.is_retired() {
             return Err(StorageError::Deleted);
         }
-        self.tree.insert(key(base_offset), stored)?;
+        let value = sled::IVec::from(stored);
+        self.tree.insert(key(base_offset), value.clone())?;
         self.write_next
             .store(base_offset + u64::from(count), Ordering::Relaxed);
         self.grow(stored.len() as u64);
-        Ok(())
+        parse(value)
     }
 
     /// Producer `producer_id`'s stored state in this partition, if any.
@@ -274,16 +277,12 @@ impl PartitionLog {
         count: u32,
         producer_id: u64,
         state: &[u8],
-    ) -> Result<(), StorageError> {
+    ) -> Result<Batch, StorageError> {
         if self.is_retired() {
             return Err(StorageError::Deleted);
         }
         self.tree.insert(state_key(producer_id), state)?;
-        self.tree.insert(key(base_offset), stored)?;
-        self.write_next
-            .store(base_offset + u64::from(count), Ordering::Relaxed);
-        self.grow(stored.len() as u64);
-        Ok(())
+        self.insert(base_offset, stored, count)
     }
 
     fn grow(&self, bytes: u64) {
@@ -320,6 +319,7 @@ impl PartitionLog {
             self.tree.remove(key)?;
             self.shrink(size);
             self.first.store(head.next_offset(), Ordering::Release);
+            self.tail.forget_before(head.next_offset());
             trimmed = true;
         }
         Ok(trimmed)
@@ -339,12 +339,29 @@ impl PartitionLog {
         Ok(())
     }
 
-    /// Called by the writer thread after a commit: makes every written record readable.
-    pub(super) fn publish(&self) {
-        let written = self.write_next.load(Ordering::Relaxed);
-        if self.next.fetch_max(written, Ordering::AcqRel) < written {
+    /// Called by the writer thread once `batch` is committed, before it is made readable.
+    pub(super) fn cache(&self, batch: Batch) {
+        if !self.is_retired() {
+            self.tail.push(batch);
+        }
+    }
+
+    /// Drops cached batches that consumers had time enough to read (see `storage::tail`).
+    pub fn forget_old_tail(&self, now: std::time::Instant) {
+        self.tail.forget_old(now);
+    }
+
+    /// Called once records up to `up_to` are committed: makes them readable and wakes
+    /// whoever waits for them.
+    pub(super) fn publish(&self, up_to: u64) {
+        if self.next.fetch_max(up_to, Ordering::AcqRel) < up_to {
             self.appended.notify_waiters();
         }
+    }
+
+    /// Wakes whoever waits on this log, so they look again (retention moved its start).
+    pub(super) fn wake_readers(&self) {
+        self.appended.notify_waiters();
     }
 }
 
@@ -387,4 +404,45 @@ fn state_key(producer_id: u64) -> [u8; 16] {
 fn parse(value: sled::IVec) -> Result<Batch, StorageError> {
     Batch::parse(Bytes::from_owner(value))
         .map_err(|e| StorageError::Corrupt(format!("stored batch: {e}")))
+}
+
+/// The batches from `offset` on in `stored` (batches in offset order, the first holding
+/// `offset` or after it), below `next`, as a read returns them: at most `max_records`
+/// and at most `max_bytes` of encoding, except that the first record always comes.
+fn collect(
+    stored: impl Iterator<Item = Result<Batch, StorageError>>,
+    offset: u64,
+    next: u64,
+    max_records: u32,
+    max_bytes: usize,
+) -> Result<ReadBatches, StorageError> {
+    let mut out = ReadBatches::default();
+    let mut cursor = offset;
+    for batch in stored {
+        let batch = batch?;
+        if batch.base_offset >= next || out.records >= u64::from(max_records) {
+            break;
+        }
+        let left_records = (u64::from(max_records) - out.records) as u32;
+        let left_bytes = max_bytes.saturating_sub(out.bytes);
+        if out.records > 0 && left_bytes < herald_protocol::record::BATCH_HEADER_LEN {
+            break;
+        }
+        let slice = batch
+            .slice(cursor, left_records, left_bytes)
+            .map_err(|e| StorageError::Corrupt(format!("stored batch: {e}")))?;
+        let Some(slice) = slice else { continue };
+        if out.records > 0 && slice.encoded_len() > left_bytes {
+            break;
+        }
+        cursor = slice.next_offset();
+        out.records += u64::from(slice.record_count);
+        out.bytes += slice.encoded_len();
+        let partial = slice.next_offset() < batch.next_offset();
+        out.batches.push(slice);
+        if partial {
+            break;
+        }
+    }
+    Ok(out)
 }

@@ -27,6 +27,7 @@ pub mod log;
 mod producers;
 mod records;
 mod sync;
+mod tail;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -76,6 +77,8 @@ pub struct StoreConfig {
     pub fsync: FsyncPolicy,
     /// sled's page cache, in bytes.
     pub cache_bytes: u64,
+    /// Memory for the partitions' cached tails together (see `storage::tail`), in bytes.
+    pub tail_cache_bytes: u64,
 }
 
 impl Default for StoreConfig {
@@ -83,6 +86,7 @@ impl Default for StoreConfig {
         StoreConfig {
             fsync: FsyncPolicy::Always,
             cache_bytes: 128 * 1024 * 1024,
+            tail_cache_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -103,6 +107,8 @@ pub struct Store {
     writer: CommitWriter,
     /// Bytes of stored record batches over every open log (what `--max-disk-bytes` caps).
     stored_bytes: Arc<AtomicU64>,
+    /// What every log's cached tail may hold together.
+    tail_budget: Arc<tail::TailBudget>,
 }
 
 impl Store {
@@ -128,7 +134,15 @@ impl Store {
             db,
             writer,
             stored_bytes: Arc::new(AtomicU64::new(0)),
+            tail_budget: tail::TailBudget::new(
+                usize::try_from(config.tail_cache_bytes).unwrap_or(usize::MAX),
+            ),
         }))
+    }
+
+    /// Bytes held by every partition's cached tail (see `storage::tail`).
+    pub fn tail_cache_bytes(&self) -> usize {
+        self.tail_budget.used()
     }
 
     /// Bytes of stored record batches in every open partition log: what retention frees.
@@ -174,8 +188,12 @@ impl Store {
             .map(|p| {
                 let name = log_tree_name(topic.id, p);
                 let tree = self.db.open_tree(&name)?;
-                let log =
-                    PartitionLog::open(tree, self.bounds.clone(), Arc::clone(&self.stored_bytes))?;
+                let log = PartitionLog::open(
+                    tree,
+                    self.bounds.clone(),
+                    Arc::clone(&self.stored_bytes),
+                    Arc::clone(&self.tail_budget),
+                )?;
                 producers::repair(&log)?;
                 match self.marks.get(&name) {
                     Some(&synced) if log.next_offset() < synced => {

@@ -52,6 +52,81 @@ async fn appends_get_dense_offsets_and_read_back() {
     assert_eq!(payloads(&first_only), ["a"]);
 }
 
+/// A store whose cached tails may hold `tail_cache_bytes` together.
+fn store_with_tail(dir: &std::path::Path, tail_cache_bytes: u64) -> Arc<Store> {
+    let config = StoreConfig {
+        fsync: FsyncPolicy::Never,
+        tail_cache_bytes,
+        ..StoreConfig::default()
+    };
+    Store::open(dir, config).unwrap()
+}
+
+#[tokio::test]
+async fn reads_from_the_cached_tail_equal_reads_from_sled() {
+    let (cached_dir, plain_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // A small budget: the tail holds some batches, and the rest are read from sled.
+    let cached = store_with_tail(cached_dir.path(), 2048);
+    let plain = store_with_tail(plain_dir.path(), 0);
+    let (_, cached_logs) = cached
+        .create_topic("t", 1, RetentionPolicy::default())
+        .unwrap();
+    let (_, plain_logs) = plain
+        .create_topic("t", 1, RetentionPolicy::default())
+        .unwrap();
+    let mut next = 0;
+    for size in [1usize, 3, 1, 7, 2, 1, 1, 5, 40, 1, 2] {
+        let items: Vec<String> = (next..next + size).map(|i| format!("r{i:04}")).collect();
+        let items: Vec<&str> = items.iter().map(String::as_str).collect();
+        append(&cached, &cached_logs[0], &items).await;
+        append(&plain, &plain_logs[0], &items).await;
+        next += size;
+    }
+    assert!(cached.tail_cache_bytes() <= 2048);
+    assert!(
+        cached.tail_cache_bytes() > 0,
+        "the newest batches are cached"
+    );
+    assert_eq!(plain.tail_cache_bytes(), 0);
+    for offset in 0..=next as u64 + 1 {
+        for max_records in [0, 1, 2, 5, 100] {
+            for max_bytes in [1, 60, 200, usize::MAX] {
+                let from_cache = cached_logs[0].read(offset, max_records, max_bytes).unwrap();
+                let from_sled = plain_logs[0].read(offset, max_records, max_bytes).unwrap();
+                assert_eq!(
+                    (payloads(&from_cache), from_cache.bytes),
+                    (payloads(&from_sled), from_sled.bytes),
+                    "read({offset}, {max_records}, {max_bytes})"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_cached_tail_forgets_what_retention_deleted_and_a_deleted_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_tail(dir.path(), 1 << 20);
+    let policy = RetentionPolicy {
+        max_messages: 2,
+        ..RetentionPolicy::default()
+    };
+    let (record, logs) = store.create_topic("t", 1, policy).unwrap();
+    for item in ["a", "b", "c", "d"] {
+        append(&store, &logs[0], &[item]).await;
+    }
+    assert!(store.trim(&logs[0], policy).await.unwrap().unwrap());
+    assert_eq!(logs[0].first_offset(), 2);
+    assert_eq!(
+        payloads(&logs[0].read(2, 10, usize::MAX).unwrap()),
+        ["c", "d"]
+    );
+    let bytes = store.tail_cache_bytes();
+    store.delete_topic(&record, &logs).unwrap();
+    assert!(store.tail_cache_bytes() < bytes);
+    assert_eq!(store.tail_cache_bytes(), 0);
+}
+
 #[tokio::test]
 async fn reopening_recovers_topics_offsets_and_group_positions() {
     let dir = tempfile::tempdir().unwrap();

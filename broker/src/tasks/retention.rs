@@ -1,5 +1,6 @@
 //! Retention: deletes records from the head of each partition once a topic's limits
-//! (age, bytes, count) no longer need them.
+//! (age, bytes, count) no longer need them, and lets go of cached tails that consumers
+//! have had time to read (see `storage::tail`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,9 +9,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::domain::Topics;
 
-/// Every `every`, trims each partition of each topic that has a retention limit. Deletions
-/// go through the storage writer, in order with appends; a failure is logged and retried at
-/// the next tick.
+/// Every `every`, trims each partition of each topic that has a retention limit and drops
+/// cached tail batches old enough. Deletions go through the storage writer, in order with
+/// appends; a failure is logged and retried at the next tick.
 pub async fn run(topics: Arc<Topics>, every: Duration, shutdown: CancellationToken) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -20,6 +21,10 @@ pub async fn run(topics: Arc<Topics>, every: Duration, shutdown: CancellationTok
             _ = ticks.tick() => {}
         }
         for topic in topics.list() {
+            let now = std::time::Instant::now();
+            for log in topic.partitions() {
+                log.forget_old_tail(now);
+            }
             let policy = topic.record().retention;
             if policy == Default::default() {
                 continue;
