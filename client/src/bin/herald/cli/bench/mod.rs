@@ -7,6 +7,7 @@
 //! (a `publish` run reads its messages back after the timed phase); a run that fails the
 //! check exits non-zero and reports no figures.
 
+mod pacer;
 mod payload;
 mod report;
 mod verify;

@@ -16,6 +16,7 @@ use indicatif::ProgressBar;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::pacer::Pacer;
 use super::payload;
 use super::report::histogram;
 use super::verify::{Expected, Verifier};
@@ -91,38 +92,25 @@ async fn run_producer(
     });
     let count = plan.expected.count(producer);
     let per_producer_rate = plan.rate as f64 / plan.expected.producers as f64;
-    let (topic, size) = (plan.topic.clone(), plan.size);
-    if per_producer_rate > 0.0 {
-        // Paced on a thread of its own: Tokio's timers tick in whole milliseconds, which
-        // would send 5,000 msg/s as bursts of five every millisecond. A thread's sleep
-        // wakes within tens of microseconds, so messages leave evenly spaced; each is
-        // stamped when it leaves, not when it was due.
-        let handle = tokio::runtime::Handle::current();
-        let interval = Duration::from_secs_f64(1.0 / per_producer_rate);
-        tokio::task::spawn_blocking(move || {
-            let start = std::time::Instant::now();
-            for sequence in 0..count {
-                let due = start + interval.mul_f64(sequence as f64);
-                std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
-                let (sent_ns, record) = stamped(producer, sequence, size);
-                let pending = handle.block_on(sender.enqueue(&topic, record))?;
-                if pending_tx.blocking_send((sent_ns, pending)).is_err() {
-                    break; // the confirmer failed; its error is reported below
-                }
-            }
-            Ok::<_, Error>(())
-        })
-        .await??;
-    } else {
-        for sequence in 0..count {
-            let (sent_ns, record) = stamped(producer, sequence, size);
-            let pending = sender.enqueue(&topic, record).await?;
+    let mut pacer = (per_producer_rate > 0.0)
+        .then(|| Pacer::new(Duration::from_secs_f64(1.0 / per_producer_rate)))
+        .transpose()?;
+    let mut sequence = 0;
+    'publishing: while sequence < count {
+        let due = match &mut pacer {
+            Some(pacer) => pacer.tick().await?,
+            None => count,
+        };
+        for _ in 0..due.min(count - sequence) {
+            let (sent_ns, record) = stamped(producer, sequence, plan.size);
+            let pending = sender.enqueue(&plan.topic, record).await?;
             if pending_tx.send((sent_ns, pending)).await.is_err() {
-                break; // the confirmer failed; its error is reported below
+                break 'publishing; // the confirmer failed; its error is reported below
             }
+            sequence += 1;
         }
-        drop(pending_tx);
     }
+    drop(pending_tx);
     Ok(confirmer.await??)
 }
 
