@@ -352,12 +352,12 @@ impl Writer {
         }
     }
 
-    /// Appends a producer's numbered batch unless it was appended before (then answers
-    /// with its original offsets); the producer's state is written with the batch, in one
-    /// atomic sled batch.
+    /// Appends a producer's numbered batch, tagged with its producer and number, unless
+    /// it was appended before (then answers with its original offsets); the producer's
+    /// state is stored later, with the log's bounds (see `storage::producers`).
     fn write_numbered(
         &mut self,
-        log: &PartitionLog,
+        log: &Arc<PartitionLog>,
         batch: &Batch,
         producer: ProducerBatch,
         buf: &mut BytesMut,
@@ -366,30 +366,25 @@ impl Writer {
             Check::Duplicate { base_offset, count } => Ok((base_offset, count, None)),
             Check::Append => {
                 let base = log.write_next();
-                let (state, recent) =
-                    self.producers
-                        .after(log, producer, base, batch.record_count)?;
                 buf.clear();
                 batch.encode_as(base, now_ms(), buf);
-                let stored = log.insert_numbered(
-                    base,
-                    buf,
-                    batch.record_count,
-                    producer.producer_id,
-                    &state,
-                )?;
-                self.producers.remember(log, producer.producer_id, recent);
+                super::log::put_tag(buf, producer);
+                let stored = log.insert(base, buf, batch.record_count)?;
+                self.producers
+                    .remember(log, producer, base, batch.record_count)?;
                 Ok((base, batch.record_count, Some(stored)))
             }
         }
     }
 
-    /// Records the bounds of the logs written since the last save, in this commit, when
-    /// `now` or when [`BOUNDS_EVERY`] has passed.
+    /// Records the producer states changed and the bounds of the logs written since the
+    /// last save, in this commit, when `now` or when [`BOUNDS_EVERY`] has passed.
     fn save_bounds(&mut self, now: bool) -> Result<(), StorageError> {
         if self.unsaved.is_empty() || !(now || self.bounds_saved.elapsed() >= BOUNDS_EVERY) {
             return Ok(());
         }
+        // States before bounds: a log's bounds say its states account for every batch.
+        self.producers.save()?;
         for log in self.unsaved.drain(..) {
             log.save_bounds()?;
         }

@@ -1,5 +1,9 @@
 //! One partition's log: record batches keyed by base offset in a sled tree.
 //!
+//! A stored value is the batch as it travels on the wire, offsets filled in; a batch from
+//! an idempotent producer is followed by a 16-byte tag, `producer id u64 ‖ sequence u64`
+//! (the batch header gives its own length, so the tag is never mistaken for records).
+//!
 //! The same tree keeps the partition's idempotent-producer state (see
 //! `storage::producers`) under 16-byte keys `FF×8 ‖ producer id`, which sort after every
 //! 8-byte offset key (offsets never reach `u64::MAX`). Every walk over batches stays below
@@ -11,6 +15,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use herald_protocol::Batch;
 
+use super::producers::ProducerBatch;
 use super::tail::{Tail, TailBudget};
 use super::{RetentionPolicy, StorageError};
 
@@ -33,6 +38,9 @@ pub struct PartitionLog {
     appended: tokio::sync::Notify,
     /// Set when its topic is deleted: later appends fail, nothing more is saved.
     retired: AtomicBool,
+    /// The producer states stored for this log account for every batch below this offset
+    /// (see `storage::producers`); later batches are replayed from their tags on open.
+    states_through: AtomicU64,
     /// The latest committed batches, served without sled (see `storage::tail`).
     tail: Tail,
 }
@@ -84,6 +92,8 @@ impl PartitionLog {
             Some((_, value)) => parse(value)?.base_offset,
             None => next,
         };
+        // Stores that wrote each producer state with its batch record no watermark.
+        let states_through = saved.states_through.unwrap_or(next);
         total.fetch_add(saved.bytes, Ordering::Relaxed);
         Ok(PartitionLog {
             tree,
@@ -95,6 +105,7 @@ impl PartitionLog {
             bytes: AtomicU64::new(saved.bytes),
             appended: tokio::sync::Notify::new(),
             retired: AtomicBool::new(false),
+            states_through: AtomicU64::new(states_through),
             tail: Tail::new(tail_budget),
         })
     }
@@ -264,25 +275,20 @@ impl PartitionLog {
         Ok(())
     }
 
-    /// Called by the writer thread: like [`insert`](Self::insert), after storing producer
-    /// `producer_id`'s new `state`, which already names this batch. State first: a crash
-    /// between the two leaves a state naming offsets beyond the log's end, which opening
-    /// the log repairs (`producers::repair`); the other order could leave a stored batch
-    /// its producer's state does not know, to be stored twice when resent. (Two plain
-    /// inserts: an atomic sled batch of both costs about 200 µs more per batch.)
-    pub(super) fn insert_numbered(
+    /// The first offset whose batch the stored producer states may not account for.
+    pub(super) fn states_saved_through(&self) -> u64 {
+        self.states_through.load(Ordering::Relaxed)
+    }
+
+    /// Numbered batches from `offset` on, with the producer and sequence they carry (for
+    /// rebuilding producer states). Blocks.
+    pub(super) fn tagged_batches_from(
         &self,
-        base_offset: u64,
-        stored: &[u8],
-        count: u32,
-        producer_id: u64,
-        state: &[u8],
-    ) -> Result<Batch, StorageError> {
-        if self.is_retired() {
-            return Err(StorageError::Deleted);
-        }
-        self.tree.insert(state_key(producer_id), state)?;
-        self.insert(base_offset, stored, count)
+        offset: u64,
+    ) -> impl Iterator<Item = Result<(Batch, Option<ProducerBatch>), StorageError>> + '_ {
+        self.tree
+            .range(key(offset)..STATE_KEYS)
+            .map(|entry| parse_tagged(entry?.1))
     }
 
     fn grow(&self, bytes: u64) {
@@ -325,17 +331,34 @@ impl PartitionLog {
         Ok(trimmed)
     }
 
-    /// Called by the writer thread: records the log's bounds and size beside it, in the
-    /// same commit as the writes they describe.
+    /// Called by the writer thread, once every producer state of this log is stored:
+    /// records the log's bounds and size beside it, in the same commit as the writes they
+    /// describe, and that the producer states account for every batch.
     pub(super) fn save_bounds(&self) -> Result<(), StorageError> {
         if self.is_retired() {
             return Ok(());
         }
+        let next = self.write_next();
+        let bounds = Bounds {
+            bytes: self.size_bytes(),
+            next,
+            states_through: Some(next),
+        };
+        self.bounds.insert(self.tree.name(), bounds.encode())?;
+        self.states_through.store(next, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Records bounds whose producer-state watermark is `through`, as a crash before the
+    /// states were next saved would leave them.
+    #[cfg(test)]
+    pub(super) fn save_bounds_with_states_through(&self, through: u64) -> Result<(), StorageError> {
         let bounds = Bounds {
             bytes: self.size_bytes(),
             next: self.write_next(),
+            states_through: Some(through),
         };
-        self.bounds.insert(self.tree.name(), &bounds.encode())?;
+        self.bounds.insert(self.tree.name(), bounds.encode())?;
         Ok(())
     }
 
@@ -365,29 +388,37 @@ impl PartitionLog {
     }
 }
 
-/// A log's saved size and next offset: `bytes u64, next u64`.
+/// A log's saved size, next offset and producer-state watermark: `bytes u64, next u64,
+/// states_through u64`. Records of 16 bytes, from stores that wrote each producer state with
+/// its batch, have no watermark.
 #[derive(Debug, Clone, Copy, Default)]
 struct Bounds {
     bytes: u64,
     next: u64,
+    states_through: Option<u64>,
 }
 
 impl Bounds {
-    fn encode(&self) -> [u8; 16] {
-        let mut out = [0u8; 16];
-        out[..8].copy_from_slice(&self.bytes.to_be_bytes());
-        out[8..].copy_from_slice(&self.next.to_be_bytes());
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(24);
+        out.extend_from_slice(&self.bytes.to_be_bytes());
+        out.extend_from_slice(&self.next.to_be_bytes());
+        if let Some(through) = self.states_through {
+            out.extend_from_slice(&through.to_be_bytes());
+        }
         out
     }
 
     fn decode(value: &[u8]) -> Result<Bounds, StorageError> {
-        if value.len() != 16 {
-            return Err(StorageError::Corrupt("partition bounds".into()));
+        let u64_at = |at: usize| super::records::decode_u64(&value[at..at + 8]);
+        match value.len() {
+            16 | 24 => Ok(Bounds {
+                bytes: u64_at(0)?,
+                next: u64_at(8)?,
+                states_through: (value.len() == 24).then(|| u64_at(16)).transpose()?,
+            }),
+            _ => Err(StorageError::Corrupt("partition bounds".into())),
         }
-        Ok(Bounds {
-            bytes: super::records::decode_u64(&value[..8])?,
-            next: super::records::decode_u64(&value[8..])?,
-        })
     }
 }
 
@@ -401,9 +432,41 @@ fn state_key(producer_id: u64) -> [u8; 16] {
     key
 }
 
+/// Bytes of the tag after a numbered batch.
+const TAG_LEN: usize = 16;
+
+/// Appends the tag of a numbered batch to its stored encoding.
+pub(super) fn put_tag(stored: &mut bytes::BytesMut, producer: ProducerBatch) {
+    stored.extend_from_slice(&producer.producer_id.to_be_bytes());
+    stored.extend_from_slice(&producer.sequence.to_be_bytes());
+}
+
 fn parse(value: sled::IVec) -> Result<Batch, StorageError> {
-    Batch::parse(Bytes::from_owner(value))
-        .map_err(|e| StorageError::Corrupt(format!("stored batch: {e}")))
+    parse_tagged(value).map(|(batch, _)| batch)
+}
+
+/// A stored value: its batch, and the producer's tag when it has one.
+fn parse_tagged(value: sled::IVec) -> Result<(Batch, Option<ProducerBatch>), StorageError> {
+    let corrupt =
+        |e: herald_protocol::DecodeError| StorageError::Corrupt(format!("stored batch: {e}"));
+    let mut reader = herald_protocol::wire::Reader::new(Bytes::from_owner(value));
+    let batch = Batch::read(&mut reader).map_err(corrupt)?;
+    let tag = match reader.remaining() {
+        0 => None,
+        TAG_LEN => {
+            let tag = reader.take(TAG_LEN).map_err(corrupt)?;
+            Some(ProducerBatch {
+                producer_id: super::records::decode_u64(&tag[..8])?,
+                sequence: super::records::decode_u64(&tag[8..])?,
+            })
+        }
+        extra => {
+            return Err(StorageError::Corrupt(format!(
+                "{extra} bytes after a stored batch"
+            )))
+        }
+    };
+    Ok((batch, tag))
 }
 
 /// The batches from `offset` on in `stored` (batches in offset order, the first holding

@@ -194,7 +194,7 @@ impl Store {
                     Arc::clone(&self.stored_bytes),
                     Arc::clone(&self.tail_budget),
                 )?;
-                producers::repair(&log)?;
+                producers::recover(&log)?;
                 match self.marks.get(&name) {
                     Some(&synced) if log.next_offset() < synced => {
                         Err(StorageError::Corrupt(format!(

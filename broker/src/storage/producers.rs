@@ -6,13 +6,24 @@
 //! alone appends, accepts the next number, answers a number it still remembers with the
 //! offsets it gave then, and refuses anything else with `OutOfOrderSequence`. It remembers
 //! the last [`KEEP`] batches per producer and partition — more than a client keeps in
-//! flight — in the partition's own tree, written just before the batch. sled recovers
-//! writes in order, so after a crash the store holds both, neither, or the state alone;
-//! [`repair`] drops state entries naming offsets beyond the log's end when the log is
-//! opened, before anything else can be appended there. (Stores written before kept the
-//! state in a `producers` tree; it is still read, never written.)
+//! flight.
+//!
+//! Each numbered batch is stored with a tag naming its producer and number (see
+//! `storage::log`), so the batch alone records the producer's progress: one sled write per
+//! batch. The states themselves live in memory and are stored in the partition's own
+//! tree with the partition's bounds (every 100 ms while it is written, and at a clean
+//! stop), which then record that the states account for every batch below the log's end.
+//! After a crash, [`recover`] replays the tags of the batches from that watermark on.
+//! sled recovers writes in order, so a state that survived names only batches that did
+//! too. (Writing the state beside every batch was measured: it cost more than the batch
+//! itself, 16 against 11 µs a batch on average, with most of the writer's slow writes.)
+//!
+//! Stores written before kept the state in a `producers` tree (still read, never
+//! written), or wrote it just before each batch: [`recover`] also drops state entries
+//! naming offsets beyond the log's end, which a crash between the two writes left.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use super::{PartitionLog, StorageError};
 
@@ -52,6 +63,19 @@ impl Recent {
         Recent(entries.iter().copied().collect()).encode()
     }
 
+    /// Adds batch `sequence` at `base_offset`, unless it is already known (a replay);
+    /// keeps the last [`KEEP`]. Says whether anything changed.
+    fn record(&mut self, sequence: u64, base_offset: u64, count: u32) -> bool {
+        if self.0.iter().any(|&(s, _, _)| s >= sequence) {
+            return false;
+        }
+        self.0.push_back((sequence, base_offset, count));
+        while self.0.len() > KEEP {
+            self.0.pop_front();
+        }
+        true
+    }
+
     fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(20 * self.0.len());
         for (sequence, base, count) in &self.0 {
@@ -82,11 +106,17 @@ impl Recent {
     }
 }
 
+/// A log's name and a producer id.
+type StateKey = (String, u64);
+
 /// The writer thread's view of every producer's recent batches.
 pub(super) struct Producers {
     /// Where older stores kept the state.
     legacy: sled::Tree,
-    cache: HashMap<(String, u64), Recent>,
+    cache: HashMap<StateKey, Recent>,
+    /// States changed since they were last stored, and the logs they belong to; never
+    /// dropped from the cache before they are stored.
+    unsaved: HashMap<StateKey, Arc<PartitionLog>>,
 }
 
 impl Producers {
@@ -94,7 +124,22 @@ impl Producers {
         Producers {
             legacy,
             cache: HashMap::new(),
+            unsaved: HashMap::new(),
         }
+    }
+
+    /// Stores every state changed since the last call (the logs' bounds, saved next, then
+    /// record that their states are complete).
+    pub(super) fn save(&mut self) -> Result<(), StorageError> {
+        for ((name, producer_id), log) in self.unsaved.drain() {
+            if log.is_retired() {
+                continue;
+            }
+            if let Some(recent) = self.cache.get(&(name, producer_id)) {
+                log.set_producer_state(producer_id, Some(&recent.encode()))?;
+            }
+        }
+        Ok(())
     }
 
     /// Decides what to do with `batch` from `producer` for `log`.
@@ -137,26 +182,20 @@ impl Producers {
         )))
     }
 
-    /// The state that records `producer`'s batch at `base_offset` — to be written with
-    /// the batch — encoded, and as kept once it is.
-    pub(super) fn after(
+    /// Records that `producer`'s batch was stored at `base_offset` (once it is).
+    pub(super) fn remember(
         &mut self,
-        log: &PartitionLog,
+        log: &Arc<PartitionLog>,
         producer: ProducerBatch,
         base_offset: u64,
         count: u32,
-    ) -> Result<(Vec<u8>, Recent), StorageError> {
+    ) -> Result<(), StorageError> {
         let mut recent = self.recent(log, producer.producer_id)?.clone();
-        recent.0.push_back((producer.sequence, base_offset, count));
-        while recent.0.len() > KEEP {
-            recent.0.pop_front();
-        }
-        Ok((recent.encode(), recent))
-    }
-
-    /// Keeps `recent` as `producer`'s state once its batch is stored.
-    pub(super) fn remember(&mut self, log: &PartitionLog, producer_id: u64, recent: Recent) {
-        self.cache.insert((log.name(), producer_id), recent);
+        recent.record(producer.sequence, base_offset, count);
+        let key = (log.name(), producer.producer_id);
+        self.unsaved.insert(key.clone(), Arc::clone(log));
+        self.cache.insert(key, recent);
+        Ok(())
     }
 
     /// Forgets the producers of `log` whose remembered batches retention has all deleted:
@@ -164,6 +203,7 @@ impl Producers {
     /// alive simply continues (a producer without state may start at any number). Keeps
     /// the states of producers that come and go from piling up.
     pub(super) fn forget_trimmed(&mut self, log: &PartitionLog) -> Result<(), StorageError> {
+        self.save()?;
         let head = log.first_offset();
         let name = log.name();
         for (producer_id, value) in log.producer_states()? {
@@ -183,6 +223,7 @@ impl Producers {
     /// Forgets every producer of a deleted log (the log's own tree is cleared with it).
     pub(super) fn forget(&mut self, log: &str) -> Result<(), StorageError> {
         self.cache.retain(|(name, _), _| name != log);
+        self.unsaved.retain(|(name, _), _| name != log);
         for key in self.legacy.scan_prefix(prefix(log)).keys() {
             self.legacy.remove(key?)?;
         }
@@ -193,7 +234,9 @@ impl Producers {
         let entry = (log.name(), producer_id);
         if !self.cache.contains_key(&entry) {
             if self.cache.len() >= CACHE_ENTRIES {
-                // A new map, not `clear()`: its memory goes back rather than staying held.
+                // Stored first, so nothing is lost; then a new map, not `clear()`: its
+                // memory goes back rather than staying held.
+                self.save()?;
                 self.cache = HashMap::new();
             }
             let stored = match log.producer_state(producer_id)? {
@@ -210,23 +253,49 @@ impl Producers {
     }
 }
 
-/// Drops from every producer state of `log` the batches the log does not hold: their
-/// state was written, and the crash came before the batch. Run when the log is opened.
-pub(super) fn repair(log: &PartitionLog) -> Result<(), StorageError> {
+/// Brings the stored producer states of `log` up to its end when it is opened: drops
+/// entries naming batches the log does not hold (a crash between the state and the batch,
+/// in stores that wrote both), then replays the tags of the batches stored after the
+/// states were last saved. Blocks.
+pub(super) fn recover(log: &PartitionLog) -> Result<(), StorageError> {
     let end = log.write_next();
+    let mut states: HashMap<u64, (Recent, bool)> = HashMap::new();
     for (producer_id, value) in log.producer_states()? {
         let mut recent = Recent::decode(&value)?;
         let before = recent.0.len();
         recent
             .0
             .retain(|&(_, base, count)| base + u64::from(count) <= end);
-        if recent.0.len() != before {
+        let dropped = before - recent.0.len();
+        if dropped > 0 {
             tracing::warn!(
                 log = log.name(),
                 producer_id,
-                dropped = before - recent.0.len(),
+                dropped,
                 "producer state named batches lost in a crash; forgotten"
             );
+        }
+        states.insert(producer_id, (recent, dropped > 0));
+    }
+    let mut replayed = 0;
+    for stored in log.tagged_batches_from(log.states_saved_through()) {
+        let (batch, tag) = stored?;
+        let Some(producer) = tag else { continue };
+        let (recent, changed) = states.entry(producer.producer_id).or_default();
+        if recent.record(producer.sequence, batch.base_offset, batch.record_count) {
+            *changed = true;
+            replayed += 1;
+        }
+    }
+    if replayed > 0 {
+        tracing::info!(
+            log = log.name(),
+            replayed,
+            "producer states rebuilt from the log"
+        );
+    }
+    for (producer_id, (recent, changed)) in states {
+        if changed {
             let encoded = recent.encode();
             log.set_producer_state(producer_id, (!recent.0.is_empty()).then_some(&encoded[..]))?;
         }

@@ -162,7 +162,13 @@ async fn a_producer_state_written_just_before_a_crash_lost_its_batch_is_repaired
             .unwrap();
         let first = store.append_as(&logs[0], batch(&["a", "b"]), numbered(1));
         assert_eq!(first.await.unwrap().unwrap().base_offset, 0);
-        // What a crash between the two writes of batch 2 leaves: its state, not the batch.
+        store.close().unwrap();
+    }
+    {
+        // What a crash between the two writes of batch 2 left in stores that wrote the
+        // state before each batch: its state, not the batch.
+        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        let logs = store.open_logs(&store.load_topics().unwrap()[0]).unwrap();
         let state = producers::Recent::from_entries(&[(1, 0, 2), (2, 2, 1)]);
         logs[0].set_producer_state(7, Some(&state)).unwrap();
         store.close().unwrap();
@@ -178,6 +184,56 @@ async fn a_producer_state_written_just_before_a_crash_lost_its_batch_is_repaired
     let first = store.append_as(&logs[0], batch(&["a", "b"]), numbered(1));
     assert_eq!(first.await.unwrap().unwrap().base_offset, 0);
     assert_eq!(logs[0].next_offset(), 3);
+}
+
+#[tokio::test]
+async fn producer_states_not_saved_before_a_crash_are_rebuilt_from_the_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let numbered = |producer_id, sequence| ProducerBatch {
+        producer_id,
+        sequence,
+    };
+    {
+        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        let (_, logs) = store
+            .create_topic("t", 1, RetentionPolicy::default())
+            .unwrap();
+        for (producer, sequence, items) in [(7, 1, &["a", "b"][..]), (7, 2, &["c"]), (8, 1, &["d"])]
+        {
+            store
+                .append_as(&logs[0], batch(items), numbered(producer, sequence))
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        store.close().unwrap();
+    }
+    {
+        // What a crash before the states were next saved leaves: the states and the
+        // watermark as of batch 1 (offsets 0..2), the later batches stored.
+        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        let logs = store.open_logs(&store.load_topics().unwrap()[0]).unwrap();
+        let state = producers::Recent::from_entries(&[(1, 0, 2)]);
+        logs[0].set_producer_state(7, Some(&state)).unwrap();
+        logs[0].set_producer_state(8, None).unwrap();
+        logs[0].save_bounds_with_states_through(2).unwrap();
+        store.close().unwrap();
+    }
+    let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+    let logs = store.open_logs(&store.load_topics().unwrap()[0]).unwrap();
+    // Batch 2 of producer 7 and batch 1 of producer 8 are known again, from their tags.
+    let again = store.append_as(&logs[0], batch(&["c"]), numbered(7, 2));
+    assert_eq!(again.await.unwrap().unwrap().base_offset, 2);
+    let again = store.append_as(&logs[0], batch(&["d"]), numbered(8, 1));
+    assert_eq!(again.await.unwrap().unwrap().base_offset, 3);
+    assert_eq!(logs[0].next_offset(), 4, "nothing was stored twice");
+    let next = store.append_as(&logs[0], batch(&["e"]), numbered(7, 3));
+    assert_eq!(next.await.unwrap().unwrap().base_offset, 4);
+    // The tags never reach readers.
+    assert_eq!(
+        payloads(&logs[0].read(0, 100, usize::MAX).unwrap()),
+        ["a", "b", "c", "d", "e"]
+    );
 }
 
 #[tokio::test]
