@@ -305,7 +305,13 @@ impl Writer {
                         if result.is_ok() {
                             touch(&mut self.unsynced, &log);
                         }
-                        done.push(Done::Append { log, reply, result });
+                        let append = Done::Append { log, reply, result };
+                        if self.policy == FsyncPolicy::Always {
+                            done.push(append);
+                        } else {
+                            // Nothing the commit does adds to what this append has now.
+                            answer(append, &Ok(Durability::Buffered));
+                        }
                     }
                     Op::Trim { log, policy, reply } => {
                         let result = log.trim(&policy, now_ms()).and_then(|trimmed| {
@@ -442,36 +448,47 @@ impl Writer {
 
     fn answer(&self, done: Vec<Done>, commit: Result<Durability, StorageError>) {
         for item in done {
-            match item {
-                Done::Append { log, reply, result } => {
-                    let result = match (&commit, result) {
-                        (_, Err(err)) => Err(err),
-                        (Err(err), _) => Err(err.clone()),
-                        (Ok(durability), Ok((base_offset, count, stored))) => {
-                            if let Some(stored) = stored {
-                                log.cache(stored);
-                            }
-                            log.publish(base_offset + u64::from(count));
-                            Ok(Appended {
-                                base_offset,
-                                count,
-                                durability: *durability,
-                            })
-                        }
-                    };
-                    let _ = reply.send(result);
-                }
-                Done::Run { reply, result } => {
-                    let _ = reply.send(result.and(commit.clone().map(drop)));
-                }
-                Done::Trim { log, reply, result } => {
-                    let result = commit.clone().and(result);
-                    if matches!(result, Ok(true)) {
-                        log.wake_readers();
+            answer(item, &commit);
+        }
+    }
+}
+
+/// Answers one operation of a commit group, once `commit` made it as durable as it gets;
+/// an append's records become readable first.
+///
+/// Under `--fsync always` that is after the group's flush. Under `interval` and `never`
+/// the commit adds nothing an append waits for, so each is answered as soon as it is
+/// written: a slow sled write (a node split can take hundreds of microseconds) then delays
+/// only the appends behind it, not those of the group before it.
+fn answer(item: Done, commit: &Result<Durability, StorageError>) {
+    match item {
+        Done::Append { log, reply, result } => {
+            let result = match (commit, result) {
+                (_, Err(err)) => Err(err),
+                (Err(err), _) => Err(err.clone()),
+                (Ok(durability), Ok((base_offset, count, stored))) => {
+                    if let Some(stored) = stored {
+                        log.cache(stored);
                     }
-                    let _ = reply.send(result);
+                    log.publish(base_offset + u64::from(count));
+                    Ok(Appended {
+                        base_offset,
+                        count,
+                        durability: *durability,
+                    })
                 }
+            };
+            let _ = reply.send(result);
+        }
+        Done::Run { reply, result } => {
+            let _ = reply.send(result.and(commit.clone().map(drop)));
+        }
+        Done::Trim { log, reply, result } => {
+            let result = commit.clone().and(result);
+            if matches!(result, Ok(true)) {
+                log.wake_readers();
             }
+            let _ = reply.send(result);
         }
     }
 }
