@@ -3,6 +3,11 @@
 use clap::Parser;
 mod cli;
 
+/// Allocations through jemalloc, like the broker's (the bench embeds one).
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use cli::Cli;
 use tracing_subscriber::EnvFilter;
 
