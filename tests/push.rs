@@ -107,6 +107,17 @@ async fn competing_consumers_split_the_records_and_groups_each_get_all() {
     broker.stop().await;
 }
 
+/// A broker holding `count` records on one-partition `topic`, a client of it, and a
+/// frame-counting tap in front of it.
+async fn tapped_topic(topic: &str, count: usize) -> (TestBroker, Client, FrameTap) {
+    let broker = TestBroker::start().await;
+    let admin = broker.client().await;
+    admin.create_topic(topic, 1).await.unwrap();
+    publish(&admin, topic, count).await;
+    let tap = FrameTap::start(broker.addr()).await;
+    (broker, admin, tap)
+}
+
 /// A consumer through a frame-counting tap, acks lingering for an hour unless the window
 /// needs them.
 async fn tapped(tap: &FrameTap, topic: &str, group: &str, prefetch: u32) -> PushConsumer {
@@ -122,7 +133,7 @@ async fn tapped(tap: &FrameTap, topic: &str, group: &str, prefetch: u32) -> Push
         .unwrap()
 }
 
-/// Records of `group` on partition 0 not yet acked, as the broker describes them.
+/// Records of `group` not yet acked, as the broker describes them.
 async fn unacked(client: &Client, topic: &str, group: &str) -> u64 {
     let info = client.describe_group(topic, group).await.unwrap();
     info.partitions.iter().map(|p| p.lag).sum()
@@ -130,11 +141,7 @@ async fn unacked(client: &Client, topic: &str, group: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acks_given_within_the_linger_travel_in_one_request() {
-    let broker = TestBroker::start().await;
-    let admin = broker.client().await;
-    admin.create_topic("grouped", 1).await.unwrap();
-    publish(&admin, "grouped", 200).await;
-    let tap = FrameTap::start(broker.addr()).await;
+    let (broker, admin, tap) = tapped_topic("grouped", 200).await;
     let mut consumer = tapped(&tap, "grouped", "g", 1000).await;
     for _ in 0..200 {
         let delivery = next(&mut consumer, Duration::from_secs(5)).await.unwrap();
@@ -149,11 +156,7 @@ async fn acks_given_within_the_linger_travel_in_one_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lingering_acks_leave_once_half_the_window_waits_so_deliveries_never_stall() {
-    let broker = TestBroker::start().await;
-    let admin = broker.client().await;
-    admin.create_topic("window", 1).await.unwrap();
-    publish(&admin, "window", 100).await;
-    let tap = FrameTap::start(broker.addr()).await;
+    let (broker, _admin, tap) = tapped_topic("window", 100).await;
     let mut consumer = tapped(&tap, "window", "g", 10).await;
     for i in 0..100 {
         let delivery = next(&mut consumer, Duration::from_secs(5)).await;

@@ -145,14 +145,8 @@ impl PartitionLog {
         if offset >= next {
             return Ok(ReadBatches::default());
         }
-        if let Some(cached) = self.tail.batches_from(offset) {
-            return collect(
-                cached.into_iter().map(Ok),
-                offset,
-                next,
-                max_records,
-                max_bytes,
-            );
+        if let Some(cached) = self.read_cached(offset, next, max_records, max_bytes) {
+            return cached;
         }
         if next - offset <= HOT_TAIL_RECORDS {
             return self.read(offset, max_records, max_bytes);
@@ -173,14 +167,8 @@ impl PartitionLog {
         if offset >= next || max_records == 0 {
             return Ok(ReadBatches::default());
         }
-        if let Some(cached) = self.tail.batches_from(offset) {
-            return collect(
-                cached.into_iter().map(Ok),
-                offset,
-                next,
-                max_records,
-                max_bytes,
-            );
+        if let Some(cached) = self.read_cached(offset, next, max_records, max_bytes) {
+            return cached;
         }
         let start = match self.tree.range(..=key(offset)).next_back() {
             Some(entry) => entry?.0,
@@ -191,6 +179,19 @@ impl PartitionLog {
             .range(start..sled::IVec::from(&STATE_KEYS))
             .map(|entry| parse(entry?.1));
         collect(stored, offset, next, max_records, max_bytes)
+    }
+
+    /// [`read`](Self::read) from the cached tail, if it holds `offset`.
+    fn read_cached(
+        &self,
+        offset: u64,
+        next: u64,
+        max_records: u32,
+        max_bytes: usize,
+    ) -> Option<Result<ReadBatches, StorageError>> {
+        let cached = self.tail.batches_from(offset)?;
+        let batches = cached.into_iter().map(Ok);
+        Some(collect(batches, offset, next, max_records, max_bytes))
     }
 
     /// Called by the writer thread when the topic is deleted: refuses further appends,
