@@ -133,6 +133,16 @@ async fn tapped(tap: &FrameTap, topic: &str, group: &str, prefetch: u32) -> Push
         .unwrap()
 }
 
+/// Takes `count` deliveries, acking each as it comes.
+async fn ack_each(consumer: &mut PushConsumer, count: usize) {
+    for i in 0..count {
+        let delivery = next(consumer, Duration::from_secs(5)).await;
+        delivery
+            .unwrap_or_else(|| panic!("delivery {i} never came"))
+            .ack();
+    }
+}
+
 /// Records of `group` not yet acked, as the broker describes them.
 async fn unacked(client: &Client, topic: &str, group: &str) -> u64 {
     let info = client.describe_group(topic, group).await.unwrap();
@@ -143,10 +153,7 @@ async fn unacked(client: &Client, topic: &str, group: &str) -> u64 {
 async fn acks_given_within_the_linger_travel_in_one_request() {
     let (broker, admin, tap) = tapped_topic("grouped", 200).await;
     let mut consumer = tapped(&tap, "grouped", "g", 1000).await;
-    for _ in 0..200 {
-        let delivery = next(&mut consumer, Duration::from_secs(5)).await.unwrap();
-        delivery.ack();
-    }
+    ack_each(&mut consumer, 200).await;
     // 200 acks are fewer than half the window: they wait for the linger or a flush.
     consumer.flush_acks().await.unwrap();
     assert_eq!(tap.count(Opcode::Ack), 1, "one request carried every ack");
@@ -158,12 +165,7 @@ async fn acks_given_within_the_linger_travel_in_one_request() {
 async fn lingering_acks_leave_once_half_the_window_waits_so_deliveries_never_stall() {
     let (broker, _admin, tap) = tapped_topic("window", 100).await;
     let mut consumer = tapped(&tap, "window", "g", 10).await;
-    for i in 0..100 {
-        let delivery = next(&mut consumer, Duration::from_secs(5)).await;
-        delivery
-            .unwrap_or_else(|| panic!("delivery {i} never came"))
-            .ack();
-    }
+    ack_each(&mut consumer, 100).await;
     consumer.flush_acks().await.unwrap();
     let requests = tap.count(Opcode::Ack);
     assert!(
@@ -172,12 +174,7 @@ async fn lingering_acks_leave_once_half_the_window_waits_so_deliveries_never_sta
     );
     // Prefetch 1: nothing can wait, or the next delivery never comes.
     let mut one = tapped(&tap, "window", "single", 1).await;
-    for i in 0..10 {
-        let delivery = next(&mut one, Duration::from_secs(5)).await;
-        delivery
-            .unwrap_or_else(|| panic!("delivery {i} never came"))
-            .ack();
-    }
+    ack_each(&mut one, 10).await;
     one.flush_acks().await.unwrap();
     assert_eq!(
         tap.count(Opcode::Ack) - requests,
