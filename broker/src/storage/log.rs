@@ -82,7 +82,12 @@ impl PartitionLog {
     ) -> Result<PartitionLog, StorageError> {
         let saved = match bounds.get(tree.name())? {
             Some(value) => Bounds::decode(&value)?,
-            None => Bounds::default(),
+            // Never saved (the broker stopped within the log's first 100 ms): the
+            // producer states may account for nothing yet.
+            None => Bounds {
+                states_through: Some(0),
+                ..Bounds::default()
+            },
         };
         let next = match tree.range(..STATE_KEYS).next_back().transpose()? {
             Some((_, value)) => parse(value)?.next_offset().max(saved.next),
@@ -360,6 +365,13 @@ impl PartitionLog {
             states_through: Some(through),
         };
         self.bounds.insert(self.tree.name(), bounds.encode())?;
+        Ok(())
+    }
+
+    /// Drops the saved bounds, as a crash before they were first saved leaves the log.
+    #[cfg(test)]
+    pub(super) fn forget_bounds(&self) -> Result<(), StorageError> {
+        self.bounds.remove(self.tree.name())?;
         Ok(())
     }
 

@@ -128,6 +128,39 @@ async fn the_cached_tail_forgets_what_retention_deleted_and_a_deleted_topic() {
 }
 
 #[tokio::test]
+async fn producers_of_a_log_whose_bounds_were_never_saved_are_rebuilt_from_all_of_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let numbered = |sequence| ProducerBatch {
+        producer_id: 9,
+        sequence,
+    };
+    {
+        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        let (_, logs) = store
+            .create_topic("t", 1, RetentionPolicy::default())
+            .unwrap();
+        for (sequence, item) in [(1, "a"), (2, "b")] {
+            let appended = store.append_as(&logs[0], batch(&[item]), numbered(sequence));
+            appended.await.unwrap().unwrap();
+        }
+        store.close().unwrap();
+    }
+    {
+        // What a crash within the log's first 100 ms leaves: batches, no state, no bounds.
+        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        let logs = store.open_logs(&store.load_topics().unwrap()[0]).unwrap();
+        logs[0].set_producer_state(9, None).unwrap();
+        logs[0].forget_bounds().unwrap();
+        store.close().unwrap();
+    }
+    let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+    let logs = store.open_logs(&store.load_topics().unwrap()[0]).unwrap();
+    let again = store.append_as(&logs[0], batch(&["b"]), numbered(2));
+    assert_eq!(again.await.unwrap().unwrap().base_offset, 1);
+    assert_eq!(logs[0].next_offset(), 2, "nothing was stored twice");
+}
+
+#[tokio::test]
 async fn reopening_recovers_topics_offsets_and_group_positions() {
     let dir = tempfile::tempdir().unwrap();
     {
