@@ -154,10 +154,10 @@ impl PartitionLog {
             return cached;
         }
         if next - offset <= HOT_TAIL_RECORDS {
-            return self.read(offset, max_records, max_bytes);
+            return self.read_stored(offset, next, max_records, max_bytes);
         }
         let log = Arc::clone(self);
-        super::blocking(move || log.read(offset, max_records, max_bytes)).await
+        super::blocking(move || log.read_stored(offset, next, max_records, max_bytes)).await
     }
 
     /// Reads committed records from `offset`: at most `max_records`, and at most `max_bytes`
@@ -175,6 +175,17 @@ impl PartitionLog {
         if let Some(cached) = self.read_cached(offset, next, max_records, max_bytes) {
             return cached;
         }
+        self.read_stored(offset, next, max_records, max_bytes)
+    }
+
+    /// [`read`](Self::read) from sled, of records below `next`. Blocks.
+    fn read_stored(
+        &self,
+        offset: u64,
+        next: u64,
+        max_records: u32,
+        max_bytes: usize,
+    ) -> Result<ReadBatches, StorageError> {
         let start = match self.tree.range(..=key(offset)).next_back() {
             Some(entry) => entry?.0,
             None => sled::IVec::from(&key(offset)),
@@ -194,7 +205,7 @@ impl PartitionLog {
         max_records: u32,
         max_bytes: usize,
     ) -> Option<Result<ReadBatches, StorageError>> {
-        let cached = self.tail.batches_from(offset)?;
+        let cached = self.tail.batches_from(offset, max_records)?;
         let batches = cached.into_iter().map(Ok);
         Some(collect(batches, offset, next, max_records, max_bytes))
     }

@@ -110,11 +110,12 @@ impl Tail {
         }
     }
 
-    /// The cached batches from `offset` on, in the order [`PartitionLog::read`] returns
-    /// them, if the tail holds `offset`; `None` if `offset` is older or not cached yet.
+    /// The cached batches from `offset` on — enough of them to hold `max_records` from
+    /// there, or all — in the order [`PartitionLog::read`] returns them, if the tail holds
+    /// `offset`; `None` if `offset` is older or not cached yet.
     ///
     /// [`PartitionLog::read`]: super::PartitionLog::read
-    pub fn batches_from(&self, offset: u64) -> Option<Vec<Batch>> {
+    pub fn batches_from(&self, offset: u64, max_records: u32) -> Option<Vec<Batch>> {
         let entries = self.lock();
         let (first, last) = (entries.batches.front()?, entries.batches.back()?);
         if offset < first.1.base_offset || offset >= last.1.next_offset() {
@@ -124,13 +125,16 @@ impl Tail {
         let at = entries
             .batches
             .partition_point(|(_, b)| b.next_offset() <= offset);
-        Some(
-            entries
-                .batches
-                .range(at..)
-                .map(|(_, b)| b.clone())
-                .collect(),
-        )
+        let mut records = 0u64;
+        let mut out = Vec::new();
+        for (_, batch) in entries.batches.range(at..) {
+            if records >= u64::from(max_records) {
+                break;
+            }
+            records += batch.next_offset() - offset.max(batch.base_offset);
+            out.push(batch.clone());
+        }
+        Some(out)
     }
 
     /// Drops batches that end at or before `first` (retention deleted them).
@@ -218,18 +222,24 @@ mod tests {
         tail.push(batch(10, 5, 100));
         tail.push(batch(15, 5, 100));
         let from_12: Vec<u64> = tail
-            .batches_from(12)
+            .batches_from(12, u32::MAX)
             .unwrap()
             .iter()
             .map(|b| b.base_offset)
             .collect();
         assert_eq!(from_12, vec![10, 15]);
-        assert_eq!(tail.batches_from(15).unwrap().len(), 1);
+        assert_eq!(tail.batches_from(15, u32::MAX).unwrap().len(), 1);
+        assert_eq!(
+            tail.batches_from(12, 3).unwrap().len(),
+            1,
+            "3 records from 12 are in one"
+        );
+        assert_eq!(tail.batches_from(12, 4).unwrap().len(), 2);
         assert!(
-            tail.batches_from(20).is_none(),
+            tail.batches_from(20, u32::MAX).is_none(),
             "not cached yet: sled has it, or nobody"
         );
-        assert!(tail.batches_from(9).is_none());
+        assert!(tail.batches_from(9, u32::MAX).is_none());
     }
 
     #[test]
@@ -237,12 +247,12 @@ mod tests {
         let tail = Tail::new(TailBudget::new(1 << 20));
         tail.push(batch(0, 5, 10));
         tail.push(batch(9, 1, 10)); // not at 5: what came before is no longer adjacent
-        assert!(tail.batches_from(4).is_none());
-        assert_eq!(tail.batches_from(9).unwrap().len(), 1);
+        assert!(tail.batches_from(4, u32::MAX).is_none());
+        assert_eq!(tail.batches_from(9, u32::MAX).unwrap().len(), 1);
         tail.push(batch(10, 1, 10));
         tail.forget_before(10);
-        assert!(tail.batches_from(9).is_none());
-        assert_eq!(tail.batches_from(10).unwrap().len(), 1);
+        assert!(tail.batches_from(9, u32::MAX).is_none());
+        assert_eq!(tail.batches_from(10, u32::MAX).unwrap().len(), 1);
     }
 
     #[test]
@@ -260,11 +270,11 @@ mod tests {
             600,
             "b's batch did not fit and is read from sled"
         );
-        assert!(b.batches_from(0).is_none());
+        assert!(b.batches_from(0, u32::MAX).is_none());
         a.clear();
         assert_eq!(budget.used(), 0);
         b.push(batch(1, 1, 100));
-        assert!(b.batches_from(1).is_some());
+        assert!(b.batches_from(1, u32::MAX).is_some());
         drop(b);
         assert_eq!(budget.used(), 0, "a dropped tail gives its bytes back");
     }
@@ -275,9 +285,9 @@ mod tests {
         for i in 0..(PER_PARTITION_BATCHES as u64 + 10) {
             tail.push(batch(i, 1, 1));
         }
-        assert!(tail.batches_from(9).is_none());
-        assert!(tail.batches_from(10).is_some());
+        assert!(tail.batches_from(9, u32::MAX).is_none());
+        assert!(tail.batches_from(10, u32::MAX).is_some());
         tail.forget_old(Instant::now() + MAX_AGE + Duration::from_millis(1));
-        assert!(tail.batches_from(10).is_none());
+        assert!(tail.batches_from(10, u32::MAX).is_none());
     }
 }

@@ -127,6 +127,20 @@ async fn the_cached_tail_forgets_what_retention_deleted_and_a_deleted_topic() {
     assert_eq!(store.tail_cache_bytes(), 0);
 }
 
+/// The store in `dir` and the logs of its one topic, created as `t` with one partition
+/// when the store is new.
+fn open_one_topic(dir: &std::path::Path) -> (Arc<Store>, Vec<Arc<PartitionLog>>) {
+    let store = Store::open(dir, StoreConfig::default()).unwrap();
+    let logs = match store.load_topics().unwrap().first() {
+        Some(topic) => store.open_logs(topic).unwrap(),
+        None => {
+            let policy = RetentionPolicy::default();
+            store.create_topic("t", 1, policy).unwrap().1
+        }
+    };
+    (store, logs)
+}
+
 #[tokio::test]
 async fn producers_of_a_log_whose_bounds_were_never_saved_are_rebuilt_from_all_of_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -135,10 +149,7 @@ async fn producers_of_a_log_whose_bounds_were_never_saved_are_rebuilt_from_all_o
         sequence,
     };
     {
-        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
-        let (_, logs) = store
-            .create_topic("t", 1, RetentionPolicy::default())
-            .unwrap();
+        let (store, logs) = open_one_topic(dir.path());
         for (sequence, item) in [(1, "a"), (2, "b")] {
             let appended = store.append_as(&logs[0], batch(&[item]), numbered(sequence));
             appended.await.unwrap().unwrap();
@@ -147,14 +158,12 @@ async fn producers_of_a_log_whose_bounds_were_never_saved_are_rebuilt_from_all_o
     }
     {
         // What a crash within the log's first 100 ms leaves: batches, no state, no bounds.
-        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
-        let logs = store.open_logs(&store.load_topics().unwrap()[0]).unwrap();
+        let (store, logs) = open_one_topic(dir.path());
         logs[0].set_producer_state(9, None).unwrap();
         logs[0].forget_bounds().unwrap();
         store.close().unwrap();
     }
-    let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
-    let logs = store.open_logs(&store.load_topics().unwrap()[0]).unwrap();
+    let (store, logs) = open_one_topic(dir.path());
     let again = store.append_as(&logs[0], batch(&["b"]), numbered(2));
     assert_eq!(again.await.unwrap().unwrap().base_offset, 1);
     assert_eq!(logs[0].next_offset(), 2, "nothing was stored twice");
@@ -189,10 +198,7 @@ async fn a_producer_state_written_just_before_a_crash_lost_its_batch_is_repaired
         sequence,
     };
     {
-        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
-        let (_, logs) = store
-            .create_topic("t", 1, RetentionPolicy::default())
-            .unwrap();
+        let (store, logs) = open_one_topic(dir.path());
         let first = store.append_as(&logs[0], batch(&["a", "b"]), numbered(1));
         assert_eq!(first.await.unwrap().unwrap().base_offset, 0);
         store.close().unwrap();
@@ -200,15 +206,12 @@ async fn a_producer_state_written_just_before_a_crash_lost_its_batch_is_repaired
     {
         // What a crash between the two writes of batch 2 left in stores that wrote the
         // state before each batch: its state, not the batch.
-        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
-        let logs = store.open_logs(&store.load_topics().unwrap()[0]).unwrap();
+        let (store, logs) = open_one_topic(dir.path());
         let state = producers::Recent::from_entries(&[(1, 0, 2), (2, 2, 1)]);
         logs[0].set_producer_state(7, Some(&state)).unwrap();
         store.close().unwrap();
     }
-    let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
-    let topics = store.load_topics().unwrap();
-    let logs = store.open_logs(&topics[0]).unwrap();
+    let (store, logs) = open_one_topic(dir.path());
     // Batch 2 is appended, not answered with offsets the log never held ...
     let again = store.append_as(&logs[0], batch(&["c"]), numbered(2));
     assert_eq!(again.await.unwrap().unwrap().base_offset, 2);
@@ -227,10 +230,7 @@ async fn producer_states_not_saved_before_a_crash_are_rebuilt_from_the_batches()
         sequence,
     };
     {
-        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
-        let (_, logs) = store
-            .create_topic("t", 1, RetentionPolicy::default())
-            .unwrap();
+        let (store, logs) = open_one_topic(dir.path());
         for (producer, sequence, items) in [(7, 1, &["a", "b"][..]), (7, 2, &["c"]), (8, 1, &["d"])]
         {
             store
@@ -244,16 +244,14 @@ async fn producer_states_not_saved_before_a_crash_are_rebuilt_from_the_batches()
     {
         // What a crash before the states were next saved leaves: the states and the
         // watermark as of batch 1 (offsets 0..2), the later batches stored.
-        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
-        let logs = store.open_logs(&store.load_topics().unwrap()[0]).unwrap();
+        let (store, logs) = open_one_topic(dir.path());
         let state = producers::Recent::from_entries(&[(1, 0, 2)]);
         logs[0].set_producer_state(7, Some(&state)).unwrap();
         logs[0].set_producer_state(8, None).unwrap();
         logs[0].save_bounds_with_states_through(2).unwrap();
         store.close().unwrap();
     }
-    let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
-    let logs = store.open_logs(&store.load_topics().unwrap()[0]).unwrap();
+    let (store, logs) = open_one_topic(dir.path());
     // Batch 2 of producer 7 and batch 1 of producer 8 are known again, from their tags.
     let again = store.append_as(&logs[0], batch(&["c"]), numbered(7, 2));
     assert_eq!(again.await.unwrap().unwrap().base_offset, 2);

@@ -104,7 +104,7 @@ impl Pacer {
 fn timespec(duration: Duration) -> libc::timespec {
     libc::timespec {
         tv_sec: duration.as_secs() as libc::time_t,
-        tv_nsec: libc::c_long::from(duration.subsec_nanos() as i32),
+        tv_nsec: duration.subsec_nanos() as libc::c_long,
     }
 }
 
