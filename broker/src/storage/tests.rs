@@ -586,3 +586,81 @@ mod model {
         }
     }
 }
+
+fn numbered(sequence: u64) -> ProducerBatch {
+    ProducerBatch {
+        producer_id: 5,
+        sequence,
+    }
+}
+
+#[tokio::test]
+async fn under_never_an_idle_writer_has_a_small_append_written_before_append_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_tail(dir.path(), 1 << 20);
+    let (_, logs) = store
+        .create_topic("t", 1, RetentionPolicy::default())
+        .unwrap();
+    for (sequence, item) in [(1, "a"), (2, "b")] {
+        let mut appended = store.append_as(&logs[0], batch(&[item]), numbered(sequence));
+        let appended = appended.try_recv().expect("answered in place").unwrap();
+        assert_eq!(appended.base_offset, sequence - 1);
+        assert_eq!(appended.durability, Durability::Buffered);
+        assert_eq!(logs[0].next_offset(), sequence, "readable at once");
+    }
+    assert_eq!(
+        payloads(&logs[0].read(0, 100, usize::MAX).unwrap()),
+        ["a", "b"]
+    );
+}
+
+#[test]
+fn appends_queued_while_the_writer_is_busy_are_not_overtaken_by_later_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_tail(dir.path(), 1 << 20);
+    let (_, logs) = store
+        .create_topic("t", 1, RetentionPolicy::default())
+        .unwrap();
+    // A job that finds the writer idle runs in place on its caller's thread, holding the
+    // writer until it is released.
+    let (held_tx, held) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel::<()>();
+    let holder = {
+        let store = Arc::clone(&store);
+        std::thread::spawn(move || {
+            store.writer.run(move || {
+                held_tx.send(()).unwrap();
+                release_rx.recv().unwrap();
+                Ok(())
+            })
+        })
+    };
+    held.recv().unwrap();
+    let mut first = store.append_as(&logs[0], batch(&["r1"]), numbered(1));
+    assert!(
+        matches!(
+            first.try_recv(),
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty)
+        ),
+        "queued behind the job"
+    );
+    release.send(()).unwrap();
+    // Sent while the first may still be queued: none of them may be written before it (a
+    // numbered batch that overtook its predecessor would be refused as out of order).
+    let later: Vec<_> = (2..=40)
+        .map(|sequence| {
+            let item = format!("r{sequence}");
+            store.append_as(&logs[0], batch(&[item.as_str()]), numbered(sequence))
+        })
+        .collect();
+    holder.join().unwrap().unwrap();
+    for (sequence, appended) in (1..).zip(std::iter::once(first).chain(later)) {
+        let appended = futures::executor::block_on(appended).unwrap().unwrap();
+        assert_eq!(appended.base_offset, sequence - 1);
+    }
+    let expected: Vec<String> = (1..=40).map(|s| format!("r{s}")).collect();
+    assert_eq!(
+        payloads(&logs[0].read(0, 100, usize::MAX).unwrap()),
+        expected
+    );
+}
