@@ -11,6 +11,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
@@ -261,7 +262,12 @@ impl Session {
         };
         match cmd::dispatch(&context, frame).await {
             Reply::Now(reply) => self.reply(correlation_id, reply).await,
-            Reply::Later(pending) => {
+            Reply::Later(mut pending) => {
+                // A publish the storage wrote in place is ready now: answer it without a task.
+                if let Poll::Ready(reply) = futures::poll!(&mut pending) {
+                    drop(permit);
+                    return self.reply(correlation_id, reply).await;
+                }
                 let (out, gone) = (self.out.clone(), self.client_gone.clone());
                 self.requests.spawn(async move {
                     tokio::select! {
