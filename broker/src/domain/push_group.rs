@@ -38,6 +38,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use herald_protocol::{encode_batch, Batch, Deliver, Record};
 use tokio::sync::{mpsc, oneshot};
+
+use super::flights::{Flights, Run};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -508,15 +510,6 @@ enum Command {
 /// Resolves once an ack-state write is committed.
 type Written = oneshot::Receiver<Result<(), StorageError>>;
 
-/// A record in flight.
-struct Flight {
-    sub: u64,
-    count: u32,
-    deadline: Instant,
-    since: Instant,
-    bytes: u32,
-}
-
 /// One partition's delivery state.
 struct Part {
     acks: AckState,
@@ -525,7 +518,7 @@ struct Part {
     ready: BTreeMap<u64, u32>,
     /// Waiting for redelivery after a delay: offset → (due, deliveries so far).
     delayed: BTreeMap<u64, (Instant, u32)>,
-    flights: BTreeMap<u64, Flight>,
+    flights: Flights,
     /// Deliveries so far of records on their way to the dead-letter topic.
     dead_lettering: HashMap<u64, u32>,
     dirty: bool,
@@ -538,7 +531,7 @@ impl Part {
             acks,
             ready: BTreeMap::new(),
             delayed: BTreeMap::new(),
-            flights: BTreeMap::new(),
+            flights: Flights::default(),
             dead_lettering: HashMap::new(),
             dirty: false,
         }
@@ -928,18 +921,17 @@ impl Dispatcher {
             sub.prefetch_count = 0;
             return;
         }
-        for (offset, count) in (start..end).zip(delivery_counts) {
-            part.flights.insert(
-                offset,
-                Flight {
-                    sub: id,
-                    count,
-                    deadline,
-                    since: now,
-                    bytes: per_record,
-                },
-            );
-        }
+        part.flights.insert(
+            start,
+            Run {
+                end,
+                sub: id,
+                deadline,
+                since: now,
+                bytes: per_record,
+                counts: delivery_counts,
+            },
+        );
         sub.in_flight += (end - start) as u32;
         sub.in_flight_bytes += u64::from(per_record) * (end - start);
         self.timers.insert((deadline, p, start, end));
@@ -966,44 +958,40 @@ impl Dispatcher {
         }
         for span in spans {
             let p = span.partition;
-            // Only this subscriber's records in flight can be nacked, rejected or touched;
-            // looking them up by range keeps a huge span cheap.
-            let held: Vec<u64> = self.parts[p as usize]
-                .flights
-                .range(span.start..span.end)
-                .filter(|(_, f)| f.sub == id)
-                .map(|(&offset, _)| offset)
-                .collect();
-            for offset in held {
-                match &answer {
-                    Answer::Ack => unreachable!("acks are handled above"),
-                    Answer::Nack { delay } => {
-                        if let Some(flight) = self.take_flight(p, offset, Some(id)) {
+            // Only this subscriber's records in flight can be nacked, rejected or touched.
+            let held = |run: &Run| run.sub == id;
+            match &answer {
+                Answer::Ack => unreachable!("acks are handled above"),
+                Answer::Nack { delay } => {
+                    for (start, run) in self.take_flights(p, span.start, span.end, held) {
+                        for (offset, count) in run.records(start) {
                             if let Some(reason) =
-                                self.requeue(p, offset, flight.count, now + *delay, "nacked")
+                                self.requeue(p, offset, count, now + *delay, "nacked")
                             {
-                                to_dead_letter.push((p, offset, flight.count, reason));
+                                to_dead_letter.push((p, offset, count, reason));
                             }
                         }
                     }
-                    Answer::Reject { reason } => {
-                        if let Some(flight) = self.take_flight(p, offset, Some(id)) {
-                            let reason = if reason.is_empty() {
-                                "rejected".to_string()
-                            } else {
-                                format!("rejected: {reason}")
-                            };
-                            to_dead_letter.push((p, offset, flight.count, reason));
+                }
+                Answer::Reject { reason } => {
+                    let reason = if reason.is_empty() {
+                        "rejected".to_string()
+                    } else {
+                        format!("rejected: {reason}")
+                    };
+                    for (start, run) in self.take_flights(p, span.start, span.end, held) {
+                        for (offset, count) in run.records(start) {
+                            to_dead_letter.push((p, offset, count, reason.clone()));
                         }
                     }
-                    Answer::Touch { extend } => {
-                        let extend = extend.unwrap_or(Duration::from_millis(u64::from(
-                            self.settings.ack_timeout_ms,
-                        )));
-                        if let Some(flight) = self.parts[p as usize].flights.get_mut(&offset) {
-                            flight.deadline = now + extend;
-                            self.timers.insert((now + extend, p, offset, offset + 1));
-                        }
+                }
+                Answer::Touch { extend } => {
+                    let extend = extend.unwrap_or(Duration::from_millis(u64::from(
+                        self.settings.ack_timeout_ms,
+                    )));
+                    let flights = &mut self.parts[p as usize].flights;
+                    for (start, end) in flights.touch(span.start, span.end, id, now + extend) {
+                        self.timers.insert((now + extend, p, start, end));
                     }
                 }
             }
@@ -1016,10 +1004,7 @@ impl Dispatcher {
     /// topic, which marks them done itself).
     fn ack(&mut self, span: &Span) {
         let p = span.partition;
-        let part = &self.parts[p as usize];
-        for offset in keys_in(&part.flights, span) {
-            self.take_flight(p, offset, None);
-        }
+        self.take_flights(p, span.start, span.end, |_| true);
         let part = &mut self.parts[p as usize];
         for offset in keys_in(&part.ready, span) {
             part.ready.remove(&offset);
@@ -1045,20 +1030,25 @@ impl Dispatcher {
         part.dirty = true;
     }
 
-    /// Takes a record out of flight (only if `only` holds it, when given), updating its
-    /// consumer's counts.
-    fn take_flight(&mut self, p: u32, offset: u64, only: Option<u64>) -> Option<Flight> {
-        let part = &mut self.parts[p as usize];
-        let holder = part.flights.get(&offset)?.sub;
-        if only.is_some_and(|id| id != holder) {
-            return None;
+    /// Takes the records of `start..end` whose run satisfies `which` out of flight,
+    /// updating their consumers' counts.
+    fn take_flights(
+        &mut self,
+        p: u32,
+        start: u64,
+        end: u64,
+        which: impl Fn(&Run) -> bool,
+    ) -> Vec<(u64, Run)> {
+        let taken = self.parts[p as usize].flights.take(start, end, which);
+        for (_, run) in &taken {
+            if let Some(sub) = self.subs.get_mut(&run.sub) {
+                let records = u32::try_from(run.record_count()).unwrap_or(u32::MAX);
+                sub.in_flight = sub.in_flight.saturating_sub(records);
+                let bytes = u64::from(run.bytes) * run.record_count();
+                sub.in_flight_bytes = sub.in_flight_bytes.saturating_sub(bytes);
+            }
         }
-        let flight = part.flights.remove(&offset)?;
-        if let Some(sub) = self.subs.get_mut(&flight.sub) {
-            sub.in_flight = sub.in_flight.saturating_sub(1);
-            sub.in_flight_bytes = sub.in_flight_bytes.saturating_sub(u64::from(flight.bytes));
-        }
-        Some(flight)
+        taken
     }
 
     /// Queues a record for redelivery at `due`, or returns the reason to dead-letter it
@@ -1096,23 +1086,21 @@ impl Dispatcher {
                 break;
             }
             self.timers.pop_first();
-            for offset in start..end {
-                let part = &mut self.parts[p as usize];
-                if let Some(&(due, count)) = part.delayed.get(&offset) {
-                    if due <= now {
-                        part.delayed.remove(&offset);
-                        part.ready.insert(offset, count);
-                    }
-                    continue;
-                }
-                let expired = part.flights.get(&offset).is_some_and(|f| f.deadline <= now);
-                if expired {
-                    if let Some(flight) = self.take_flight(p, offset, None) {
-                        if let Some(reason) =
-                            self.requeue(p, offset, flight.count, now, "ack timeout")
-                        {
-                            to_dead_letter.push((p, offset, flight.count, reason));
-                        }
+            let part = &mut self.parts[p as usize];
+            let due: Vec<(u64, u32)> = part
+                .delayed
+                .range(start..end)
+                .filter(|(_, &(due, _))| due <= now)
+                .map(|(&offset, &(_, count))| (offset, count))
+                .collect();
+            for (offset, count) in due {
+                part.delayed.remove(&offset);
+                part.ready.insert(offset, count);
+            }
+            for (first, run) in self.take_flights(p, start, end, |run| run.deadline <= now) {
+                for (offset, count) in run.records(first) {
+                    if let Some(reason) = self.requeue(p, offset, count, now, "ack timeout") {
+                        to_dead_letter.push((p, offset, count, reason));
                     }
                 }
             }
@@ -1127,16 +1115,11 @@ impl Dispatcher {
         let now = Instant::now();
         let mut to_dead_letter = Vec::new();
         for p in 0..self.parts.len() as u32 {
-            let held: Vec<(u64, u32)> = self.parts[p as usize]
-                .flights
-                .iter()
-                .filter(|(_, f)| f.sub == id)
-                .map(|(&o, f)| (o, f.count))
-                .collect();
-            for (offset, count) in held {
-                self.parts[p as usize].flights.remove(&offset);
-                if let Some(reason) = self.requeue(p, offset, count, now, "consumer gone") {
-                    to_dead_letter.push((p, offset, count, reason));
+            for (start, run) in self.take_flights(p, 0, u64::MAX, |run| run.sub == id) {
+                for (offset, count) in run.records(start) {
+                    if let Some(reason) = self.requeue(p, offset, count, now, "consumer gone") {
+                        to_dead_letter.push((p, offset, count, reason));
+                    }
                 }
             }
         }
@@ -1240,9 +1223,9 @@ impl Dispatcher {
                 let oldest = self
                     .parts
                     .iter()
-                    .flat_map(|part| part.flights.values())
-                    .filter(|f| f.sub == id)
-                    .map(|f| now.saturating_duration_since(f.since))
+                    .flat_map(|part| part.flights.iter())
+                    .filter(|(_, run)| run.sub == id)
+                    .map(|(_, run)| now.saturating_duration_since(run.since))
                     .max()
                     .unwrap_or_default();
                 (id, sub.address.clone(), sub.in_flight, oldest)
