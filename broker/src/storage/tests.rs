@@ -612,6 +612,19 @@ async fn under_never_an_idle_writer_has_a_small_append_written_before_append_ret
         payloads(&logs[0].read(0, 100, usize::MAX).unwrap()),
         ["a", "b"]
     );
+    // The clean stop saves what was written in place: the records, the log's bounds and
+    // the producer's state, so a resent batch is still answered with its offsets.
+    store.close().unwrap();
+    drop((store, logs));
+    let store = store_with_tail(dir.path(), 1 << 20);
+    let logs = store.open_logs(&store.load_topics().unwrap()[0]).unwrap();
+    assert_eq!(logs[0].next_offset(), 2);
+    let again = store.append_as(&logs[0], batch(&["b"]), numbered(2));
+    assert_eq!(again.await.unwrap().unwrap().base_offset, 1);
+    assert_eq!(
+        payloads(&logs[0].read(0, 100, usize::MAX).unwrap()),
+        ["a", "b"]
+    );
 }
 
 #[test]
