@@ -38,8 +38,6 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use herald_protocol::{encode_batch, Batch, Deliver, Record};
 use tokio::sync::{mpsc, oneshot};
-
-use super::flights::{Flights, Run};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -47,6 +45,7 @@ use crate::error::{valid_name, BrokerError};
 use crate::storage::{GroupRecord, StorageError, Store};
 
 use super::ack_state::AckState;
+use super::flights::{Flights, Run};
 use super::pull_group::{Start, MODE_PUSH};
 use super::{blocking, Topic, Topics};
 

@@ -114,6 +114,8 @@ pub(super) struct CommitWriter {
 /// writes in place (see [`Shared::write_in_place`]).
 struct Shared {
     writer: Mutex<Writer>,
+    /// Whether the policy lets a caller write in place (not under `always`).
+    in_place: bool,
     /// Operations sent to the thread and not yet carried out. A caller writes in place only
     /// when there are none, so nothing overtakes what was queued before it.
     queued: AtomicUsize,
@@ -142,13 +144,13 @@ impl Shared {
             Op::Run { .. } => true,
             _ => false,
         };
-        if !small || self.queued.load(SeqCst) != 0 {
+        if !self.in_place || !small || self.queued.load(SeqCst) != 0 {
             return Some(op);
         }
         let Ok(mut writer) = self.writer.try_lock() else {
             return Some(op);
         };
-        if writer.policy == FsyncPolicy::Always || writer.stopped || self.queued.load(SeqCst) != 0 {
+        if writer.stopped || self.queued.load(SeqCst) != 0 {
             return Some(op);
         }
         let mut done = Vec::new();
@@ -191,6 +193,7 @@ impl CommitWriter {
                 trimmed: false,
                 stopped: false,
             }),
+            in_place: policy != FsyncPolicy::Always,
             queued: AtomicUsize::new(0),
         });
         let thread = {

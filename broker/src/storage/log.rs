@@ -21,7 +21,7 @@ use super::{RetentionPolicy, StorageError};
 
 /// A partition's log and its bounds.
 ///
-/// Offsets are dense from 0 and never reused. Only the writer thread appends; readers see
+/// Offsets are dense from 0 and never reused. Only the writer (`storage::commit`) appends; readers see
 /// offsets below [`next_offset`](Self::next_offset), which moves only after a commit, so a
 /// consumer never reads a record whose publisher has not been (or could not be) confirmed.
 #[derive(Debug)]
@@ -210,7 +210,7 @@ impl PartitionLog {
         Some(collect(batches, offset, next, max_records, max_bytes))
     }
 
-    /// Called by the writer thread when the topic is deleted: refuses further appends,
+    /// Called by the writer when the topic is deleted: refuses further appends,
     /// empties the log and forgets its bounds. The tree itself stays registered (sled frees
     /// a dropped tree's pages under any handle still in use) and is dropped at next start.
     pub(super) fn retire(&self) -> Result<(), StorageError> {
@@ -231,12 +231,12 @@ impl PartitionLog {
         String::from_utf8_lossy(&self.tree.name()).into_owned()
     }
 
-    /// Called by the writer thread: the offset the next batch gets.
+    /// Called by the writer: the offset the next batch gets.
     pub(super) fn write_next(&self) -> u64 {
         self.write_next.load(Ordering::Relaxed)
     }
 
-    /// Called by the writer thread: stores `stored` (a batch whose offsets start at
+    /// Called by the writer: stores `stored` (a batch whose offsets start at
     /// [`write_next`](Self::write_next)). Returns the stored batch, sharing sled's copy of
     /// its bytes, for [`cache`](Self::cache) once it is committed.
     pub(super) fn insert(
@@ -318,7 +318,7 @@ impl PartitionLog {
         self.total.fetch_sub(bytes, Ordering::Relaxed);
     }
 
-    /// Called by the writer thread: deletes whole stored batches from the head while the
+    /// Called by the writer: deletes whole stored batches from the head while the
     /// log stays at or beyond every limit of `policy` without them (and, for age, while the
     /// head batch is older than the limit). So a partition keeps at least what the policy
     /// asks for and at most one stored batch more. Returns whether it deleted.
@@ -348,7 +348,7 @@ impl PartitionLog {
         Ok(trimmed)
     }
 
-    /// Called by the writer thread, once every producer state of this log is stored:
+    /// Called by the writer, once every producer state of this log is stored:
     /// records the log's bounds and size beside it, in the same commit as the writes they
     /// describe, and that the producer states account for every batch.
     pub(super) fn save_bounds(&self) -> Result<(), StorageError> {
@@ -386,7 +386,7 @@ impl PartitionLog {
         Ok(())
     }
 
-    /// Called by the writer thread once `batch` is committed, before it is made readable.
+    /// Called by the writer once `batch` is committed, before it is made readable.
     pub(super) fn cache(&self, batch: Batch) {
         if !self.is_retired() {
             self.tail.push(batch);

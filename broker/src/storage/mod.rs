@@ -18,8 +18,9 @@
 //! re-encoding, and the ordered keys of a partition's tree are its offset index: the batch
 //! holding offset `o` is the last key `<= o`.
 //!
-//! sled calls block, so everything here runs on the writer thread ([`commit`]) or inside
-//! `spawn_blocking`; nothing in this module knows about sockets or frames.
+//! sled calls block, so everything here runs on the writer ([`commit`]: its thread, or a
+//! small write in place) or inside `spawn_blocking`; nothing in this module knows about
+//! sockets or frames.
 
 mod checkpoint;
 pub mod commit;

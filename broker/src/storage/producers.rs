@@ -2,7 +2,7 @@
 //! batch sent again (after a lost confirm or a reconnect) is answered with its original
 //! offsets instead of being stored twice.
 //!
-//! A producer numbers its batches to each partition 1, 2, 3, … The writer thread, which
+//! A producer numbers its batches to each partition 1, 2, 3, … The writer, which
 //! alone appends, accepts the next number, answers a number it still remembers with the
 //! offsets it gave then, and refuses anything else with `OutOfOrderSequence`. It remembers
 //! the last [`KEEP`] batches per producer and partition — more than a client keeps in
@@ -109,7 +109,7 @@ impl Recent {
 /// A log's name and a producer id.
 type StateKey = (String, u64);
 
-/// The writer thread's view of every producer's recent batches.
+/// The writer's view of every producer's recent batches.
 pub(super) struct Producers {
     /// Where older stores kept the state.
     legacy: sled::Tree,
@@ -190,11 +190,10 @@ impl Producers {
         base_offset: u64,
         count: u32,
     ) -> Result<(), StorageError> {
-        let mut recent = self.recent(log, producer.producer_id)?.clone();
-        recent.record(producer.sequence, base_offset, count);
-        let key = (log.name(), producer.producer_id);
-        self.unsaved.insert(key.clone(), Arc::clone(log));
-        self.cache.insert(key, recent);
+        self.recent(log, producer.producer_id)?
+            .record(producer.sequence, base_offset, count);
+        self.unsaved
+            .insert((log.name(), producer.producer_id), Arc::clone(log));
         Ok(())
     }
 
@@ -230,7 +229,11 @@ impl Producers {
         Ok(())
     }
 
-    fn recent(&mut self, log: &PartitionLog, producer_id: u64) -> Result<&Recent, StorageError> {
+    fn recent(
+        &mut self,
+        log: &PartitionLog,
+        producer_id: u64,
+    ) -> Result<&mut Recent, StorageError> {
         let entry = (log.name(), producer_id);
         if !self.cache.contains_key(&entry) {
             if self.cache.len() >= CACHE_ENTRIES {
@@ -247,9 +250,9 @@ impl Producers {
                 Some(value) => Recent::decode(&value)?,
                 None => Recent::default(),
             };
-            self.cache.insert(entry.clone(), recent);
+            return Ok(self.cache.entry(entry).or_insert(recent));
         }
-        Ok(&self.cache[&entry])
+        Ok(self.cache.entry(entry).or_default())
     }
 }
 

@@ -23,6 +23,14 @@ async fn append(store: &Store, log: &Arc<PartitionLog>, items: &[&str]) -> Appen
     store.append(log, batch(items)).await.unwrap().unwrap()
 }
 
+/// Batch `sequence` of idempotent producer `producer_id`.
+fn numbered(producer_id: u64, sequence: u64) -> ProducerBatch {
+    ProducerBatch {
+        producer_id,
+        sequence,
+    }
+}
+
 #[tokio::test]
 async fn appends_get_dense_offsets_and_read_back() {
     let dir = tempfile::tempdir().unwrap();
@@ -144,14 +152,10 @@ fn open_one_topic(dir: &std::path::Path) -> (Arc<Store>, Vec<Arc<PartitionLog>>)
 #[tokio::test]
 async fn producers_of_a_log_whose_bounds_were_never_saved_are_rebuilt_from_all_of_it() {
     let dir = tempfile::tempdir().unwrap();
-    let numbered = |sequence| ProducerBatch {
-        producer_id: 9,
-        sequence,
-    };
     {
         let (store, logs) = open_one_topic(dir.path());
         for (sequence, item) in [(1, "a"), (2, "b")] {
-            let appended = store.append_as(&logs[0], batch(&[item]), numbered(sequence));
+            let appended = store.append_as(&logs[0], batch(&[item]), numbered(9, sequence));
             appended.await.unwrap().unwrap();
         }
         store.close().unwrap();
@@ -164,7 +168,7 @@ async fn producers_of_a_log_whose_bounds_were_never_saved_are_rebuilt_from_all_o
         store.close().unwrap();
     }
     let (store, logs) = open_one_topic(dir.path());
-    let again = store.append_as(&logs[0], batch(&["b"]), numbered(2));
+    let again = store.append_as(&logs[0], batch(&["b"]), numbered(9, 2));
     assert_eq!(again.await.unwrap().unwrap().base_offset, 1);
     assert_eq!(logs[0].next_offset(), 2, "nothing was stored twice");
 }
@@ -193,13 +197,9 @@ async fn reopening_recovers_topics_offsets_and_group_positions() {
 #[tokio::test]
 async fn a_producer_state_written_just_before_a_crash_lost_its_batch_is_repaired() {
     let dir = tempfile::tempdir().unwrap();
-    let numbered = |sequence| ProducerBatch {
-        producer_id: 7,
-        sequence,
-    };
     {
         let (store, logs) = open_one_topic(dir.path());
-        let first = store.append_as(&logs[0], batch(&["a", "b"]), numbered(1));
+        let first = store.append_as(&logs[0], batch(&["a", "b"]), numbered(7, 1));
         assert_eq!(first.await.unwrap().unwrap().base_offset, 0);
         store.close().unwrap();
     }
@@ -213,11 +213,11 @@ async fn a_producer_state_written_just_before_a_crash_lost_its_batch_is_repaired
     }
     let (store, logs) = open_one_topic(dir.path());
     // Batch 2 is appended, not answered with offsets the log never held ...
-    let again = store.append_as(&logs[0], batch(&["c"]), numbered(2));
+    let again = store.append_as(&logs[0], batch(&["c"]), numbered(7, 2));
     assert_eq!(again.await.unwrap().unwrap().base_offset, 2);
     assert_eq!(logs[0].next_offset(), 3);
     // ... and batch 1 is still known.
-    let first = store.append_as(&logs[0], batch(&["a", "b"]), numbered(1));
+    let first = store.append_as(&logs[0], batch(&["a", "b"]), numbered(7, 1));
     assert_eq!(first.await.unwrap().unwrap().base_offset, 0);
     assert_eq!(logs[0].next_offset(), 3);
 }
@@ -225,10 +225,6 @@ async fn a_producer_state_written_just_before_a_crash_lost_its_batch_is_repaired
 #[tokio::test]
 async fn producer_states_not_saved_before_a_crash_are_rebuilt_from_the_batches() {
     let dir = tempfile::tempdir().unwrap();
-    let numbered = |producer_id, sequence| ProducerBatch {
-        producer_id,
-        sequence,
-    };
     {
         let (store, logs) = open_one_topic(dir.path());
         for (producer, sequence, items) in [(7, 1, &["a", "b"][..]), (7, 2, &["c"]), (8, 1, &["d"])]
@@ -275,10 +271,6 @@ async fn retention_forgets_producers_whose_batches_it_deleted() {
         .create_topic("t", 1, RetentionPolicy::default())
         .unwrap();
     let log = &logs[0];
-    let numbered = |producer_id, sequence| ProducerBatch {
-        producer_id,
-        sequence,
-    };
     let gone = store.append_as(log, batch(&["a", "b"]), numbered(1, 1));
     gone.await.unwrap().unwrap();
     let kept = store.append_as(log, batch(&["c"]), numbered(2, 1));
@@ -587,13 +579,6 @@ mod model {
     }
 }
 
-fn numbered(sequence: u64) -> ProducerBatch {
-    ProducerBatch {
-        producer_id: 5,
-        sequence,
-    }
-}
-
 #[tokio::test]
 async fn under_never_an_idle_writer_has_a_small_append_written_before_append_returns() {
     let dir = tempfile::tempdir().unwrap();
@@ -602,7 +587,7 @@ async fn under_never_an_idle_writer_has_a_small_append_written_before_append_ret
         .create_topic("t", 1, RetentionPolicy::default())
         .unwrap();
     for (sequence, item) in [(1, "a"), (2, "b")] {
-        let mut appended = store.append_as(&logs[0], batch(&[item]), numbered(sequence));
+        let mut appended = store.append_as(&logs[0], batch(&[item]), numbered(5, sequence));
         let appended = appended.try_recv().expect("answered in place").unwrap();
         assert_eq!(appended.base_offset, sequence - 1);
         assert_eq!(appended.durability, Durability::Buffered);
@@ -619,7 +604,7 @@ async fn under_never_an_idle_writer_has_a_small_append_written_before_append_ret
     let store = store_with_tail(dir.path(), 1 << 20);
     let logs = store.open_logs(&store.load_topics().unwrap()[0]).unwrap();
     assert_eq!(logs[0].next_offset(), 2);
-    let again = store.append_as(&logs[0], batch(&["b"]), numbered(2));
+    let again = store.append_as(&logs[0], batch(&["b"]), numbered(5, 2));
     assert_eq!(again.await.unwrap().unwrap().base_offset, 1);
     assert_eq!(
         payloads(&logs[0].read(0, 100, usize::MAX).unwrap()),
@@ -649,7 +634,7 @@ fn appends_queued_while_the_writer_is_busy_are_not_overtaken_by_later_ones() {
         })
     };
     held.recv().unwrap();
-    let mut first = store.append_as(&logs[0], batch(&["r1"]), numbered(1));
+    let mut first = store.append_as(&logs[0], batch(&["r1"]), numbered(5, 1));
     assert!(
         matches!(
             first.try_recv(),
@@ -663,7 +648,7 @@ fn appends_queued_while_the_writer_is_busy_are_not_overtaken_by_later_ones() {
     let later: Vec<_> = (2..=40)
         .map(|sequence| {
             let item = format!("r{sequence}");
-            store.append_as(&logs[0], batch(&[item.as_str()]), numbered(sequence))
+            store.append_as(&logs[0], batch(&[item.as_str()]), numbered(5, sequence))
         })
         .collect();
     holder.join().unwrap().unwrap();
