@@ -348,3 +348,47 @@ async fn a_log_behind_its_recorded_synced_offset_is_refused() {
     let err = Broker::start(Config::ephemeral(&data)).await.err().unwrap();
     assert!(format!("{err:#}").contains("never deleted"), "{err:#}");
 }
+
+#[tokio::test]
+async fn a_store_without_herald_offsets_is_refused_until_started_with_repair_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let broker = Broker::start(Config::ephemeral(&data)).await.unwrap();
+    let client = Client::connect(broker.local_addr()).await.unwrap();
+    client.create_topic("kept", 2).await.unwrap();
+    publish(&client, "kept", 500, 300).await;
+    broker.shutdown().await.unwrap();
+    std::fs::remove_file(data.join("herald.offsets")).unwrap();
+
+    // The binary refuses it: exit 1, and the message names the way out.
+    let refused = tokio::process::Command::new(herald_suite::binary("herald-broker"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .output();
+    let refused = tokio::time::timeout(Duration::from_secs(30), refused)
+        .await
+        .expect("refused in time")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("herald.offsets") && stderr.contains("--repair-store"),
+        "{stderr}"
+    );
+    assert!(
+        !data.join("herald.offsets").exists(),
+        "a refusal changes nothing"
+    );
+
+    // With the flag every batch is verified and kept, and the offsets recorded anew.
+    let repairing =
+        herald_suite::BrokerProcess::start(&data, "127.0.0.1:0", &["--repair-store"]).await;
+    let client = Client::connect(repairing.addr()).await.unwrap();
+    assert_eq!(read_all(&client, "kept").await, 500);
+    repairing.signal("-TERM");
+    assert_eq!(repairing.exit_code(Duration::from_secs(30)).await, Some(0));
+    let offsets = std::fs::read_to_string(data.join("herald.offsets")).unwrap();
+    assert_eq!(offsets.lines().count(), 3, "{offsets}");
+    let broker = Broker::start(Config::ephemeral(&data)).await.unwrap();
+    broker.shutdown().await.unwrap();
+}

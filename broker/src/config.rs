@@ -123,6 +123,12 @@ pub struct Config {
     #[arg(long, env = "HERALD_HELLO_TIMEOUT_MS", default_value_t = 10_000)]
     pub hello_timeout_ms: u64,
 
+    /// Verify every stored batch at start, keep each partition up to its first damage (logging
+    /// what was found and dropped) and write a new `herald.offsets`. Needed to start a store
+    /// whose `herald.offsets` is missing or unreadable, which is otherwise refused.
+    #[arg(long, env = "HERALD_REPAIR_STORE")]
+    pub repair_store: bool,
+
     /// How long shutdown waits for requests in flight before closing anyway.
     #[arg(long, env = "HERALD_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
     pub shutdown_timeout_ms: u64,
@@ -157,6 +163,7 @@ impl Config {
             fsync,
             cache_bytes: self.cache_mb.saturating_mul(1024 * 1024),
             tail_cache_bytes: self.tail_cache_mb.saturating_mul(1024 * 1024),
+            repair: self.repair_store,
         }
     }
 

@@ -13,6 +13,11 @@
 //!
 //! A deleted topic's logs leave the file *before* the topic leaves the store. So a log in
 //! the file whose topic is missing at start was not deleted: the store lost it.
+//!
+//! A new store writes the file (empty) before anything else, so a store without it was
+//! copied without it or damaged: it is refused at start, since nothing could then tell a
+//! shortened log from a whole one. `--repair-store` verifies every stored chunk instead,
+//! keeps each log up to its first damage and writes the file anew (see `storage::repair`).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -25,18 +30,17 @@ use crossbeam::channel::{self, Receiver, Sender};
 /// Partition log (sled tree name) → next offset known to be synced.
 pub(super) type Marks = BTreeMap<String, u64>;
 
-const FILE: &str = "herald.offsets";
+pub(super) const FILE: &str = "herald.offsets";
 const HEADER: &str = "herald offsets 1";
 
 /// How often the marks are written while the broker runs.
 pub(super) const EVERY: Duration = Duration::from_secs(1);
 
-/// Reads the recorded marks; none when the file does not exist (a new store, or one
-/// written by a version before this file).
-pub(super) fn read(dir: &Path) -> io::Result<Marks> {
+/// Reads the recorded marks; `None` when the file does not exist.
+pub(super) fn read(dir: &Path) -> io::Result<Option<Marks>> {
     let text = match std::fs::read_to_string(dir.join(FILE)) {
         Ok(text) => text,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Marks::new()),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(err) => return Err(err),
     };
     let invalid = |line: &str| {
@@ -55,7 +59,8 @@ pub(super) fn read(dir: &Path) -> io::Result<Marks> {
             let next = next.parse().map_err(|_| invalid(line))?;
             Ok((name.to_string(), next))
         })
-        .collect()
+        .collect::<io::Result<Marks>>()
+        .map(Some)
 }
 
 /// Replaces the recorded marks atomically and durably.
@@ -145,10 +150,10 @@ mod tests {
     #[test]
     fn marks_survive_a_round_trip_and_a_missing_file_is_empty() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(read(dir.path()).unwrap().is_empty());
+        assert_eq!(read(dir.path()).unwrap(), None);
         let marks: Marks = [("log.1.0".to_string(), 42), ("log.2.3".to_string(), 7)].into();
         write(dir.path(), &marks).unwrap();
-        assert_eq!(read(dir.path()).unwrap(), marks);
+        assert_eq!(read(dir.path()).unwrap(), Some(marks));
         std::fs::write(dir.path().join(FILE), "something else\n").unwrap();
         assert!(read(dir.path()).is_err());
     }

@@ -1,8 +1,8 @@
 //! One partition's log: record batches keyed by base offset in a sled tree.
 //!
-//! A stored value is the batch as it travels on the wire, offsets filled in; a batch from
-//! an idempotent producer is followed by a 16-byte tag, `producer id u64 ‖ sequence u64`
-//! (the batch header gives its own length, so the tag is never mistaken for records).
+//! A published batch is stored as chunks of at most `chunk::CHUNK_BYTES`, each the batch
+//! encoding as it travels on the wire (offsets filled in) behind a CRC-32C; a producer's
+//! numbered batch tags its last chunk. See `storage::chunk`.
 //!
 //! The same tree keeps the partition's idempotent-producer state (see
 //! `storage::producers`) under 16-byte keys `FF×8 ‖ producer id`, which sort after every
@@ -15,7 +15,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use herald_protocol::Batch;
 
-use super::producers::ProducerBatch;
+use super::chunk::{self, Chunk, Cut};
 use super::tail::{Tail, TailBudget};
 use super::{RetentionPolicy, StorageError};
 
@@ -26,6 +26,8 @@ use super::{RetentionPolicy, StorageError};
 /// consumer never reads a record whose publisher has not been (or could not be) confirmed.
 #[derive(Debug)]
 pub struct PartitionLog {
+    /// The log's name in the store (its sled tree's), as errors name it.
+    name: String,
     tree: sled::Tree,
     /// Where this log's bounds are kept (see [`PartitionLog::save_bounds`]).
     bounds: sled::Tree,
@@ -46,7 +48,7 @@ pub struct PartitionLog {
 }
 
 /// Where producer-state keys start; batch keys all sort below it.
-const STATE_KEYS: [u8; 8] = [0xFF; 8];
+pub(super) const STATE_KEYS: [u8; 8] = [0xFF; 8];
 
 /// How far behind the end a read may start and still be served without a blocking thread.
 const HOT_TAIL_RECORDS: u64 = 4096;
@@ -89,18 +91,20 @@ impl PartitionLog {
                 ..Bounds::default()
             },
         };
-        let next = match tree.range(..STATE_KEYS).next_back().transpose()? {
-            Some((_, value)) => parse(value)?.next_offset().max(saved.next),
+        let name = String::from_utf8_lossy(&tree.name()).into_owned();
+        let next = match last_chunk(&name, &tree)? {
+            Some(last) => last.batch.next_offset().max(saved.next),
             None => saved.next,
         };
         let first = match tree.range(..STATE_KEYS).next().transpose()? {
-            Some((_, value)) => parse(value)?.base_offset,
+            Some((head, _)) => u64::from_be_bytes(chunk_start(&head)),
             None => next,
         };
         // Stores that wrote each producer state with its batch record no watermark.
         let states_through = saved.states_through.unwrap_or(next);
         total.fetch_add(saved.bytes, Ordering::Relaxed);
         Ok(PartitionLog {
+            name,
             tree,
             bounds,
             total,
@@ -186,14 +190,14 @@ impl PartitionLog {
         max_records: u32,
         max_bytes: usize,
     ) -> Result<ReadBatches, StorageError> {
+        // The chunk holding `offset` starts at the last chunk key at or before it (a chunk
+        // stored in pieces holds one record, so no piece lies between the two).
         let start = match self.tree.range(..=key(offset)).next_back() {
-            Some(entry) => entry?.0,
-            None => sled::IVec::from(&key(offset)),
+            Some(entry) => chunk_start(&entry?.0),
+            None => key(offset),
         };
-        let stored = self
-            .tree
-            .range(start..sled::IVec::from(&STATE_KEYS))
-            .map(|entry| parse(entry?.1));
+        let stored = chunk::walk(&self.name, &self.tree, u64::from_be_bytes(start))
+            .map(|chunk| chunk.map(|c| c.batch));
         collect(stored, offset, next, max_records, max_bytes)
     }
 
@@ -228,7 +232,7 @@ impl PartitionLog {
 
     /// The log's name in the store (its sled tree's).
     pub(super) fn name(&self) -> String {
-        String::from_utf8_lossy(&self.tree.name()).into_owned()
+        self.name.clone()
     }
 
     /// Called by the writer: the offset the next batch gets.
@@ -236,24 +240,36 @@ impl PartitionLog {
         self.write_next.load(Ordering::Relaxed)
     }
 
-    /// Called by the writer: stores `stored` (a batch whose offsets start at
-    /// [`write_next`](Self::write_next)). Returns the stored batch, sharing sled's copy of
-    /// its bytes, for [`cache`](Self::cache) once it is committed.
-    pub(super) fn insert(
-        &self,
-        base_offset: u64,
-        stored: &[u8],
-        count: u32,
-    ) -> Result<Batch, StorageError> {
+    /// Called by the writer: stores the chunks of one published batch, whose offsets
+    /// start at [`write_next`](Self::write_next), in one atomic write. Returns the chunks as
+    /// batches (sharing sled's copy of their bytes) for [`cache`](Self::cache) once they are
+    /// committed.
+    pub(super) fn insert(&self, cuts: Vec<Cut>) -> Result<Vec<Batch>, StorageError> {
         if self.is_retired() {
             return Err(StorageError::Deleted);
         }
-        let value = sled::IVec::from(stored);
-        self.tree.insert(key(base_offset), value.clone())?;
-        self.write_next
-            .store(base_offset + u64::from(count), Ordering::Relaxed);
-        self.grow(stored.len() as u64);
-        parse(value)
+        let (Some(first), Some(last)) = (cuts.first(), cuts.last()) else {
+            return Ok(Vec::new());
+        };
+        let next = last.batch.next_offset();
+        debug_assert_eq!(first.batch.base_offset, self.write_next());
+        let mut bytes = 0;
+        let mut values = cuts.iter().flat_map(|cut| &cut.values);
+        if cuts.len() == 1 && cuts[0].values.len() == 1 {
+            let (key, value) = values.next().expect("one value");
+            bytes += value.len() as u64;
+            self.tree.insert(&key[..], value.clone())?;
+        } else {
+            let mut batch = sled::Batch::default();
+            for (key, value) in values {
+                bytes += value.len() as u64;
+                batch.insert(&key[..], value.clone());
+            }
+            self.tree.apply_batch(batch)?;
+        }
+        self.write_next.store(next, Ordering::Relaxed);
+        self.grow(bytes);
+        Ok(cuts.into_iter().map(|cut| cut.batch).collect())
     }
 
     /// Producer `producer_id`'s stored state in this partition, if any.
@@ -297,15 +313,13 @@ impl PartitionLog {
         self.states_through.load(Ordering::Relaxed)
     }
 
-    /// Numbered batches from `offset` on, with the producer and sequence they carry (for
-    /// rebuilding producer states). Blocks.
-    pub(super) fn tagged_batches_from(
+    /// The stored chunks from `offset` on, with the tags they carry (for rebuilding
+    /// producer states). Blocks.
+    pub(super) fn chunks_from(
         &self,
         offset: u64,
-    ) -> impl Iterator<Item = Result<(Batch, Option<ProducerBatch>), StorageError>> + '_ {
-        self.tree
-            .range(key(offset)..STATE_KEYS)
-            .map(|entry| parse_tagged(entry?.1))
+    ) -> impl Iterator<Item = Result<Chunk, StorageError>> + '_ {
+        chunk::walk(&self.name, &self.tree, offset)
     }
 
     fn grow(&self, bytes: u64) {
@@ -327,9 +341,9 @@ impl PartitionLog {
         if self.is_retired() {
             return Ok(false);
         }
-        while let Some((key, value)) = self.tree.range(..STATE_KEYS).next().transpose()? {
-            let size = value.len() as u64;
-            let head = parse(value)?;
+        while let Some(chunk) = self.chunks_from(self.first_offset()).next().transpose()? {
+            let size = chunk.stored_bytes;
+            let head = chunk.batch;
             let left = self.write_next().saturating_sub(head.next_offset());
             let bytes_left = self.size_bytes().saturating_sub(size);
             let expired = policy.max_age_ms > 0
@@ -339,7 +353,9 @@ impl PartitionLog {
             if !(expired || too_many || too_big) {
                 break;
             }
-            self.tree.remove(key)?;
+            for key in chunk.keys {
+                self.tree.remove(key)?;
+            }
             self.shrink(size);
             self.first.store(head.next_offset(), Ordering::Release);
             self.tail.forget_before(head.next_offset());
@@ -416,14 +432,14 @@ impl PartitionLog {
 /// states_through u64`. Records of 16 bytes, from stores that wrote each producer state with
 /// its batch, have no watermark.
 #[derive(Debug, Clone, Copy, Default)]
-struct Bounds {
-    bytes: u64,
-    next: u64,
-    states_through: Option<u64>,
+pub(super) struct Bounds {
+    pub(super) bytes: u64,
+    pub(super) next: u64,
+    pub(super) states_through: Option<u64>,
 }
 
 impl Bounds {
-    fn encode(&self) -> Vec<u8> {
+    pub(super) fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(24);
         out.extend_from_slice(&self.bytes.to_be_bytes());
         out.extend_from_slice(&self.next.to_be_bytes());
@@ -433,7 +449,7 @@ impl Bounds {
         out
     }
 
-    fn decode(value: &[u8]) -> Result<Bounds, StorageError> {
+    pub(super) fn decode(value: &[u8]) -> Result<Bounds, StorageError> {
         let u64_at = |at: usize| super::records::decode_u64(&value[at..at + 8]);
         match value.len() {
             16 | 24 => Ok(Bounds {
@@ -447,7 +463,15 @@ impl Bounds {
 }
 
 fn key(offset: u64) -> [u8; 8] {
-    offset.to_be_bytes()
+    chunk::key(offset)
+}
+
+/// The chunk key a stored key belongs to (a piece's key starts with its chunk's).
+pub(super) fn chunk_start(stored: &[u8]) -> [u8; 8] {
+    stored
+        .get(..8)
+        .and_then(|k| k.try_into().ok())
+        .unwrap_or([0; 8])
 }
 
 fn state_key(producer_id: u64) -> [u8; 16] {
@@ -456,41 +480,12 @@ fn state_key(producer_id: u64) -> [u8; 16] {
     key
 }
 
-/// Bytes of the tag after a numbered batch.
-const TAG_LEN: usize = 16;
-
-/// Appends the tag of a numbered batch to its stored encoding.
-pub(super) fn put_tag(stored: &mut bytes::BytesMut, producer: ProducerBatch) {
-    stored.extend_from_slice(&producer.producer_id.to_be_bytes());
-    stored.extend_from_slice(&producer.sequence.to_be_bytes());
-}
-
-fn parse(value: sled::IVec) -> Result<Batch, StorageError> {
-    parse_tagged(value).map(|(batch, _)| batch)
-}
-
-/// A stored value: its batch, and the producer's tag when it has one.
-fn parse_tagged(value: sled::IVec) -> Result<(Batch, Option<ProducerBatch>), StorageError> {
-    let corrupt =
-        |e: herald_protocol::DecodeError| StorageError::Corrupt(format!("stored batch: {e}"));
-    let mut reader = herald_protocol::wire::Reader::new(Bytes::from_owner(value));
-    let batch = Batch::read(&mut reader).map_err(corrupt)?;
-    let tag = match reader.remaining() {
-        0 => None,
-        TAG_LEN => {
-            let tag = reader.take(TAG_LEN).map_err(corrupt)?;
-            Some(ProducerBatch {
-                producer_id: super::records::decode_u64(&tag[..8])?,
-                sequence: super::records::decode_u64(&tag[8..])?,
-            })
-        }
-        extra => {
-            return Err(StorageError::Corrupt(format!(
-                "{extra} bytes after a stored batch"
-            )))
-        }
+/// The last chunk stored in `tree`, read whole. Blocks.
+fn last_chunk(name: &str, tree: &sled::Tree) -> Result<Option<Chunk>, StorageError> {
+    let Some((last, _)) = tree.range(..STATE_KEYS).next_back().transpose()? else {
+        return Ok(None);
     };
-    Ok((batch, tag))
+    chunk::get(name, tree, u64::from_be_bytes(chunk_start(&last)))
 }
 
 /// The batches from `offset` on in `stored` (batches in offset order, the first holding
@@ -505,14 +500,19 @@ fn collect(
 ) -> Result<ReadBatches, StorageError> {
     let mut out = ReadBatches::default();
     let mut cursor = offset;
-    for batch in stored {
-        let batch = batch?;
-        if batch.base_offset >= next || out.records >= u64::from(max_records) {
-            break;
-        }
+    let mut stored = stored;
+    // The limits are checked before the next batch is read, so a read never touches (nor
+    // fails on) a stored chunk it would not return.
+    while cursor < next && out.records < u64::from(max_records) {
         let left_records = (u64::from(max_records) - out.records) as u32;
         let left_bytes = max_bytes.saturating_sub(out.bytes);
         if out.records > 0 && left_bytes < herald_protocol::record::BATCH_HEADER_LEN {
+            break;
+        }
+        let Some(batch) = stored.next().transpose()? else {
+            break;
+        };
+        if batch.base_offset >= next {
             break;
         }
         let slice = batch

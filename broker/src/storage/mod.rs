@@ -6,16 +6,17 @@
 //! ```text
 //! tree "meta"        "format" -> u32 layout version (marks the directory as Herald's)
 //! tree "topics"      topic name -> TopicRecord (id, partitions, retention)
-//! tree "log.ID.P"    base offset (u64 BE) -> one stored record batch (protocol encoding,
-//!                    base_offset and append time filled in)
+//! tree "log.ID.P"    base offset (u64 BE) -> one stored chunk of a record batch (protocol
+//!                    encoding, base_offset and append time filled in, behind a CRC-32C;
+//!                    see `chunk`)
 //! tree "groups"      topic id (u64 BE) ++ group name -> GroupRecord (mode)
 //! tree "offsets"     topic id (u64 BE) ++ partition (u32 BE) ++ group name -> offset (u64 BE)
 //! tree "partitions"  "log.ID.P" -> size in bytes (u64 BE) ++ next offset (u64 BE)
 //! file "herald.lock" held locked while a broker uses the directory
 //! ```
 //!
-//! A batch is stored exactly as it travels, so a fetch returns stored bytes without
-//! re-encoding, and the ordered keys of a partition's tree are its offset index: the batch
+//! A chunk is stored exactly as a batch travels, so a fetch returns stored bytes without
+//! re-encoding, and the ordered keys of a partition's tree are its offset index: the chunk
 //! holding offset `o` is the last key `<= o`.
 //!
 //! sled calls block, so everything here runs on the writer ([`commit`]: its thread, or a
@@ -23,10 +24,12 @@
 //! sockets or frames.
 
 mod checkpoint;
+pub mod chunk;
 pub mod commit;
 pub mod log;
 mod producers;
 mod records;
+pub mod repair;
 mod sync;
 mod tail;
 
@@ -41,7 +44,8 @@ pub use records::{GroupRecord, RetentionPolicy, TopicRecord};
 
 use commit::CommitWriter;
 
-const FORMAT_VERSION: u32 = 1;
+/// The layout version: 2 stores chunks with checksums (1 stored whole batches).
+const FORMAT_VERSION: u32 = 2;
 
 /// A storage failure.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -80,6 +84,9 @@ pub struct StoreConfig {
     pub cache_bytes: u64,
     /// Memory for the partitions' cached tails together (see `storage::tail`), in bytes.
     pub tail_cache_bytes: u64,
+    /// Verify every stored chunk at open, keep each log up to its first damage and write
+    /// `herald.offsets` anew (see [`repair`]).
+    pub repair: bool,
 }
 
 impl Default for StoreConfig {
@@ -88,6 +95,7 @@ impl Default for StoreConfig {
             fsync: FsyncPolicy::Always,
             cache_bytes: 128 * 1024 * 1024,
             tail_cache_bytes: 32 * 1024 * 1024,
+            repair: false,
         }
     }
 }
@@ -117,11 +125,17 @@ impl Store {
     pub fn open(dir: &Path, config: StoreConfig) -> Result<Arc<Store>, StorageError> {
         check_directory(dir)?;
         let lock = lock_directory(dir)?;
+        let initialised = dir.join(MARKER_FILE).exists();
         let db = open_sled(dir, &config)?;
         check_format(dir, &db)?;
-        let marks = checkpoint::read(dir)
-            .map_err(|e| StorageError::Corrupt(format!("cannot read the synced offsets: {e}")))?;
-        drop_retired_logs(&db, &marks)?;
+        let marks = if config.repair {
+            drop_retired_logs(&db, &checkpoint::Marks::new())?;
+            repair::run(&db, dir)?.0
+        } else {
+            let marks = recorded_marks(dir, initialised)?;
+            drop_retired_logs(&db, &marks)?;
+            marks
+        };
         let producers = db.open_tree("producers")?;
         let writer = CommitWriter::start(db.clone(), config.fsync, dir, marks.clone(), producers)?;
         Ok(Arc::new(Store {
@@ -413,6 +427,25 @@ impl Store {
     }
 }
 
+/// The synced offsets recorded for an existing store (none for a new one). A store that
+/// lacks them, or whose record cannot be read, is refused: see [`checkpoint`].
+fn recorded_marks(dir: &Path, initialised: bool) -> Result<checkpoint::Marks, StorageError> {
+    let refuse = |why: String| {
+        StorageError::Corrupt(format!(
+            "{why}: without the synced offsets the broker cannot tell a store that lost \
+             records from a whole one. Start with --repair-store to verify every stored \
+             batch, keep what is intact and record the offsets anew"
+        ))
+    };
+    let file = dir.join(checkpoint::FILE);
+    match checkpoint::read(dir) {
+        Ok(Some(marks)) => Ok(marks),
+        Ok(None) if !initialised => Ok(checkpoint::Marks::new()),
+        Ok(None) => Err(refuse(format!("{} is missing", file.display()))),
+        Err(err) => Err(refuse(format!("{} cannot be read ({err})", file.display()))),
+    }
+}
+
 /// Drops the partition trees of deleted topics (see [`PartitionLog::retire`]); at start,
 /// before anything holds a handle to them, dropping is safe. A log with a synced offset on
 /// record whose topic is missing was not deleted (see [`checkpoint`]): the store is damaged.
@@ -442,7 +475,7 @@ fn drop_retired_logs(db: &sled::Db, marks: &checkpoint::Marks) -> Result<(), Sto
     Ok(())
 }
 
-fn log_tree_name(topic_id: u64, partition: u32) -> String {
+pub(crate) fn log_tree_name(topic_id: u64, partition: u32) -> String {
     format!("log.{topic_id}.{partition}")
 }
 
@@ -464,6 +497,11 @@ const LOCK_FILE: &str = "herald.lock";
 const MARKER_FILE: &str = "herald.store";
 
 /// Opens sled, turning a panic inside it (some damage makes sled panic) into an error.
+///
+/// The caller holds the directory's lock, so sled's own lock on its files can only be
+/// held by a store this process closed a moment ago: sled releases its files from
+/// deferred destructors that run on whichever thread next passes an epoch. So a refused
+/// lock is tried again for [`SLED_LOCK_WAIT`].
 fn open_sled(dir: &Path, config: &StoreConfig) -> Result<sled::Db, StorageError> {
     let open = || {
         sled::Config::new()
@@ -472,14 +510,29 @@ fn open_sled(dir: &Path, config: &StoreConfig) -> Result<sled::Db, StorageError>
             .mode(sled::Mode::HighThroughput)
             .open()
     };
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(open)) {
-        Ok(db) => Ok(db?),
-        Err(_) => Err(StorageError::Corrupt(format!(
-            "sled could not read the store in {}",
-            dir.display()
-        ))),
+    let started = std::time::Instant::now();
+    loop {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(open)) {
+            // sled reports it as an `Other` error with this text.
+            Ok(Err(sled::Error::Io(err)))
+                if err.to_string().contains("could not acquire lock")
+                    && started.elapsed() < SLED_LOCK_WAIT =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Ok(db) => return Ok(db?),
+            Err(_) => {
+                return Err(StorageError::Corrupt(format!(
+                    "sled could not read the store in {}",
+                    dir.display()
+                )))
+            }
+        }
     }
 }
+
+/// How long [`open_sled`] waits for sled's files to be released by a store closed before.
+const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Initialises a new store, or checks an existing one. sled treats damage at the head of
 /// its log as a torn write and recovers an empty database; the marker file tells that
@@ -489,9 +542,15 @@ fn check_format(dir: &Path, db: &sled::Db) -> Result<(), StorageError> {
     let initialised = dir.join(MARKER_FILE).exists();
     match meta.get("format")? {
         Some(v) if v.as_ref() == FORMAT_VERSION.to_be_bytes() => Ok(()),
-        Some(_) => Err(StorageError::Corrupt(
-            "unknown storage format version".into(),
-        )),
+        Some(v) => Err(StorageError::Corrupt(format!(
+            "{} holds storage format {}, and this broker reads format {FORMAT_VERSION} \
+             (chunks with checksums); start it on a new data directory",
+            dir.display(),
+            <[u8; 4]>::try_from(v.as_ref()).map_or_else(
+                |_| "unknown".to_string(),
+                |v| u32::from_be_bytes(v).to_string()
+            ),
+        ))),
         None if initialised => Err(StorageError::Corrupt(format!(
             "{} was a Herald store, but its data can no longer be read",
             dir.display()
@@ -500,6 +559,8 @@ fn check_format(dir: &Path, db: &sled::Db) -> Result<(), StorageError> {
             meta.insert("format", &FORMAT_VERSION.to_be_bytes())?;
             db.flush()?;
             let io = |e: std::io::Error| StorageError::Sled(format!("{}: {e}", dir.display()));
+            // Recorded (empty) before the marker: a store with the marker always has it.
+            checkpoint::write(dir, &checkpoint::Marks::new()).map_err(io)?;
             std::fs::File::open(dir.join("db"))
                 .and_then(|f| f.sync_all())
                 .map_err(io)?;

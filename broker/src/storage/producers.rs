@@ -8,8 +8,8 @@
 //! the last [`KEEP`] batches per producer and partition — more than a client keeps in
 //! flight.
 //!
-//! Each numbered batch is stored with a tag naming its producer and number (see
-//! `storage::log`), so the batch alone records the producer's progress: one sled write per
+//! Each numbered batch is stored with a tag naming its producer, its number and its first
+//! offset (on its last chunk, see `storage::chunk`), so the batch alone records the producer's progress: one sled write per
 //! batch. The states themselves live in memory and are stored in the partition's own
 //! tree with the partition's bounds (every 100 ms while it is written, and at a clean
 //! stop), which then record that the states account for every batch below the log's end.
@@ -281,11 +281,14 @@ pub(super) fn recover(log: &PartitionLog) -> Result<(), StorageError> {
         states.insert(producer_id, (recent, dropped > 0));
     }
     let mut replayed = 0;
-    for stored in log.tagged_batches_from(log.states_saved_through()) {
-        let (batch, tag) = stored?;
-        let Some(producer) = tag else { continue };
+    for stored in log.chunks_from(log.states_saved_through()) {
+        let chunk = stored?;
+        let Some(tag) = chunk.tag else { continue };
+        let producer = tag.producer;
+        let count = u32::try_from(chunk.batch.next_offset().saturating_sub(tag.first_offset))
+            .map_err(|_| StorageError::Corrupt(format!("{}: a tag's batch", log.name())))?;
         let (recent, changed) = states.entry(producer.producer_id).or_default();
-        if recent.record(producer.sequence, batch.base_offset, batch.record_count) {
+        if recent.record(producer.sequence, tag.first_offset, count) {
             *changed = true;
             replayed += 1;
         }
