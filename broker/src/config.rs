@@ -103,11 +103,24 @@ pub struct Config {
     #[arg(long, env = "HERALD_MAX_OUTBOUND_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_outbound_bytes: usize,
 
-    /// Most bytes of stored record batches over all topics (0 = no quota). Publishes that
-    /// would go beyond fail with StorageFull; reading goes on, and publishing resumes once
-    /// retention or topic deletion frees space. sled's files take about 1.4 times this.
+    /// Most bytes the store may take on disk (0 = no quota): its files, less the space in
+    /// them that retention and deleted topics freed for reuse. Publishes that would go
+    /// beyond fail with StorageFull; reading goes on, and publishing resumes once retention
+    /// or topic deletion frees space.
     #[arg(long, env = "HERALD_MAX_DISK_BYTES", default_value_t = 0)]
     pub max_disk_bytes: u64,
+
+    /// Free space to keep on the data directory's filesystem, in bytes: below it publishes
+    /// fail with StorageFull (naming the reserve and the free space), while reads, acks,
+    /// commits, group changes, retention and topic deletion go on in the room it keeps;
+    /// publishing resumes by itself once space is freed. Default: a twentieth of the
+    /// filesystem, at most 1 GiB.
+    #[arg(long, env = "HERALD_MIN_FREE_DISK_BYTES")]
+    pub min_free_disk_bytes: Option<u64>,
+
+    /// How the free space is read: `statvfs` of the data directory (tests stand in).
+    #[arg(skip)]
+    pub disk_probe: crate::storage::disk::Probe,
 
     /// Most records in one published batch; more are refused with BatchTooLarge.
     #[arg(long, env = "HERALD_MAX_BATCH_RECORDS", default_value_t = 100_000)]
@@ -128,6 +141,12 @@ pub struct Config {
     /// whose `herald.offsets` is missing or unreadable, which is otherwise refused.
     #[arg(long, env = "HERALD_REPAIR_STORE")]
     pub repair_store: bool,
+
+    /// The longest any request waits for the store: past it the request is answered with
+    /// an error (the disk may be full or failing), and while the store's writer stays stuck
+    /// for longer, writes are refused at once. Shutdown waits for the writer this long too.
+    #[arg(long, env = "HERALD_STORAGE_TIMEOUT_MS", default_value_t = 30_000)]
+    pub storage_timeout_ms: u64,
 
     /// How long shutdown waits for requests in flight before closing anyway.
     #[arg(long, env = "HERALD_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
@@ -164,6 +183,9 @@ impl Config {
             cache_bytes: self.cache_mb.saturating_mul(1024 * 1024),
             tail_cache_bytes: self.tail_cache_mb.saturating_mul(1024 * 1024),
             repair: self.repair_store,
+            min_free_disk_bytes: self.min_free_disk_bytes,
+            disk_probe: self.disk_probe.clone(),
+            timeout: Duration::from_millis(self.storage_timeout_ms.max(1)),
         }
     }
 

@@ -65,8 +65,10 @@ pub enum BrokerError {
     UnknownSubscription(u64),
     #[error("the broker holds its maximum of {0} topics")]
     TooManyTopics(usize),
-    #[error("the store holds {used} bytes of records; {more} more would pass the quota of {max} (--max-disk-bytes)")]
+    #[error("the store takes {used} bytes on disk; {more} more would pass the quota of {max} (--max-disk-bytes)")]
     StorageFull { used: u64, more: u64, max: u64 },
+    #[error("free disk space for the store is {free} bytes, at or below the reserve of {reserve} bytes (--min-free-disk-bytes); publishing resumes once retention, a deleted topic or the operator frees space")]
+    DiskFull { free: u64, reserve: u64 },
     #[error("a topic has at most {max} partitions on this broker, not {asked}")]
     TooManyPartitions { asked: u32, max: u32 },
     #[error("a batch of {records} records exceeds the broker's maximum of {max} per publish")]
@@ -105,13 +107,14 @@ impl BrokerError {
             UnknownSubscription(_) => ErrorCode::UnknownSubscription,
             TooManyTopics(_) => ErrorCode::TooManyTopics,
             TooManyPartitions { .. } => ErrorCode::TooManyTopics,
-            StorageFull { .. } => ErrorCode::StorageFull,
+            StorageFull { .. } | DiskFull { .. } => ErrorCode::StorageFull,
             BatchTooLarge { .. } => ErrorCode::BatchTooLarge,
             TooManyConsumers { .. } => ErrorCode::TooManyConsumers,
             NotSupported(_) => ErrorCode::NotSupported,
             ShuttingDown => ErrorCode::ShuttingDown,
             Storage(StorageError::Deleted) => ErrorCode::UnknownTopic,
             Storage(StorageError::Sequence(_)) => ErrorCode::OutOfOrderSequence,
+            Storage(StorageError::NoSpace(_)) => ErrorCode::StorageFull,
             Storage(_) => ErrorCode::StorageError,
         }
     }

@@ -19,10 +19,16 @@ async fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    if let Err(err) = run(config).await {
-        eprintln!("herald-broker: {err:#}");
-        std::process::exit(1);
-    }
+    let code = match run(config).await {
+        Ok(()) => 0,
+        Err(err) => {
+            eprintln!("herald-broker: {err:#}");
+            1
+        }
+    };
+    // Exit here rather than through the runtime's drop, which would wait for blocking
+    // threads: one stuck in a failing disk must not keep the process alive.
+    std::process::exit(code);
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {

@@ -16,6 +16,9 @@ use crate::net::listener;
 use crate::storage::{blocking, Store};
 use crate::tasks::retention;
 
+/// The least time shutdown leaves the store for its last commit.
+const FINAL_FLUSH: Duration = Duration::from_millis(500);
+
 /// Everything the request handlers share.
 pub struct Shared {
     pub config: Config,
@@ -111,11 +114,16 @@ impl Broker {
 
     /// Stops accepting, lets sessions finish their requests in flight (up to
     /// `--shutdown-timeout-ms`), tells clients to go away, then flushes and closes the store.
+    ///
+    /// The whole stop takes at most `--shutdown-timeout-ms`, and never less than
+    /// [`FINAL_FLUSH`] for the store's last commit: a store whose disk failed under it is
+    /// left with an error rather than waited for.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
         self.tracker.close();
         let budget = Duration::from_millis(self.shared.config.shutdown_timeout_ms);
-        if tokio::time::timeout(budget, self.tracker.wait())
+        let deadline = tokio::time::Instant::now() + budget;
+        if tokio::time::timeout_at(deadline, self.tracker.wait())
             .await
             .is_err()
         {
@@ -124,7 +132,10 @@ impl Broker {
             );
         }
         let store = Arc::clone(&self.shared.store);
-        blocking(move || store.close())
+        let left = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .max(FINAL_FLUSH);
+        blocking(move || store.close_within(left))
             .await
             .context("flushing the store")?;
         tracing::info!("broker stopped");

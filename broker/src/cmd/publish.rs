@@ -23,15 +23,7 @@ async fn queue(
     BrokerError,
 > {
     let batch = Batch::parse(req.batch).map_err(BrokerError::BadBatch)?;
-    let quota = ctx.shared.config.max_disk_bytes;
-    let (used, more) = (ctx.shared.store.stored_bytes(), batch.encoded_len() as u64);
-    if quota > 0 && used + more > quota {
-        return Err(BrokerError::StorageFull {
-            used,
-            more,
-            max: quota,
-        });
-    }
+    check_room(ctx, batch.encoded_len() as u64)?;
     let max = ctx.shared.config.max_batch_records;
     if batch.record_count > max {
         return Err(BrokerError::BatchTooLarge {
@@ -69,6 +61,27 @@ async fn queue(
         }
         .into())
     })
+}
+
+/// Refuses a publish when the disk is at its reserve or the store at its quota (see
+/// `storage::disk`).
+fn check_room(ctx: &Context, more: u64) -> Result<(), BrokerError> {
+    let room = ctx.shared.store.room();
+    if room.below_reserve() {
+        return Err(BrokerError::DiskFull {
+            free: room.free(),
+            reserve: room.reserve,
+        });
+    }
+    let quota = ctx.shared.config.max_disk_bytes;
+    if quota > 0 && room.used() + more > quota {
+        return Err(BrokerError::StorageFull {
+            used: room.used(),
+            more,
+            max: quota,
+        });
+    }
+    Ok(())
 }
 
 fn durability(durability: storage::Durability) -> Durability {

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::{valid_name, BrokerError};
-use crate::storage::{GroupRecord, StorageError, Store};
+use crate::storage::{GroupRecord, Store};
 
 use super::assignment::{Member, Membership};
 use super::blocking;
@@ -273,7 +273,7 @@ impl PullGroups {
             let written = self.store.queue_offsets(topic.record().id, group, offsets);
             (written, current)
         };
-        written.await.map_err(|_| StorageError::Closed)??;
+        crate::storage::bounded(written, self.store.timeout()).await?;
         Ok(current)
     }
 
@@ -310,7 +310,7 @@ impl PullGroups {
             }
             self.store.queue_offsets(topic.record().id, group, &offsets)
         };
-        written.await.map_err(|_| StorageError::Closed)??;
+        crate::storage::bounded(written, self.store.timeout()).await?;
         tracing::info!(topic = topic.name(), group, ?to, "group reset");
         Ok(())
     }

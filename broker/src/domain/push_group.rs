@@ -393,8 +393,8 @@ impl PushGroups {
                     (p as u32, AckState::at(floor).encode())
                 })
                 .collect();
-            futures::executor::block_on(store.queue_ack_states(t.record().id, &name, states))
-                .map_err(|_| StorageError::Closed)??;
+            let written = store.queue_ack_states(t.record().id, &name, states);
+            crate::storage::bounded_blocking(written, store.timeout())?;
             store.put_group(t.record().id, &name, record)?;
             Ok(())
         })
@@ -1184,8 +1184,9 @@ impl Dispatcher {
             }
             return;
         };
+        let limit = self.store.timeout();
         tokio::spawn(async move {
-            let stored = written.await.unwrap_or(Err(StorageError::Closed));
+            let stored = crate::storage::bounded(written, limit).await;
             for reply in answered {
                 let _ = reply.send(stored.clone().map_err(BrokerError::from));
             }

@@ -8,9 +8,7 @@ use std::sync::Arc;
 use herald_protocol::{encode_batch, partition_for_key, Batch, Record};
 
 use crate::error::BrokerError;
-use crate::storage::{
-    Appended, Durability, PartitionLog, ProducerBatch, StorageError, Store, TopicRecord,
-};
+use crate::storage::{Appended, Durability, PartitionLog, ProducerBatch, Store, TopicRecord};
 
 /// A topic and its partition logs.
 pub struct Topic {
@@ -123,10 +121,11 @@ impl Topic {
                 (p, appended, order)
             })
             .collect();
+        let limit = store.timeout();
         Ok(async move {
             let mut appended = Vec::with_capacity(pending.len());
             for (partition, rx, order) in pending {
-                let result = rx.await.map_err(|_| StorageError::Closed)??;
+                let result = crate::storage::bounded(rx, limit).await?;
                 appended.push((partition, result, order));
             }
             Ok(runs_in_record_order(appended))

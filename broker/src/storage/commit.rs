@@ -11,7 +11,7 @@
 //! the same lock: see [`Shared::write_in_place`].
 
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -103,11 +103,24 @@ pub(super) enum Op {
     Stop,
 }
 
+impl Op {
+    /// Answers the operation with `err` without carrying it out.
+    fn fail(self, err: StorageError) {
+        match self {
+            Op::Append { reply, .. } => drop(reply.send(Err(err))),
+            Op::Run { reply, .. } | Op::Forget { reply, .. } => drop(reply.send(Err(err))),
+            Op::Trim { reply, .. } => drop(reply.send(Err(err))),
+            Op::Stop => {}
+        }
+    }
+}
+
 /// The handle to the writer thread.
 pub(super) struct CommitWriter {
     tx: Sender<Op>,
     shared: Arc<Shared>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    /// The thread, and a channel that closes when it has finished.
+    thread: Mutex<Option<(JoinHandle<()>, Receiver<()>)>>,
 }
 
 /// The writer's state, taken by the thread for each commit group and by a caller that
@@ -119,6 +132,47 @@ struct Shared {
     /// Operations sent to the thread and not yet carried out. A caller writes in place only
     /// when there are none, so nothing overtakes what was queued before it.
     queued: AtomicUsize,
+    /// Whether the writer is stuck (see [`Watchdog`]).
+    watchdog: Watchdog,
+}
+
+/// Tells a writer that works from one that is stuck.
+///
+/// sled may block for good inside a write or a flush when the disk fails under it (seen:
+/// its flush parked forever after `ENOSPC`). Every caller's wait is bounded (see
+/// `storage::bounded`); on top of that, once the writer has been busy with one commit
+/// group for longer than the storage timeout, new operations are answered with an error at
+/// once instead of queueing behind it.
+struct Watchdog {
+    epoch: Instant,
+    /// When the current commit group (or write in place) started, in microseconds since
+    /// `epoch` plus one; 0 while idle.
+    busy_since: AtomicU64,
+    limit: Duration,
+}
+
+impl Watchdog {
+    fn start(&self) {
+        let now = self.epoch.elapsed().as_micros() as u64 + 1;
+        self.busy_since.store(now, SeqCst);
+    }
+
+    fn finish(&self) {
+        self.busy_since.store(0, SeqCst);
+    }
+
+    /// How long the writer has been stuck on one group, if longer than the limit.
+    fn stuck_for(&self) -> Option<Duration> {
+        let since = self.busy_since.load(SeqCst);
+        if since == 0 {
+            return None;
+        }
+        let busy = self
+            .epoch
+            .elapsed()
+            .saturating_sub(Duration::from_micros(since - 1));
+        (busy > self.limit).then_some(busy)
+    }
 }
 
 impl Shared {
@@ -154,8 +208,10 @@ impl Shared {
             return Some(op);
         }
         let mut done = Vec::new();
+        self.watchdog.start();
         writer.apply(op, &mut done);
         let saved = writer.save_bounds(false).map(|()| Durability::Buffered);
+        self.watchdog.finish();
         writer.answer(done, saved);
         None
     }
@@ -170,6 +226,7 @@ impl CommitWriter {
         dir: &Path,
         marks: checkpoint::Marks,
         producers: sled::Tree,
+        timeout: Duration,
     ) -> Result<CommitWriter, StorageError> {
         let syncer = Syncer::open(dir)
             .map_err(|e| StorageError::Sled(format!("cannot sync the store: {e}")))?;
@@ -194,18 +251,27 @@ impl CommitWriter {
             }),
             in_place: policy != FsyncPolicy::Always,
             queued: AtomicUsize::new(0),
+            watchdog: Watchdog {
+                epoch: Instant::now(),
+                busy_since: AtomicU64::new(0),
+                limit: timeout,
+            },
         });
+        let (exited_tx, exited) = channel::bounded(1);
         let thread = {
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()
                 .name("herald-writer".into())
-                .spawn(move || run(&shared, rx))
+                .spawn(move || {
+                    run(&shared, rx);
+                    let _ = exited_tx.send(());
+                })
                 .map_err(|e| StorageError::Sled(format!("cannot start the writer thread: {e}")))?
         };
         Ok(CommitWriter {
             tx,
             shared,
-            thread: Mutex::new(Some(thread)),
+            thread: Mutex::new(Some((thread, exited))),
         })
     }
 
@@ -213,6 +279,9 @@ impl CommitWriter {
     /// the thread has stopped, the operation and its reply are dropped, and the receiver
     /// reports that.
     fn send(&self, op: Op) {
+        if let Some(busy) = self.shared.watchdog.stuck_for() {
+            return op.fail(stuck(busy));
+        }
         let Some(op) = self.shared.write_in_place(op) else {
             return;
         };
@@ -284,23 +353,39 @@ impl CommitWriter {
             job: Box::new(job),
             reply,
         });
-        futures::executor::block_on(rx).map_err(|_| StorageError::Closed)?
+        super::bounded_blocking(rx, self.shared.watchdog.limit)
     }
 
-    /// Runs `job` as [`submit`](Self::submit) does and waits for its commit. Blocks.
+    /// Runs `job` as [`submit`](Self::submit) does and waits for its commit, at most the
+    /// storage timeout. Blocks.
     pub(super) fn run(
         &self,
         job: impl FnOnce() -> Result<(), StorageError> + Send + 'static,
     ) -> Result<(), StorageError> {
-        futures::executor::block_on(self.submit(job)).map_err(|_| StorageError::Closed)?
+        super::bounded_blocking(self.submit(job), self.shared.watchdog.limit)
     }
 
-    /// Commits everything queued, then stops the thread. Idempotent.
-    pub(super) fn stop(&self) {
-        let handle = self.thread.lock().map(|mut t| t.take()).unwrap_or(None);
-        if let Some(handle) = handle {
-            self.send(Op::Stop);
-            let _ = handle.join();
+    /// Commits everything queued, then stops the thread, waiting for it at most `limit`.
+    /// Idempotent. A writer stuck in sled (a failing disk) is left behind with an error:
+    /// what it had confirmed was made durable before it was confirmed.
+    pub(super) fn stop(&self, limit: Duration) -> Result<(), StorageError> {
+        let thread = self.thread.lock().map(|mut t| t.take()).unwrap_or(None);
+        let Some((handle, exited)) = thread else {
+            return Ok(());
+        };
+        self.shared.queued.fetch_add(1, SeqCst);
+        if self.tx.send(Op::Stop).is_err() {
+            self.shared.queued.fetch_sub(1, SeqCst);
+        }
+        match exited.recv_timeout(limit) {
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => {
+                let _ = handle.join();
+                Ok(())
+            }
+            Err(RecvTimeoutError::Timeout) => Err(StorageError::Stalled(format!(
+                "the storage writer did not stop within {limit:?}: the disk may be full or \
+                 failing (records confirmed before were already durable)"
+            ))),
         }
     }
 }
@@ -322,6 +407,7 @@ fn run(shared: &Shared, rx: Receiver<Op>) {
             Err(RecvTimeoutError::Disconnected) => break,
         };
         let mut writer = shared.writer();
+        shared.watchdog.start();
         let mut done = Vec::new();
         let mut taken = 0;
         for op in std::iter::once(first).chain(rx.try_iter().take(MAX_GROUP - 1)) {
@@ -331,6 +417,7 @@ fn run(shared: &Shared, rx: Receiver<Op>) {
         let (stopping, trimmed) = (writer.stopped, std::mem::take(&mut writer.trimmed));
         let saved = writer.save_bounds(trimmed || stopping);
         let commit = saved.and_then(|()| writer.commit(stopping));
+        shared.watchdog.finish();
         writer.answer(done, commit);
         shared.queued.fetch_sub(taken, SeqCst);
         if stopping {
@@ -608,6 +695,15 @@ fn write_batch(log: &PartitionLog, batch: &Batch) -> Result<Written, StorageErro
     let base = log.write_next();
     let stored = log.insert(chunk::cut(batch, base, now_ms(), None)?)?;
     Ok((base, batch.record_count, stored))
+}
+
+/// The error for operations refused while the writer is stuck.
+fn stuck(busy: Duration) -> StorageError {
+    StorageError::Stalled(format!(
+        "the storage writer has been stuck on one write for {} s: the disk may be full or \
+         failing",
+        busy.as_secs()
+    ))
 }
 
 fn touch(touched: &mut Vec<Arc<PartitionLog>>, log: &Arc<PartitionLog>) {

@@ -26,6 +26,7 @@
 mod checkpoint;
 pub mod chunk;
 pub mod commit;
+pub mod disk;
 pub mod log;
 mod producers;
 mod records;
@@ -64,15 +65,66 @@ pub enum StorageError {
     Deleted,
     #[error("out of order: {0}")]
     Sequence(String),
+    #[error("{0}")]
+    Stalled(String),
+    #[error(
+        "the disk under the store is full ({0}): the store takes no more writes until the \
+         broker is restarted with free space; reading goes on"
+    )]
+    NoSpace(String),
 }
 
 impl From<sled::Error> for StorageError {
     fn from(err: sled::Error) -> Self {
         match err {
             sled::Error::Corruption { .. } => StorageError::Corrupt(err.to_string()),
+            // sled keeps the first write error and returns it from then on.
+            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => {
+                StorageError::NoSpace(io.to_string())
+            }
             other => StorageError::Sled(other.to_string()),
         }
     }
+}
+
+/// Waits for the writer's answer `reply`, at most `limit` (the storage timeout).
+pub async fn bounded<T>(
+    reply: tokio::sync::oneshot::Receiver<Result<T, StorageError>>,
+    limit: std::time::Duration,
+) -> Result<T, StorageError> {
+    match tokio::time::timeout(limit, reply).await {
+        Ok(answer) => answer.map_err(|_| StorageError::Closed)?,
+        Err(_) => Err(no_answer(limit)),
+    }
+}
+
+/// [`bounded`] for a blocking caller.
+pub fn bounded_blocking<T>(
+    mut reply: tokio::sync::oneshot::Receiver<Result<T, StorageError>>,
+    limit: std::time::Duration,
+) -> Result<T, StorageError> {
+    use tokio::sync::oneshot::error::TryRecvError;
+    let started = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_micros(50);
+    loop {
+        match reply.try_recv() {
+            Ok(answer) => return answer,
+            Err(TryRecvError::Closed) => return Err(StorageError::Closed),
+            Err(TryRecvError::Empty) if started.elapsed() >= limit => return Err(no_answer(limit)),
+            Err(TryRecvError::Empty) => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(5));
+            }
+        }
+    }
+}
+
+fn no_answer(limit: std::time::Duration) -> StorageError {
+    StorageError::Stalled(format!(
+        "the store did not answer within {} ms (--storage-timeout-ms): the disk may be full \
+         or failing",
+        limit.as_millis()
+    ))
 }
 
 /// How the store is opened.
@@ -87,6 +139,12 @@ pub struct StoreConfig {
     /// Verify every stored chunk at open, keep each log up to its first damage and write
     /// `herald.offsets` anew (see [`repair`]).
     pub repair: bool,
+    /// Free space to keep on the store's filesystem (`None`: see [`disk::default_reserve`]).
+    pub min_free_disk_bytes: Option<u64>,
+    /// How the filesystem's free space is read (`statvfs` unless a test stands in).
+    pub disk_probe: disk::Probe,
+    /// The longest a caller waits for the writer; see [`bounded`].
+    pub timeout: std::time::Duration,
 }
 
 impl Default for StoreConfig {
@@ -96,6 +154,9 @@ impl Default for StoreConfig {
             cache_bytes: 128 * 1024 * 1024,
             tail_cache_bytes: 32 * 1024 * 1024,
             repair: false,
+            min_free_disk_bytes: None,
+            disk_probe: disk::Probe::statvfs(),
+            timeout: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -118,6 +179,10 @@ pub struct Store {
     stored_bytes: Arc<AtomicU64>,
     /// What every log's cached tail may hold together.
     tail_budget: Arc<tail::TailBudget>,
+    /// The free space of the store's filesystem, and the reserve kept on it.
+    disk: disk::Disk,
+    /// The longest a caller waits for the writer.
+    timeout: std::time::Duration,
 }
 
 impl Store {
@@ -136,8 +201,22 @@ impl Store {
             drop_retired_logs(&db, &marks)?;
             marks
         };
+        let disk = disk::Disk::new(dir, config.disk_probe.clone(), config.min_free_disk_bytes)
+            .map_err(|e| {
+                StorageError::Sled(format!(
+                    "cannot read the free space of {}: {e}",
+                    dir.display()
+                ))
+            })?;
         let producers = db.open_tree("producers")?;
-        let writer = CommitWriter::start(db.clone(), config.fsync, dir, marks.clone(), producers)?;
+        let writer = CommitWriter::start(
+            db.clone(),
+            config.fsync,
+            dir,
+            marks.clone(),
+            producers,
+            config.timeout,
+        )?;
         Ok(Arc::new(Store {
             _lock: lock,
             bounds: db.open_tree("partitions")?,
@@ -152,6 +231,8 @@ impl Store {
             tail_budget: tail::TailBudget::new(
                 usize::try_from(config.tail_cache_bytes).unwrap_or(usize::MAX),
             ),
+            disk,
+            timeout: config.timeout,
         }))
     }
 
@@ -164,6 +245,18 @@ impl Store {
     /// sled's own files are larger (its log and index; see the README's space figures).
     pub fn stored_bytes(&self) -> u64 {
         self.stored_bytes.load(Ordering::Relaxed)
+    }
+
+    /// The longest a caller waits for the writer (`--storage-timeout-ms`); see [`bounded`].
+    pub fn timeout(&self) -> std::time::Duration {
+        self.timeout
+    }
+
+    /// The room left on disk for the store (see [`disk`]); sampled at most every
+    /// [`disk::REFRESH`], so cheap to ask on every publish.
+    pub fn room(&self) -> disk::Room {
+        self.disk
+            .room(self.stored_bytes(), || self.db.size_on_disk().unwrap_or(0))
     }
 
     /// Every stored topic. Blocks.
@@ -341,8 +434,7 @@ impl Store {
         group: &str,
         offsets: &[(u32, u64)],
     ) -> Result<(), StorageError> {
-        futures::executor::block_on(self.queue_offsets(topic_id, group, offsets))
-            .map_err(|_| StorageError::Closed)?
+        bounded_blocking(self.queue_offsets(topic_id, group, offsets), self.timeout)
     }
 
     /// Queues committed offsets for the writer without waiting; the receiver resolves once
@@ -419,9 +511,15 @@ impl Store {
         })
     }
 
-    /// Stops the writer after everything queued and flushes sled. Blocks.
+    /// Stops the writer after everything queued and flushes sled, waiting for the writer
+    /// at most the storage timeout. Blocks.
     pub fn close(&self) -> Result<(), StorageError> {
-        self.writer.stop();
+        self.close_within(self.timeout)
+    }
+
+    /// [`close`](Self::close), waiting for the writer at most `limit`. Blocks.
+    pub fn close_within(&self, limit: std::time::Duration) -> Result<(), StorageError> {
+        self.writer.stop(limit)?;
         self.db.flush()?;
         Ok(())
     }
@@ -617,7 +715,9 @@ fn lock_directory(dir: &Path) -> Result<std::fs::File, StorageError> {
 
 impl Drop for Store {
     fn drop(&mut self) {
-        self.writer.stop();
+        if let Err(err) = self.writer.stop(self.timeout) {
+            tracing::error!(%err, "the store was dropped without its writer stopping");
+        }
     }
 }
 

@@ -760,3 +760,47 @@ async fn a_damaged_chunk_is_an_error_to_its_reader_not_bytes() {
     assert!(text.contains(&name) && text.contains("offset 10"), "{text}");
     assert!(text.contains("checksum"), "{text}");
 }
+
+#[tokio::test]
+async fn a_writer_stuck_in_a_write_answers_everyone_within_the_storage_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let limit = std::time::Duration::from_millis(200);
+    let config = StoreConfig {
+        timeout: limit,
+        ..StoreConfig::default()
+    };
+    let store = Store::open(dir.path(), config).unwrap();
+    let (_, logs) = store
+        .create_topic("t", 1, RetentionPolicy::default())
+        .unwrap();
+    // A write that hangs, as sled's flush did on a full disk.
+    let stuck = store.writer.submit(|| {
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        Ok(())
+    });
+    let started = std::time::Instant::now();
+    let queued = bounded(store.append(&logs[0], batch(&["a"])), limit).await;
+    assert!(
+        matches!(queued, Err(StorageError::Stalled(_))),
+        "{queued:?}"
+    );
+    assert!(started.elapsed() < limit * 3, "{:?}", started.elapsed());
+    // Once it has been stuck past the limit, new writes are refused at once.
+    let refused = std::time::Instant::now();
+    let err = store
+        .append(&logs[0], batch(&["b"]))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(err.to_string().contains("stuck"), "{err}");
+    assert!(refused.elapsed() < limit, "{:?}", refused.elapsed());
+    // Reads go on, and closing gives up on the writer in bounded time.
+    assert_eq!(logs[0].read(0, 10, usize::MAX).unwrap().records, 0);
+    let closing = std::time::Instant::now();
+    assert!(matches!(
+        store.close_within(limit),
+        Err(StorageError::Stalled(_))
+    ));
+    assert!(closing.elapsed() < limit * 3, "{:?}", closing.elapsed());
+    drop(stuck);
+}

@@ -30,8 +30,9 @@ pub async fn run(topics: Arc<Topics>, every: Duration, shutdown: CancellationTok
                 continue;
             }
             for (partition, log) in topic.partitions().iter().enumerate() {
-                match topics.store().trim(log, policy).await {
-                    Ok(Ok(true)) => {
+                let limit = topics.store().timeout();
+                match crate::storage::bounded(topics.store().trim(log, policy), limit).await {
+                    Ok(true) => {
                         tracing::debug!(
                             topic = topic.name(),
                             partition,
@@ -39,11 +40,11 @@ pub async fn run(topics: Arc<Topics>, every: Duration, shutdown: CancellationTok
                             "retention trimmed"
                         )
                     }
-                    Ok(Ok(false)) => {}
-                    Ok(Err(err)) => {
+                    Ok(false) => {}
+                    Err(crate::storage::StorageError::Closed) => return,
+                    Err(err) => {
                         tracing::warn!(topic = topic.name(), partition, %err, "retention failed")
                     }
-                    Err(_) => return, // the store is closed
                 }
             }
         }
