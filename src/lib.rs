@@ -102,6 +102,15 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// The resident memory of process `pid` in KiB, read from `/proc`; `None` once it is gone.
+pub fn rss_kib_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 /// A `herald-broker` process on a data directory, for tests that kill it and start it
 /// again on the same address.
 pub struct BrokerProcess {
@@ -145,13 +154,12 @@ impl BrokerProcess {
 
     /// Its resident memory in KiB, read from `/proc`.
     pub fn rss_kib(&self) -> u64 {
-        let pid = self.child.id().expect("running");
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc");
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS in /proc/<pid>/status")
+        rss_kib_of(self.pid()).expect("VmRSS in /proc/<pid>/status")
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
     }
 
     /// Sends it a signal by name (`-TERM`, `-INT`, `-STOP`, ...).

@@ -28,6 +28,17 @@ async fn broker_on_a_disk(available: &Arc<AtomicU64>) -> TestBroker {
     .await
 }
 
+/// How many records partition 0 of `topic` holds from offset 0 on (one fetch of up to
+/// 2,000 records and 16 MiB).
+async fn count_records(client: &Client, topic: &str) -> u64 {
+    let request = FetchRequest {
+        max_messages: 2000,
+        max_bytes: 16 * 1024 * 1024,
+        ..FetchRequest::new(topic, 0, 0)
+    };
+    client.fetch(request).await.unwrap().records.len() as u64
+}
+
 /// Publishes one record to `topic`, retrying while the broker answers `StorageFull`, for at
 /// most `limit`; returns its offset, or the last refusal's message when it never got through.
 async fn publish_within(client: &Client, topic: &str, limit: Duration) -> Result<u64, String> {
@@ -93,14 +104,7 @@ async fn below_the_reserve_publishing_stops_the_rest_goes_on_and_freed_space_res
     let mut next = 100 + through;
 
     // Reads, acks, commits and group changes go on.
-    let fetched = client
-        .fetch(FetchRequest {
-            max_messages: 1000,
-            ..FetchRequest::new("jobs", 0, 0)
-        })
-        .await
-        .unwrap();
-    assert_eq!(fetched.records.len() as u64, next);
+    assert_eq!(count_records(&client, "jobs").await, next);
     for _ in 0..next {
         workers.next().await.unwrap().unwrap().ack();
     }
@@ -261,17 +265,10 @@ async fn a_disk_filled_by_another_process_gets_errors_in_bounded_time_and_loses_
         .await
         .expect_err("still full");
     assert_eq!(err.code(), Some(ErrorCode::StorageFull), "{err}");
-    let fetched = tokio::time::timeout(
-        Duration::from_secs(10),
-        client.fetch(FetchRequest {
-            max_messages: 2000,
-            ..FetchRequest::new("kept", 0, 0)
-        }),
-    )
-    .await
-    .expect("reads are answered")
-    .unwrap();
-    assert_eq!(fetched.records.len(), 1000, "reading goes on");
+    let read = tokio::time::timeout(Duration::from_secs(10), count_records(&client, "kept"))
+        .await
+        .expect("reads are answered");
+    assert_eq!(read, 1000, "reading goes on");
 
     // SIGTERM still stops it within the shutdown timeout (and its last flush's bound).
     drop(readers);
@@ -289,14 +286,7 @@ async fn a_disk_filled_by_another_process_gets_errors_in_bounded_time_and_loses_
     std::fs::remove_file(filler).unwrap();
     let broker = herald_suite::BrokerProcess::start(&data, "127.0.0.1:0", &[]).await;
     let client = Client::connect(broker.addr()).await.unwrap();
-    let fetched = client
-        .fetch(FetchRequest {
-            max_messages: 2000,
-            ..FetchRequest::new("kept", 0, 0)
-        })
-        .await
-        .unwrap();
-    assert_eq!(fetched.records.len(), 1000);
+    assert_eq!(count_records(&client, "kept").await, 1000);
     broker.signal("-TERM");
     assert_eq!(broker.exit_code(Duration::from_secs(10)).await, Some(0));
 }

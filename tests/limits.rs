@@ -266,6 +266,7 @@ async fn a_full_disk_quota_refuses_publishes_while_reading_goes_on_until_retenti
     // Consumers keep reading everything stored.
     let mut request = herald_client::FetchRequest::new("full", 0, 0);
     request.max_messages = 1_000;
+    request.max_bytes = 16 * 1024 * 1024;
     let fetched = client.fetch(request).await.unwrap();
     assert_eq!(fetched.records.len() as u64, stored);
     // Once retention has dropped the old records, publishing resumes (the same producer:

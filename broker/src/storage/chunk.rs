@@ -91,12 +91,13 @@ pub struct Cut {
 }
 
 /// The chunks that store `batch` from `base_offset` on, appended at `append_time_ms`, with
-/// `tag` on the last one.
+/// `tag` on the last one; `buf` is scratch space for encoding.
 pub fn cut(
     batch: &Batch,
     base_offset: u64,
     append_time_ms: u64,
     tag: Option<Tag>,
+    buf: &mut BytesMut,
 ) -> Result<Vec<Cut>, StorageError> {
     let invalid = |e: &dyn std::fmt::Display| StorageError::Corrupt(format!("batch to store: {e}"));
     let mut out = Vec::new();
@@ -117,49 +118,60 @@ pub fn cut(
             ..rest
         };
         let last = rest.record_count == 0;
-        out.push(encode(chunk, tag.filter(|_| last))?);
+        out.push(encode(chunk, tag.filter(|_| last), buf)?);
     }
     Ok(out)
 }
 
 /// One chunk's value, or its head and pieces when it is larger than [`CHUNK_BYTES`].
-fn encode(chunk: Batch, tag: Option<Tag>) -> Result<Cut, StorageError> {
-    let mut body = BytesMut::with_capacity(chunk.encoded_len() + TAG_LEN);
-    chunk.encode(&mut body);
+/// `buf` is scratch space, reused: a value is encoded there and copied once, into the
+/// value sled keeps.
+fn encode(chunk: Batch, tag: Option<Tag>, buf: &mut BytesMut) -> Result<Cut, StorageError> {
+    buf.clear();
+    buf.extend_from_slice(&[0; HEAD_LEN]);
+    chunk.encode(buf);
     if let Some(tag) = tag {
-        body.extend_from_slice(&tag.producer.producer_id.to_be_bytes());
-        body.extend_from_slice(&tag.producer.sequence.to_be_bytes());
-        body.extend_from_slice(&tag.first_offset.to_be_bytes());
+        buf.extend_from_slice(&tag.producer.producer_id.to_be_bytes());
+        buf.extend_from_slice(&tag.producer.sequence.to_be_bytes());
+        buf.extend_from_slice(&tag.first_offset.to_be_bytes());
     }
-    let parts: Vec<&[u8]> = body.chunks(CHUNK_BYTES).collect();
-    let flags = if tag.is_some() { TAGGED } else { 0 } | if parts.len() > 1 { PIECES } else { 0 };
+    let body_len = buf.len() - HEAD_LEN;
+    let in_pieces = body_len > CHUNK_BYTES;
+    buf[CRC_LEN] = if tag.is_some() { TAGGED } else { 0 } | if in_pieces { PIECES } else { 0 };
     let base = chunk.base_offset;
-    let mut values = Vec::with_capacity(parts.len());
-    for (i, part) in parts.iter().enumerate() {
-        let mut value = Vec::with_capacity(HEAD_LEN + part.len());
-        value.extend_from_slice(&[0; CRC_LEN]);
-        if i == 0 {
-            value.push(flags);
-        }
-        value.extend_from_slice(part);
-        let crc = crc32c::crc32c(&value[CRC_LEN..]);
-        value[..CRC_LEN].copy_from_slice(&crc.to_be_bytes());
-        let key = match u16::try_from(i) {
-            Ok(0) => key(base).to_vec(),
-            Ok(piece) => piece_key(base, piece),
-            Err(_) => return Err(StorageError::Corrupt("a record too large to store".into())),
-        };
-        values.push((key, sled::IVec::from(value)));
+    if !in_pieces {
+        let crc = crc32c::crc32c(&buf[CRC_LEN..]);
+        buf[..CRC_LEN].copy_from_slice(&crc.to_be_bytes());
+        let value = sled::IVec::from(&buf[..]);
+        let shared =
+            Bytes::from_owner(value.clone()).slice(HEAD_LEN..HEAD_LEN + chunk.encoded_len());
+        let batch =
+            Batch::parse(shared).map_err(|e| StorageError::Corrupt(format!("chunk: {e}")))?;
+        return Ok(Cut {
+            values: vec![(key(base).to_vec(), value)],
+            batch,
+        });
     }
-    let batch = match &values[..] {
-        [(_, head)] => {
-            let shared =
-                Bytes::from_owner(head.clone()).slice(HEAD_LEN..HEAD_LEN + chunk.encoded_len());
-            Batch::parse(shared).map_err(|e| StorageError::Corrupt(format!("chunk: {e}")))?
-        }
-        _ => chunk,
-    };
-    Ok(Cut { values, batch })
+    let head = &buf[CRC_LEN..HEAD_LEN + CHUNK_BYTES];
+    let rest = &buf[HEAD_LEN + CHUNK_BYTES..];
+    let mut values = vec![(key(base).to_vec(), checked_value(head))];
+    for (i, part) in rest.chunks(CHUNK_BYTES).enumerate() {
+        let piece = u16::try_from(i + 1)
+            .map_err(|_| StorageError::Corrupt("a record too large to store".into()))?;
+        values.push((piece_key(base, piece), checked_value(part)));
+    }
+    Ok(Cut {
+        values,
+        batch: chunk,
+    })
+}
+
+/// A value holding `bytes` behind their checksum.
+fn checked_value(bytes: &[u8]) -> sled::IVec {
+    let mut value = Vec::with_capacity(CRC_LEN + bytes.len());
+    value.extend_from_slice(&crc32c::crc32c(bytes).to_be_bytes());
+    value.extend_from_slice(bytes);
+    sled::IVec::from(value)
 }
 
 /// Checks a value's checksum and returns what follows it.
@@ -320,7 +332,7 @@ mod tests {
             },
             first_offset: 100,
         };
-        let cuts = cut(&batch_of(&sizes), 100, 42, Some(tag)).unwrap();
+        let cuts = cut(&batch_of(&sizes), 100, 42, Some(tag), &mut BytesMut::new()).unwrap();
         assert!(cuts.len() > 1, "50 KB goes in several chunks");
         for cut in &cuts {
             assert_eq!(cut.values.len(), 1, "no record needs pieces");
@@ -352,7 +364,7 @@ mod tests {
     #[test]
     fn a_record_larger_than_a_chunk_is_stored_in_pieces() {
         let sizes = [10, 100_000, 10];
-        let cuts = cut(&batch_of(&sizes), 0, 1, None).unwrap();
+        let cuts = cut(&batch_of(&sizes), 0, 1, None, &mut BytesMut::new()).unwrap();
         assert_eq!(cuts.len(), 3);
         let pieces = cuts[1].values.len();
         assert_eq!(pieces, 100_000usize.div_ceil(CHUNK_BYTES).max(2));
@@ -370,7 +382,7 @@ mod tests {
 
     #[test]
     fn a_flipped_bit_is_an_error_naming_the_partition_and_offset() {
-        let cuts = cut(&batch_of(&[10, 20_000]), 5, 1, None).unwrap();
+        let cuts = cut(&batch_of(&[10, 20_000]), 5, 1, None, &mut BytesMut::new()).unwrap();
         for (damaged_key, at) in [(key(5).to_vec(), 40), (piece_key(6, 2), 100)] {
             let (_dir, tree) = store(&cuts);
             let mut value = tree.get(&damaged_key).unwrap().unwrap().to_vec();

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use crossbeam::channel::{self, Receiver, RecvTimeoutError, Sender};
 use herald_protocol::{record::now_ms, Batch};
 use tokio::sync::oneshot;
@@ -246,6 +247,7 @@ impl CommitWriter {
                 recorder,
                 marks_offered: Instant::now(),
                 producers: Producers::new(producers),
+                encode_buf: BytesMut::new(),
                 trimmed: false,
                 stopped: false,
             }),
@@ -451,6 +453,8 @@ struct Writer {
     marks_offered: Instant,
     /// Idempotent producers' recent batches.
     producers: Producers,
+    /// Scratch space for encoding stored values, reused across writes.
+    encode_buf: BytesMut,
     /// Whether a retention pass of the current group deleted anything.
     trimmed: bool,
     /// Set by [`Op::Stop`]: nothing is written in place any more.
@@ -495,7 +499,7 @@ impl Writer {
                 reply,
             } => {
                 let result = match producer {
-                    None => write_batch(&log, &batch),
+                    None => write_batch(&log, &batch, &mut self.encode_buf),
                     Some(producer) => self.write_numbered(&log, &batch, producer),
                 };
                 touch(&mut self.unsaved, &log);
@@ -562,7 +566,8 @@ impl Writer {
                     producer,
                     first_offset: base,
                 };
-                let stored = log.insert(chunk::cut(batch, base, now_ms(), Some(tag))?)?;
+                let cuts = chunk::cut(batch, base, now_ms(), Some(tag), &mut self.encode_buf)?;
+                let stored = log.insert(cuts)?;
                 self.producers
                     .remember(log, producer, base, batch.record_count)?;
                 Ok((base, batch.record_count, stored))
@@ -691,9 +696,13 @@ fn answer(item: Done, commit: &Result<Durability, StorageError>) {
 
 /// Stores `batch` at the log's next offset, re-stamped with its offsets and append time,
 /// as chunks sized for sled's cache (see `storage::chunk`).
-fn write_batch(log: &PartitionLog, batch: &Batch) -> Result<Written, StorageError> {
+fn write_batch(
+    log: &PartitionLog,
+    batch: &Batch,
+    buf: &mut BytesMut,
+) -> Result<Written, StorageError> {
     let base = log.write_next();
-    let stored = log.insert(chunk::cut(batch, base, now_ms(), None)?)?;
+    let stored = log.insert(chunk::cut(batch, base, now_ms(), None, buf)?)?;
     Ok((base, batch.record_count, stored))
 }
 

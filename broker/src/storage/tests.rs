@@ -681,6 +681,17 @@ async fn store_of_three_batches() -> (tempfile::TempDir, String) {
     (dir, name)
 }
 
+/// Flips a bit at byte `at` of the chunk stored at `offset` in log `name` of the closed
+/// store in `dir`, through sled, so that only the chunk's own checksum can tell.
+fn flip_a_bit(dir: &std::path::Path, name: &str, offset: u64, at: usize) {
+    let db = sled::open(dir).unwrap();
+    let tree = db.open_tree(name).unwrap();
+    let mut value = tree.get(chunk::key(offset)).unwrap().unwrap().to_vec();
+    value[at] ^= 1;
+    tree.insert(chunk::key(offset), value).unwrap();
+    db.flush().unwrap();
+}
+
 fn open_repairing(dir: &std::path::Path, repair: bool) -> Result<Arc<Store>, StorageError> {
     let config = StoreConfig {
         repair,
@@ -720,15 +731,7 @@ async fn a_store_without_its_synced_offsets_is_refused_unless_repaired() {
 #[tokio::test]
 async fn a_repair_keeps_each_log_up_to_its_first_damaged_chunk() {
     let (dir, name) = store_of_three_batches().await;
-    {
-        // A bit flipped in the second batch's stored value, past sled's own checks.
-        let db = sled::open(dir.path()).unwrap();
-        let tree = db.open_tree(&name).unwrap();
-        let mut value = tree.get(chunk::key(10)).unwrap().unwrap().to_vec();
-        value[50] ^= 1;
-        tree.insert(chunk::key(10), value).unwrap();
-        db.flush().unwrap();
-    }
+    flip_a_bit(dir.path(), &name, 10, 50);
     std::fs::remove_file(dir.path().join(checkpoint::FILE)).unwrap();
     let store = open_repairing(dir.path(), true).unwrap();
     let topic = store.load_topics().unwrap().remove(0);
@@ -743,14 +746,7 @@ async fn a_repair_keeps_each_log_up_to_its_first_damaged_chunk() {
 #[tokio::test]
 async fn a_damaged_chunk_is_an_error_to_its_reader_not_bytes() {
     let (dir, name) = store_of_three_batches().await;
-    {
-        let db = sled::open(dir.path()).unwrap();
-        let tree = db.open_tree(&name).unwrap();
-        let mut value = tree.get(chunk::key(10)).unwrap().unwrap().to_vec();
-        value[60] ^= 4;
-        tree.insert(chunk::key(10), value).unwrap();
-        db.flush().unwrap();
-    }
+    flip_a_bit(dir.path(), &name, 10, 60);
     let store = open_repairing(dir.path(), false).unwrap();
     let topic = store.load_topics().unwrap().remove(0);
     let logs = store.open_logs(&topic).unwrap();
