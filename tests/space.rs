@@ -4,9 +4,10 @@
 //! For each record size (100 B, 1 KiB) and batch size (1, 10, 100, 1,000 records) it writes
 //! `HERALD_SPACE_GB` gigabytes of payload (default 4) in steps of one, printing after each
 //! step the broker's resident memory and the bytes its data directory takes on disk per
-//! payload byte, then replays every step with `herald bench --scenario consume` (which
-//! checks that each record arrives exactly once) and prints the highest resident memory
-//! seen while it did. The broker runs with its defaults (`--cache-mb 128`,
+//! payload byte, and the highest resident memory seen while writing (sampled every 100 ms);
+//! then replays every step with `herald bench --scenario consume` (which checks that each
+//! record arrives exactly once), once in the same process and once more after a restart,
+//! and prints the highest resident memory seen during each. The broker runs with its defaults (`--cache-mb 128`,
 //! `--tail-cache-mb 32`, `--fsync always`) unless `HERALD_SPACE_FSYNC` says otherwise.
 //! Ignored by default (hours for the batches of one record):
 //!
@@ -115,6 +116,8 @@ async fn memory_and_disk_stay_bounded_as_the_store_grows_and_is_replayed() {
         let broker = BrokerProcess::start(&data, "127.0.0.1:0", &["--fsync", &fsync]).await;
         let messages = step_bytes / size;
         let mut line = format!("{size:>5} B x {batch:>4}:");
+        let peak = Arc::new(AtomicU64::new(0));
+        let sampler = sample_peak(broker.pid(), Arc::clone(&peak));
         for step in 1..=gigabytes {
             let mut args = bench_args("publish", messages, size, step);
             args.extend(["--batch".to_string(), batch.to_string()]);
@@ -126,31 +129,44 @@ async fn memory_and_disk_stay_bounded_as_the_store_grows_and_is_replayed() {
             line += &format!(" | {written:.2} GB: RSS {rss}, disk {disk:.2}");
             assert!(rss < CACHES_MB + ALLOWANCE_MB, "{line}");
         }
-        // Replay it all while a sampler keeps the highest resident memory.
-        let peak = Arc::new(AtomicU64::new(0));
-        let pid = broker.pid();
-        let sampler = {
-            let peak = Arc::clone(&peak);
-            tokio::spawn(async move {
-                loop {
-                    if let Some(rss) = herald_suite::rss_kib_of(pid) {
-                        peak.fetch_max(rss, Ordering::Relaxed);
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            })
-        };
+        let write_peak = peak.swap(0, Ordering::Relaxed) / 1024;
+        line += &format!(" | RSS peak while writing {write_peak}");
+        assert!(write_peak < CACHES_MB + ALLOWANCE_MB, "{line}");
+        // Then replay it all, and again after a restart (from a cold start).
         for step in 1..=gigabytes {
             let args = bench_args("consume", messages, size, step);
             let run = bench(broker.addr(), &args).await;
             assert_eq!(run["verified"], true, "{run}");
         }
         sampler.abort();
-        let replay_peak = peak.load(Ordering::Relaxed) / 1024;
+        let replay_peak = peak.swap(0, Ordering::Relaxed) / 1024;
         line += &format!(" | replay: RSS peak {replay_peak}");
-        println!("{line}");
-        assert!(replay_peak < CACHES_MB + ALLOWANCE_MB, "{line}");
         broker.signal("-TERM");
         assert_eq!(broker.exit_code(Duration::from_secs(60)).await, Some(0));
+        let broker = BrokerProcess::start(&data, "127.0.0.1:0", &["--fsync", &fsync]).await;
+        let sampler = sample_peak(broker.pid(), Arc::clone(&peak));
+        for step in 1..=gigabytes {
+            let args = bench_args("consume", messages, size, step);
+            let run = bench(broker.addr(), &args).await;
+            assert_eq!(run["verified"], true, "{run}");
+        }
+        sampler.abort();
+        let restarted_peak = peak.load(Ordering::Relaxed) / 1024;
+        line += &format!(" | after a restart: RSS peak {restarted_peak}");
+        println!("{line}");
+        broker.signal("-TERM");
+        assert_eq!(broker.exit_code(Duration::from_secs(60)).await, Some(0));
+        assert!(replay_peak < CACHES_MB + ALLOWANCE_MB, "{line}");
+        assert!(restarted_peak < CACHES_MB + ALLOWANCE_MB, "{line}");
     }
+}
+
+/// Keeps the highest resident memory of process `pid` in `peak` (KiB), every 100 ms.
+fn sample_peak(pid: u32, peak: Arc<AtomicU64>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(rss) = herald_suite::rss_kib_of(pid) {
+            peak.fetch_max(rss, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
 }
