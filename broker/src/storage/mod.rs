@@ -291,6 +291,9 @@ impl Store {
 
     /// Opens the partition logs of a stored topic, refusing one that ends before the
     /// offset recorded as synced (see [`checkpoint`]). Blocks.
+    ///
+    /// A damaged log's error names `--repair-store`, which keeps each partition up to its
+    /// first damage.
     pub fn open_logs(&self, topic: &TopicRecord) -> Result<Vec<Arc<PartitionLog>>, StorageError> {
         (0..topic.partitions)
             .map(|p| {
@@ -301,16 +304,17 @@ impl Store {
                     self.bounds.clone(),
                     Arc::clone(&self.stored_bytes),
                     Arc::clone(&self.tail_budget),
-                )?;
-                producers::recover(&log)?;
+                )
+                .map_err(with_repair_hint)?;
+                producers::recover(&log).map_err(with_repair_hint)?;
                 match self.marks.get(&name) {
                     Some(&synced) if log.next_offset() < synced => {
-                        Err(StorageError::Corrupt(format!(
+                        Err(with_repair_hint(StorageError::Corrupt(format!(
                             "partition {p} of topic {:?} ends at offset {}, but offsets up to \
                              {synced} were synced: records were lost",
                             topic.name,
                             log.next_offset()
-                        )))
+                        ))))
                     }
                     _ => Ok(Arc::new(log)),
                 }
@@ -522,6 +526,17 @@ impl Store {
         self.writer.stop(limit)?;
         self.db.flush()?;
         Ok(())
+    }
+}
+
+/// Adds to a damaged-store error what the operator can do about it.
+fn with_repair_hint(err: StorageError) -> StorageError {
+    match err {
+        StorageError::Corrupt(what) => StorageError::Corrupt(format!(
+            "{what}. Start with --repair-store to keep each partition up to its first \
+             damage (what follows it is dropped, and logged)"
+        )),
+        other => other,
     }
 }
 
