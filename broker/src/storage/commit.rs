@@ -502,7 +502,9 @@ impl Writer {
                     None => write_batch(&log, &batch, &mut self.encode_buf),
                     Some(producer) => self.write_numbered(&log, &batch, producer),
                 };
-                touch(&mut self.unsaved, &log);
+                if !log.is_retired() {
+                    touch(&mut self.unsaved, &log);
+                }
                 if result.is_ok() {
                     touch(&mut self.unsynced, &log);
                 }
@@ -522,7 +524,9 @@ impl Writer {
                     Ok(trimmed)
                 });
                 self.trimmed |= matches!(result, Ok(true));
-                touch(&mut self.unsaved, &log);
+                if !log.is_retired() {
+                    touch(&mut self.unsaved, &log);
+                }
                 done.push(Done::Trim { log, reply, result });
             }
             Op::Run { job, reply } => done.push(Done::Run {
@@ -535,7 +539,10 @@ impl Writer {
                 }
                 let forgotten: Result<(), StorageError> =
                     logs.iter().try_for_each(|log| self.producers.forget(log));
+                // Nothing more is saved for them, and the writer holds them no longer (so
+                // their trees can be dropped: see `Store::drop_retired`).
                 self.unsynced.retain(|log| !logs.contains(&log.name()));
+                self.unsaved.retain(|log| !logs.contains(&log.name()));
                 let written = self
                     .recorder
                     .write_now(self.marks.clone())

@@ -50,6 +50,9 @@ pub struct PartitionLog {
 /// Where producer-state keys start; batch keys all sort below it.
 pub(super) const STATE_KEYS: [u8; 8] = [0xFF; 8];
 
+/// The most chunks one retention round deletes at once (see [`PartitionLog::trim`]).
+const TRIM_ROUND: usize = 1024;
+
 /// How far behind the end a read may start and still be served without a blocking thread.
 const HOT_TAIL_RECORDS: u64 = 4096;
 
@@ -215,8 +218,9 @@ impl PartitionLog {
     }
 
     /// Called by the writer when the topic is deleted: refuses further appends,
-    /// empties the log and forgets its bounds. The tree itself stays registered (sled frees
-    /// a dropped tree's pages under any handle still in use) and is dropped at next start.
+    /// empties the log and forgets its bounds. The tree itself stays registered until no
+    /// handle to it is left (sled frees a dropped tree's pages under any handle still in
+    /// use): see `Store::drop_retired`.
     pub(super) fn retire(&self) -> Result<(), StorageError> {
         self.retired.store(true, Ordering::Release);
         self.tail.clear();
@@ -338,30 +342,44 @@ impl PartitionLog {
     /// asks for and at most one stored batch more. Returns whether it deleted.
     pub(super) fn trim(&self, policy: &RetentionPolicy, now_ms: u64) -> Result<bool, StorageError> {
         let mut trimmed = false;
-        if self.is_retired() {
-            return Ok(false);
+        while !self.is_retired() && self.trim_round(policy, now_ms)? {
+            trimmed = true;
         }
-        while let Some(chunk) = self.chunks_from(self.first_offset()).next().transpose()? {
-            let size = chunk.stored_bytes;
-            let head = chunk.batch;
-            let left = self.write_next().saturating_sub(head.next_offset());
-            let bytes_left = self.size_bytes().saturating_sub(size);
+        Ok(trimmed)
+    }
+
+    /// One round of [`trim`](Self::trim): up to [`TRIM_ROUND`] chunks from the head, deleted
+    /// in one atomic sled batch before the first offset moves past them, so a reader sees
+    /// the log before the round or after it. Returns whether it deleted anything.
+    fn trim_round(&self, policy: &RetentionPolicy, now_ms: u64) -> Result<bool, StorageError> {
+        let (mut head, mut freed, mut chunks) = (self.first_offset(), 0, 0);
+        let mut removals = sled::Batch::default();
+        for chunk in self.chunks_from(head).take(TRIM_ROUND) {
+            let chunk = chunk?;
+            let left = self.write_next().saturating_sub(chunk.batch.next_offset());
+            let bytes_left = self.size_bytes().saturating_sub(freed + chunk.stored_bytes);
             let expired = policy.max_age_ms > 0
-                && head.append_time_ms.saturating_add(policy.max_age_ms) <= now_ms;
+                && chunk.batch.append_time_ms.saturating_add(policy.max_age_ms) <= now_ms;
             let too_many = policy.max_messages > 0 && left >= policy.max_messages;
             let too_big = policy.max_bytes > 0 && bytes_left >= policy.max_bytes;
             if !(expired || too_many || too_big) {
                 break;
             }
             for key in chunk.keys {
-                self.tree.remove(key)?;
+                removals.remove(key);
             }
-            self.shrink(size);
-            self.first.store(head.next_offset(), Ordering::Release);
-            self.tail.forget_before(head.next_offset());
-            trimmed = true;
+            freed += chunk.stored_bytes;
+            head = chunk.batch.next_offset();
+            chunks += 1;
         }
-        Ok(trimmed)
+        if chunks == 0 {
+            return Ok(false);
+        }
+        self.tree.apply_batch(removals)?;
+        self.shrink(freed);
+        self.first.store(head, Ordering::Release);
+        self.tail.forget_before(head);
+        Ok(true)
     }
 
     /// Called by the writer, once every producer state of this log is stored:

@@ -315,18 +315,39 @@ async fn deleting_a_topic_removes_its_logs_and_offsets() {
     assert!(matches!(late, Err(StorageError::Deleted)), "{late:?}");
     assert!(logs[0].read(0, 10, usize::MAX).unwrap().batches.is_empty());
     let tree = log_tree_name(record.id, 0);
-    assert!(
-        store.db.tree_names().iter().any(|n| n == tree.as_bytes()),
-        "kept until restart"
-    );
+    let registered = |store: &Store| store.db.tree_names().iter().any(|n| n == tree.as_bytes());
+    assert!(store.drop_retired().is_none(), "still held");
+    assert!(registered(&store), "kept while a handle to it is held");
     drop(logs);
+    bounded(
+        store.drop_retired().expect("no longer held"),
+        store.timeout(),
+    )
+    .await
+    .unwrap();
+    assert!(!registered(&store), "dropped once nothing holds it");
+    assert!(store.drop_retired().is_none(), "dropped once");
     store.close().unwrap();
     drop(store);
     let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
-    assert!(
-        !store.db.tree_names().iter().any(|n| n == tree.as_bytes()),
-        "dropped at start"
-    );
+    assert!(!registered(&store), "and gone after a restart");
+}
+
+#[tokio::test]
+async fn a_deleted_topic_whose_log_is_still_held_at_a_stop_is_dropped_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+    let (record, logs) = store
+        .create_topic("t", 1, RetentionPolicy::default())
+        .unwrap();
+    append(&store, &logs[0], &["x"]).await;
+    store.delete_topic(&record, &logs).unwrap();
+    let tree = log_tree_name(record.id, 0);
+    store.close().unwrap();
+    drop(store);
+    drop(logs);
+    let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+    assert!(!store.db.tree_names().iter().any(|n| n == tree.as_bytes()));
 }
 
 #[test]

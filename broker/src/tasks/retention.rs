@@ -1,6 +1,7 @@
 //! Retention: deletes records from the head of each partition once a topic's limits
-//! (age, bytes, count) no longer need them, and lets go of cached tails that consumers
-//! have had time to read (see `storage::tail`).
+//! (age, bytes, count) no longer need them, lets go of cached tails that consumers
+//! have had time to read (see `storage::tail`), and drops the emptied trees of deleted
+//! topics once nothing holds them (see `Store::drop_retired`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +21,12 @@ pub async fn run(topics: Arc<Topics>, every: Duration, shutdown: CancellationTok
             _ = shutdown.cancelled() => return,
             _ = ticks.tick() => {}
         }
+        let limit = topics.store().timeout();
+        if let Some(dropped) = topics.store().drop_retired() {
+            if let Err(err) = crate::storage::bounded(dropped, limit).await {
+                tracing::warn!(%err, "cannot drop the trees of deleted topics yet");
+            }
+        }
         for topic in topics.list() {
             let now = std::time::Instant::now();
             for log in topic.partitions() {
@@ -30,7 +37,6 @@ pub async fn run(topics: Arc<Topics>, every: Duration, shutdown: CancellationTok
                 continue;
             }
             for (partition, log) in topic.partitions().iter().enumerate() {
-                let limit = topics.store().timeout();
                 match crate::storage::bounded(topics.store().trim(log, policy), limit).await {
                     Ok(true) => {
                         tracing::debug!(
