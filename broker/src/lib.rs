@@ -6,7 +6,8 @@
 //!   frames in and out, requests in flight).
 //! - [`cmd`]: one handler per request: takes a decoded frame, returns the reply frame.
 //! - [`domain`]: the semantics: topics, publish routing, consumer groups.
-//! - [`storage`]: sled, the partition logs, and the writer thread that commits in groups.
+//! - [`storage`]: sled, the partition logs stored as checksummed chunks, the writer thread
+//!   that commits in groups, and the free-space reserve.
 //!
 //! [`tasks`] holds the periodic duties (retention). [`server`] wires everything together;
 //! [`config`] holds the flags. Arrows point down only.

@@ -115,8 +115,8 @@ impl Broker {
     /// Stops accepting, lets sessions finish their requests in flight (up to
     /// `--shutdown-timeout-ms`), tells clients to go away, then flushes and closes the store.
     ///
-    /// The whole stop takes at most `--shutdown-timeout-ms`, and never less than
-    /// [`FINAL_FLUSH`] for the store's last commit: a store whose disk failed under it is
+    /// The whole stop takes at most `--shutdown-timeout-ms`, and leaves the store's last
+    /// commit at least half a second: a store whose disk failed under it is
     /// left with an error rather than waited for.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.shutdown.cancel();

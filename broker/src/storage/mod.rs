@@ -13,7 +13,12 @@
 //! tree "offsets"     topic id (u64 BE) ++ partition (u32 BE) ++ group name -> offset (u64 BE)
 //! tree "partitions"  "log.ID.P" -> size in bytes (u64 BE) ++ next offset (u64 BE)
 //! file "herald.lock" held locked while a broker uses the directory
+//! file "herald.offsets" each partition's next offset as of a sync (see `checkpoint`)
 //! ```
+//!
+//! Beside the layout: [`chunk`] cuts published batches into checksummed chunks and reads
+//! them back; [`disk`] watches the filesystem's free space and the reserve kept on it;
+//! [`repair`] is `--repair-store`; [`bounded`] keeps every wait on the writer finite.
 //!
 //! A chunk is stored exactly as a batch travels, so a fetch returns stored bytes without
 //! re-encoding, and the ordered keys of a partition's tree are its offset index: the chunk

@@ -298,16 +298,25 @@ async fn retention_forgets_producers_whose_batches_it_deleted() {
     assert_eq!(next.await.unwrap().unwrap().base_offset, 3);
 }
 
-#[tokio::test]
-async fn deleting_a_topic_removes_its_logs_and_offsets() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+/// A store in `dir` whose topic "t" held one record and a group's offset, then was
+/// deleted; the deleted topic's logs are still held.
+async fn store_with_a_deleted_topic(
+    dir: &std::path::Path,
+) -> (Arc<Store>, TopicRecord, Vec<Arc<PartitionLog>>) {
+    let store = Store::open(dir, StoreConfig::default()).unwrap();
     let (record, logs) = store
         .create_topic("t", 1, RetentionPolicy::default())
         .unwrap();
     append(&store, &logs[0], &["x"]).await;
     store.put_offsets(record.id, "g", &[(0, 1)]).unwrap();
     store.delete_topic(&record, &logs).unwrap();
+    (store, record, logs)
+}
+
+#[tokio::test]
+async fn deleting_a_topic_removes_its_logs_and_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, record, logs) = store_with_a_deleted_topic(dir.path()).await;
     assert!(store.load_topics().unwrap().is_empty());
     assert_eq!(store.offset(record.id, 0, "g").unwrap(), None);
     // A publish that still held the log is refused, not written into a dead tree.
@@ -336,12 +345,7 @@ async fn deleting_a_topic_removes_its_logs_and_offsets() {
 #[tokio::test]
 async fn a_deleted_topic_whose_log_is_still_held_at_a_stop_is_dropped_at_the_next_start() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
-    let (record, logs) = store
-        .create_topic("t", 1, RetentionPolicy::default())
-        .unwrap();
-    append(&store, &logs[0], &["x"]).await;
-    store.delete_topic(&record, &logs).unwrap();
+    let (store, record, logs) = store_with_a_deleted_topic(dir.path()).await;
     let tree = log_tree_name(record.id, 0);
     store.close().unwrap();
     drop(store);
