@@ -825,3 +825,26 @@ async fn a_writer_stuck_in_a_write_answers_everyone_within_the_storage_timeout()
     assert!(closing.elapsed() < limit * 3, "{:?}", closing.elapsed());
     drop(stuck);
 }
+
+#[test]
+fn a_store_in_an_older_format_is_refused_with_its_format_named() {
+    let dir = tempfile::tempdir().unwrap();
+    Store::open(dir.path(), StoreConfig::default())
+        .unwrap()
+        .close()
+        .unwrap();
+    {
+        let db = sled::open(dir.path()).unwrap();
+        let meta = db.open_tree("meta").unwrap();
+        meta.insert("format", &1u32.to_be_bytes()).unwrap();
+        db.flush().unwrap();
+    }
+    let err = Store::open(dir.path(), StoreConfig::default())
+        .err()
+        .expect("refused");
+    let text = err.to_string();
+    assert!(
+        text.contains("storage format 1") && text.contains(&format!("format {FORMAT_VERSION}")),
+        "{text}"
+    );
+}
