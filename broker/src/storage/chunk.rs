@@ -47,6 +47,9 @@ use super::StorageError;
 /// 128 KiB at which sled moves a page to a blob file.
 pub const CHUNK_BYTES: usize = 6 * 1024;
 
+/// The most bytes reserved up front for a chunk read back from its pieces.
+const PREALLOCATE_MAX: usize = 2 * 1024 * 1024;
+
 const CRC_LEN: usize = 4;
 const HEAD_LEN: usize = CRC_LEN + 1;
 const TAG_LEN: usize = 24;
@@ -187,7 +190,9 @@ fn verified(log: &str, key: &[u8], value: sled::IVec) -> Result<Bytes, StorageEr
     Ok(Bytes::from_owner(value).slice(CRC_LEN..))
 }
 
-fn offset_of(key: &[u8]) -> u64 {
+/// The offset a stored key belongs to: a chunk's base offset (a piece's key starts with its
+/// chunk's).
+pub fn offset_of(key: &[u8]) -> u64 {
     key.get(..8)
         .and_then(|k| k.try_into().ok())
         .map_or(0, u64::from_be_bytes)
@@ -238,9 +243,11 @@ pub fn get(log: &str, tree: &sled::Tree, offset: u64) -> Result<Option<Chunk>, S
             .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
             .ok_or_else(|| corrupt(log, &head_key, "is cut short"))?;
         let whole_len = BATCH_HEADER_LEN + records_len + if tagged { TAG_LEN } else { 0 };
-        let mut whole = BytesMut::with_capacity(whole_len);
+        // The length comes from the stored header: beyond a first guess, room grows with
+        // the pieces actually found.
+        let mut whole = BytesMut::with_capacity(whole_len.min(PREALLOCATE_MAX));
         whole.extend_from_slice(&body);
-        for piece in 1u16.. {
+        for piece in 1..=u16::MAX {
             if whole.len() >= whole_len {
                 break;
             }

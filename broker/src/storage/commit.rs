@@ -120,8 +120,13 @@ impl Op {
 pub(super) struct CommitWriter {
     tx: Sender<Op>,
     shared: Arc<Shared>,
-    /// The thread, and a channel that closes when it has finished.
-    thread: Mutex<Option<(JoinHandle<()>, Receiver<()>)>>,
+    thread: Mutex<Option<Running>>,
+}
+
+/// The writer thread, and the channel on which it says how its last flush went as it ends.
+struct Running {
+    handle: JoinHandle<()>,
+    exited: Receiver<Result<(), StorageError>>,
 }
 
 /// The writer's state, taken by the thread for each commit group and by a caller that
@@ -265,15 +270,17 @@ impl CommitWriter {
             std::thread::Builder::new()
                 .name("herald-writer".into())
                 .spawn(move || {
-                    run(&shared, rx);
-                    let _ = exited_tx.send(());
+                    let _ = exited_tx.send(run(&shared, rx));
                 })
                 .map_err(|e| StorageError::Sled(format!("cannot start the writer thread: {e}")))?
         };
         Ok(CommitWriter {
             tx,
             shared,
-            thread: Mutex::new(Some((thread, exited))),
+            thread: Mutex::new(Some(Running {
+                handle: thread,
+                exited,
+            })),
         })
     }
 
@@ -367,12 +374,13 @@ impl CommitWriter {
         super::bounded_blocking(self.submit(job), self.shared.watchdog.limit)
     }
 
-    /// Commits everything queued, then stops the thread, waiting for it at most `limit`.
-    /// Idempotent. A writer stuck in sled (a failing disk) is left behind with an error:
-    /// what it had confirmed was made durable before it was confirmed.
+    /// Commits everything queued, then stops the thread, waiting for it (and its last flush
+    /// and sync of the store) at most `limit`. Idempotent. A writer stuck in sled (a failing
+    /// disk) is left behind with an error: what it had confirmed was made durable before it
+    /// was confirmed.
     pub(super) fn stop(&self, limit: Duration) -> Result<(), StorageError> {
         let thread = self.thread.lock().map(|mut t| t.take()).unwrap_or(None);
-        let Some((handle, exited)) = thread else {
+        let Some(Running { handle, exited }) = thread else {
             return Ok(());
         };
         self.shared.queued.fetch_add(1, SeqCst);
@@ -380,9 +388,13 @@ impl CommitWriter {
             self.shared.queued.fetch_sub(1, SeqCst);
         }
         match exited.recv_timeout(limit) {
-            Ok(()) | Err(RecvTimeoutError::Disconnected) => {
+            Ok(flushed) => {
                 let _ = handle.join();
-                Ok(())
+                flushed
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                let _ = handle.join();
+                Err(StorageError::Closed)
             }
             Err(RecvTimeoutError::Timeout) => Err(StorageError::Stalled(format!(
                 "the storage writer did not stop within {limit:?}: the disk may be full or \
@@ -393,7 +405,8 @@ impl CommitWriter {
 }
 
 /// The writer thread: takes everything queued, carries it out and commits it as one group.
-fn run(shared: &Shared, rx: Receiver<Op>) {
+/// Once stopped, it flushes and syncs the store a last time and returns how that went.
+fn run(shared: &Shared, rx: Receiver<Op>) -> Result<(), StorageError> {
     loop {
         let wait = shared.writer().flush_wait();
         let received = match wait {
@@ -429,12 +442,11 @@ fn run(shared: &Shared, rx: Receiver<Op>) {
     let mut guard = shared.writer();
     let writer = &mut *guard;
     writer.stopped = true;
-    if let Err(err) = writer.flush_and_sync() {
-        tracing::error!(%err, "final flush failed");
-    }
+    let flushed = writer.flush_and_sync();
     if let Err(err) = writer.recorder.finish(&writer.marks) {
         tracing::error!(%err, "cannot record synced offsets");
     }
+    flushed
 }
 
 struct Writer {

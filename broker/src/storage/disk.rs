@@ -129,6 +129,8 @@ struct Sample {
     live: u64,
     /// File bytes per record byte, measured when the files last grew with the records.
     ratio: Option<f64>,
+    /// Whether the last reading of the free space failed (logged once).
+    probe_failing: bool,
 }
 
 impl Disk {
@@ -145,6 +147,7 @@ impl Disk {
                 store_bytes: 0,
                 live: 0,
                 ratio: None,
+                probe_failing: false,
             }),
         })
     }
@@ -157,34 +160,61 @@ impl Disk {
     /// The room left, from a sample at most [`REFRESH`] old. `store_bytes` measures the
     /// store's files (called only when a new sample is taken); `live` is the bytes of
     /// records stored now.
+    ///
+    /// A new sample (`statvfs` and the size of the store's files) is taken outside the
+    /// lock, so publishers on other threads never wait for those calls.
     pub fn room(&self, live: u64, store_bytes: impl FnOnce() -> u64) -> Room {
-        let mut sample = self.sample.lock().unwrap_or_else(PoisonError::into_inner);
-        if sample.taken.is_none_or(|t| t.elapsed() >= REFRESH) {
-            match self.probe.read(&self.dir) {
-                Ok(fs) => sample.fs = fs,
-                Err(err) => {
-                    tracing::warn!(%err, dir = %self.dir.display(), "cannot read the free disk space")
-                }
-            }
-            let now = store_bytes();
-            // Growth while records were being deleted is sled writing the deletion before
-            // it frees the space: no measure of its ratio.
-            let grew = now > sample.store_bytes && live >= sample.live;
-            if live > 0 && (grew || sample.ratio.is_none()) {
-                sample.ratio = Some((now as f64 / live as f64).max(1.0));
-            }
-            sample.store_bytes = now;
-            sample.live = live;
-            sample.taken = Some(Instant::now());
+        let stale = self.sample().taken.is_none_or(|t| t.elapsed() >= REFRESH);
+        if stale {
+            let fs = self.probe.read(&self.dir);
+            let files = store_bytes();
+            self.sample().update(fs, files, live, &self.dir);
         }
-        let in_use = sample
+        self.sample().room(live, self.reserve)
+    }
+
+    fn sample(&self) -> std::sync::MutexGuard<'_, Sample> {
+        self.sample.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Sample {
+    fn update(&mut self, fs: io::Result<FsSpace>, files: u64, live: u64, dir: &Path) {
+        match fs {
+            Ok(fs) => {
+                if self.probe_failing {
+                    tracing::info!(dir = %dir.display(), "the free disk space can be read again");
+                }
+                self.fs = fs;
+                self.probe_failing = false;
+            }
+            // Said once, not at every sample; the last figures stand meanwhile.
+            Err(err) if !self.probe_failing => {
+                tracing::warn!(%err, dir = %dir.display(), "cannot read the free disk space");
+                self.probe_failing = true;
+            }
+            Err(_) => {}
+        }
+        // Growth while records were being deleted is sled writing the deletion before it
+        // frees the space: no measure of its ratio.
+        let grew = files > self.store_bytes && live >= self.live;
+        if live > 0 && (grew || self.ratio.is_none()) {
+            self.ratio = Some((files as f64 / live as f64).max(1.0));
+        }
+        self.store_bytes = files;
+        self.live = live;
+        self.taken = Some(Instant::now());
+    }
+
+    fn room(&self, live: u64, reserve: u64) -> Room {
+        let in_use = self
             .ratio
-            .map_or(sample.store_bytes, |ratio| (ratio * live as f64) as u64);
+            .map_or(self.store_bytes, |ratio| (ratio * live as f64) as u64);
         Room {
-            fs_available: sample.fs.available,
-            reusable: sample.store_bytes.saturating_sub(in_use),
-            store_bytes: sample.store_bytes,
-            reserve: self.reserve,
+            fs_available: self.fs.available,
+            reusable: self.store_bytes.saturating_sub(in_use),
+            store_bytes: self.store_bytes,
+            reserve,
         }
     }
 }

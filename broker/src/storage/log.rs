@@ -100,7 +100,7 @@ impl PartitionLog {
             None => saved.next,
         };
         let first = match tree.range(..STATE_KEYS).next().transpose()? {
-            Some((head, _)) => u64::from_be_bytes(chunk_start(&head)),
+            Some((head, _)) => chunk::offset_of(&head),
             None => next,
         };
         // Stores that wrote each producer state with its batch record no watermark.
@@ -196,11 +196,10 @@ impl PartitionLog {
         // The chunk holding `offset` starts at the last chunk key at or before it (a chunk
         // stored in pieces holds one record, so no piece lies between the two).
         let start = match self.tree.range(..=key(offset)).next_back() {
-            Some(entry) => chunk_start(&entry?.0),
-            None => key(offset),
+            Some(entry) => chunk::offset_of(&entry?.0),
+            None => offset,
         };
-        let stored = chunk::walk(&self.name, &self.tree, u64::from_be_bytes(start))
-            .map(|chunk| chunk.map(|c| c.batch));
+        let stored = chunk::walk(&self.name, &self.tree, start).map(|chunk| chunk.map(|c| c.batch));
         collect(stored, offset, next, max_records, max_bytes)
     }
 
@@ -484,14 +483,6 @@ fn key(offset: u64) -> [u8; 8] {
     chunk::key(offset)
 }
 
-/// The chunk key a stored key belongs to (a piece's key starts with its chunk's).
-pub(super) fn chunk_start(stored: &[u8]) -> [u8; 8] {
-    stored
-        .get(..8)
-        .and_then(|k| k.try_into().ok())
-        .unwrap_or([0; 8])
-}
-
 fn state_key(producer_id: u64) -> [u8; 16] {
     let mut key = [0xFF; 16];
     key[8..].copy_from_slice(&producer_id.to_be_bytes());
@@ -503,7 +494,7 @@ fn last_chunk(name: &str, tree: &sled::Tree) -> Result<Option<Chunk>, StorageErr
     let Some((last, _)) = tree.range(..STATE_KEYS).next_back().transpose()? else {
         return Ok(None);
     };
-    chunk::get(name, tree, u64::from_be_bytes(chunk_start(&last)))
+    chunk::get(name, tree, chunk::offset_of(&last))
 }
 
 /// The batches from `offset` on in `stored` (batches in offset order, the first holding

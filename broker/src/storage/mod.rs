@@ -200,7 +200,7 @@ impl Store {
         let lock = lock_directory(dir)?;
         let initialised = dir.join(MARKER_FILE).exists();
         let db = open_sled(dir, &config)?;
-        check_format(dir, &db)?;
+        check_format(dir, &db, initialised)?;
         let marks = if config.repair {
             drop_retired_logs(&db, &checkpoint::Marks::new())?;
             repair::run(&db, dir)?.0
@@ -279,7 +279,8 @@ impl Store {
             .collect()
     }
 
-    /// Stores a new topic and opens its partition logs. Blocks until durable.
+    /// Stores a new topic and opens its partition logs. Blocks until the record is committed
+    /// under the fsync policy, as every other write is (at most the storage timeout).
     pub fn create_topic(
         &self,
         name: &str,
@@ -293,8 +294,13 @@ impl Store {
             retention,
         };
         let logs = self.open_logs(&record)?;
-        self.topics.insert(name.as_bytes(), record.encode())?;
-        self.db.flush()?;
+        let (topics, key, value) = (self.topics.clone(), name.to_string(), record.encode());
+        self.writer.run(move || {
+            topics
+                .insert(key.as_bytes(), value)
+                .map(drop)
+                .map_err(Into::into)
+        })?;
         Ok((record, logs))
     }
 
@@ -562,17 +568,15 @@ impl Store {
         })
     }
 
-    /// Stops the writer after everything queued and flushes sled, waiting for the writer
-    /// at most the storage timeout. Blocks.
+    /// Stops the writer after everything queued; its last act flushes and syncs the store.
+    /// Waits at most the storage timeout. Blocks.
     pub fn close(&self) -> Result<(), StorageError> {
         self.close_within(self.timeout)
     }
 
-    /// [`close`](Self::close), waiting for the writer at most `limit`. Blocks.
+    /// [`close`](Self::close), waiting at most `limit`. Blocks.
     pub fn close_within(&self, limit: std::time::Duration) -> Result<(), StorageError> {
-        self.writer.stop(limit)?;
-        self.db.flush()?;
-        Ok(())
+        self.writer.stop(limit)
     }
 }
 
@@ -697,9 +701,8 @@ const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Initialises a new store, or checks an existing one. sled treats damage at the head of
 /// its log as a torn write and recovers an empty database; the marker file tells that
 /// apart from a new store, so a damaged store is refused instead of silently emptied.
-fn check_format(dir: &Path, db: &sled::Db) -> Result<(), StorageError> {
+fn check_format(dir: &Path, db: &sled::Db, initialised: bool) -> Result<(), StorageError> {
     let meta = db.open_tree("meta")?;
-    let initialised = dir.join(MARKER_FILE).exists();
     match meta.get("format")? {
         Some(v) if v.as_ref() == FORMAT_VERSION.to_be_bytes() => Ok(()),
         Some(v) => Err(StorageError::Corrupt(format!(

@@ -14,9 +14,12 @@ use std::path::Path;
 
 use super::checkpoint::{self, Marks};
 use super::chunk;
-use super::log::{chunk_start, Bounds, STATE_KEYS};
+use super::log::{Bounds, STATE_KEYS};
 use super::records::TopicRecord;
 use super::StorageError;
+
+/// Stored values deleted at once past a log's first damage.
+const DELETE_ROUND: usize = 4096;
 
 /// What a repair found in one partition log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,7 +88,7 @@ fn repair_log(
         _ => None,
     };
     let first = match tree.range(..STATE_KEYS).next() {
-        Some(Ok((key, _))) => Some(u64::from_be_bytes(chunk_start(&key))),
+        Some(Ok((key, _))) => Some(chunk::offset_of(&key)),
         Some(Err(err)) => return Err(err.into()),
         None => None,
     };
@@ -113,20 +116,28 @@ fn repair_log(
                 }
             }
         }
-        // Whatever lies beyond the last intact chunk is damaged or follows a hole.
-        let beyond: Vec<sled::IVec> = tree
-            .range(chunk::key(repair.next)..STATE_KEYS)
-            .keys()
-            .collect::<Result<_, _>>()?;
-        if !beyond.is_empty() && repair.damage.is_none() {
+        // Whatever lies beyond the last intact chunk is damaged or follows a hole; it is
+        // deleted a round of keys at a time, so a store damaged near its start is not
+        // listed in memory whole.
+        loop {
+            let round: Vec<sled::IVec> = tree
+                .range(chunk::key(repair.next)..STATE_KEYS)
+                .keys()
+                .take(DELETE_ROUND)
+                .collect::<Result<_, _>>()?;
+            if round.is_empty() {
+                break;
+            }
+            repair.dropped_values += round.len() as u64;
+            let mut removals = sled::Batch::default();
+            round.into_iter().for_each(|key| removals.remove(key));
+            tree.apply_batch(removals)?;
+        }
+        if repair.dropped_values > 0 && repair.damage.is_none() {
             repair.damage = Some(format!(
                 "no chunk starts at offset {}, though later ones are stored",
                 repair.next
             ));
-        }
-        repair.dropped_values = beyond.len() as u64;
-        for key in beyond {
-            tree.remove(key)?;
         }
     }
     // Without saved bounds the producer states may account for nothing: replay every tag.
