@@ -61,6 +61,11 @@ impl TestBroker {
         self.broker.outbound_bytes()
     }
 
+    /// Tasks now serving push groups (dispatchers and what they wait on).
+    pub fn push_group_tasks(&self) -> usize {
+        self.broker.push_group_tasks()
+    }
+
     /// A new client connection.
     pub async fn client(&self) -> Client {
         Client::connect(self.addr).await.expect("client connects")

@@ -700,3 +700,35 @@ async fn bad_answers_get_clear_errors_and_the_subscription_lives_on() {
     );
     broker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_topic_ends_the_tasks_of_its_push_groups() {
+    let broker = TestBroker::start().await;
+    let client = broker.client().await;
+    publish(&client, "doomed", 20).await;
+    assert_eq!(broker.push_group_tasks(), 0, "no group runs yet");
+    let mut first = subscriber(&broker, "doomed", "a", 5).await;
+    let mut second = subscriber(&broker, "doomed", "b", 5).await;
+    assert!(next(&mut first, Duration::from_secs(5)).await.is_some());
+    assert!(next(&mut second, Duration::from_secs(5)).await.is_some());
+    assert!(broker.push_group_tasks() >= 2, "a dispatcher per group");
+
+    client.delete_topic("doomed").await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while broker.push_group_tasks() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} push group tasks outlived their topic",
+            broker.push_group_tasks()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // A topic of the same name starts afresh, with groups of its own.
+    publish(&client, "doomed", 3).await;
+    let mut again = subscriber(&broker, "doomed", "a", 5).await;
+    let delivery = next(&mut again, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(payload(&delivery), "m0");
+    assert_eq!(broker.push_group_tasks(), 1);
+    broker.stop().await;
+}

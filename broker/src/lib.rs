@@ -9,8 +9,12 @@
 //! - [`storage`]: sled, the partition logs stored as checksummed chunks, the writer thread
 //!   that commits in groups, and the free-space reserve.
 //!
-//! [`tasks`] holds the periodic duties (retention). [`server`] wires everything together;
-//! [`config`] holds the flags. Arrows point down only.
+//! [`shared`] is the state every way in shares (config, store, topics, groups); [`tasks`]
+//! holds the periodic duties (retention). [`server`] wires everything together and owns
+//! every task; [`config`] holds the flags. Arrows point down only: `server` → `net` →
+//! `cmd` → `domain` → `storage`, and none of `cmd`, `domain`, `storage` knows a socket.
+//! A subscription is handed to its session as a stream of deliveries, which the session
+//! forwards to its socket.
 //!
 //! ```no_run
 //! # async fn run() -> anyhow::Result<()> {
@@ -26,6 +30,7 @@ pub mod domain;
 pub mod error;
 pub mod net;
 pub mod server;
+pub mod shared;
 pub mod storage;
 pub mod tasks;
 

@@ -13,26 +13,12 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::domain::{PullGroups, PushGroups, TopicLimits, Topics};
 use crate::net::listener;
+use crate::shared::Shared;
 use crate::storage::{blocking, Store};
 use crate::tasks::retention;
 
 /// The least time shutdown leaves the store for its last commit.
 const FINAL_FLUSH: Duration = Duration::from_millis(500);
-
-/// Everything the request handlers share.
-pub struct Shared {
-    pub config: Config,
-    pub store: Arc<Store>,
-    pub topics: Arc<Topics>,
-    pub pull_groups: PullGroups,
-    pub push_groups: PushGroups,
-    /// Source of session ids.
-    pub next_session: AtomicU64,
-    /// Cancelled when the broker starts shutting down.
-    pub shutdown: CancellationToken,
-    /// Bytes of frames queued for clients, over every session (see `net::outbound`).
-    pub outbound_bytes: Arc<AtomicU64>,
-}
 
 /// A running broker.
 pub struct Broker {
@@ -71,7 +57,6 @@ impl Broker {
             push_groups: PushGroups::new(
                 Arc::clone(&store),
                 Arc::clone(&topics),
-                shutdown.clone(),
                 config.max_consumers_per_group,
             ),
             store,
@@ -107,13 +92,21 @@ impl Broker {
         self.local_addr
     }
 
+    /// Tasks that serve push groups now running: each running group's dispatcher and the
+    /// storage waits and dead-letter publishes it started.
+    pub fn push_group_tasks(&self) -> usize {
+        self.shared.push_groups.task_count()
+    }
+
     /// Bytes of frames now queued for clients, over every connection.
     pub fn outbound_bytes(&self) -> u64 {
         self.shared.outbound_bytes.load(Ordering::Relaxed)
     }
 
     /// Stops accepting, lets sessions finish their requests in flight (up to
-    /// `--shutdown-timeout-ms`), tells clients to go away, then flushes and closes the store.
+    /// `--shutdown-timeout-ms`), tells clients to go away, stops the push groups' dispatchers
+    /// (which store the ack state of every answer they took and finish their dead-letter
+    /// publishes), then flushes and closes the store.
     ///
     /// The whole stop takes at most `--shutdown-timeout-ms`, and leaves the store's last
     /// commit at least half a second: a store whose disk failed under it is
@@ -129,6 +122,11 @@ impl Broker {
         {
             tracing::warn!(
                 "sessions still open after the shutdown timeout; closing the store anyway"
+            );
+        }
+        if !self.shared.push_groups.stop(deadline).await {
+            tracing::warn!(
+                "push groups still storing after the shutdown timeout; closing the store anyway"
             );
         }
         let store = Arc::clone(&self.shared.store);

@@ -29,6 +29,7 @@ pub async fn handle_delete_topic(ctx: Context, req: DeleteTopic) -> Result<Frame
     let id = ctx.shared.topics.get(&req.name)?.record().id;
     ctx.shared.topics.delete(&req.name).await?;
     ctx.shared.pull_groups.topic_deleted(id);
+    ctx.shared.push_groups.topic_deleted(id);
     Ok(OkReply {}.into())
 }
 

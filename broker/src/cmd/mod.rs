@@ -12,10 +12,10 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use herald_protocol::{ErrorCode, ErrorFrame, Frame};
+use herald_protocol::{Deliver, ErrorCode, ErrorFrame, Frame};
 
 use crate::error::BrokerError;
-use crate::server::Shared;
+use crate::shared::Shared;
 
 /// What a handler needs to know about the broker and the session asking.
 #[derive(Clone)]
@@ -23,19 +23,22 @@ pub struct Context {
     pub shared: Arc<Shared>,
     pub peer: SocketAddr,
     pub session_id: u64,
-    /// The request's correlation id, for handlers that answer by themselves.
-    pub correlation_id: u32,
-    /// The session's outbound queue, for handlers that answer by themselves.
-    pub out: crate::net::outbound::Outbound,
+}
+
+/// A new push subscription: its reply, then the deliveries the caller forwards after it.
+pub struct Subscribed {
+    pub reply: Frame,
+    /// Never more than the subscriber's window at once; ends when the subscription does.
+    pub deliveries: tokio::sync::mpsc::Receiver<Deliver>,
 }
 
 /// A handler's answer: ready now, or a future the session runs beside other requests.
 pub enum Reply {
     Now(Frame),
     Later(BoxFuture<'static, Frame>),
-    /// The handler writes its answer to [`Context::out`] itself (a subscription must be
-    /// confirmed before its first delivery is queued).
-    Answered(BoxFuture<'static, ()>),
+    /// A subscription: its reply (or error) first, then a stream of deliveries that the
+    /// caller forwards as it likes.
+    Subscribe(BoxFuture<'static, Result<Subscribed, BrokerError>>),
 }
 
 impl Reply {
@@ -47,7 +50,8 @@ impl Reply {
     }
 }
 
-fn into_frame(result: Result<Frame, BrokerError>) -> Frame {
+/// A handler's result as the frame that answers it: the reply, or an error frame.
+pub fn into_frame(result: Result<Frame, BrokerError>) -> Frame {
     match result {
         Ok(frame) => frame,
         Err(err) => {
@@ -79,7 +83,7 @@ pub async fn dispatch(ctx: &Context, frame: Frame) -> Reply {
         Frame::CreateGroup(req) => Reply::later(group::handle_create(ctx, req)),
         Frame::ResetGroup(req) => Reply::later(group::handle_reset(ctx, req)),
         Frame::DeleteGroup(req) => Reply::later(group::handle_delete(ctx, req)),
-        Frame::Subscribe(req) => Reply::Answered(push::handle_subscribe(ctx, req).boxed()),
+        Frame::Subscribe(req) => Reply::Subscribe(push::handle_subscribe(ctx, req).boxed()),
         Frame::Unsubscribe(req) => Reply::later(push::handle_unsubscribe(ctx, req)),
         Frame::Ack(req) => Reply::later(push::handle_ack(ctx, req)),
         Frame::Nack(req) => Reply::later(push::handle_nack(ctx, req)),

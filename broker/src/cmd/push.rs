@@ -3,52 +3,22 @@
 use std::time::Duration;
 
 use herald_protocol::{
-    Ack, Frame, Message, Nack, OffsetRange, OkReply, Reject, StartPosition, Subscribe, Subscribed,
-    Touch, Unsubscribe,
+    Ack, Frame, Nack, OffsetRange, OkReply, Reject, StartPosition, Subscribe, Subscribed, Touch,
+    Unsubscribe,
 };
 
-use super::{into_frame, Context};
+use super::Context;
 use crate::domain::pull_group::Start;
 use crate::domain::push_group::{Answer, Span, SubscribeRequest};
 use crate::error::BrokerError;
 
-/// Confirms the subscription on the session's queue first, then starts moving its
-/// deliveries there, so the client always learns the subscription id before its records.
-pub async fn handle_subscribe(ctx: Context, req: Subscribe) {
-    let (out, correlation_id) = (ctx.out.clone(), ctx.correlation_id);
-    let subscription = subscribe(&ctx, req).await;
-    let mut deliveries = match subscription {
-        Ok((subscribed, deliveries)) => {
-            if out
-                .send(Message::new(correlation_id, subscribed))
-                .await
-                .is_err()
-            {
-                return;
-            }
-            deliveries
-        }
-        Err(err) => {
-            let _ = out
-                .send(Message::new(correlation_id, into_frame(Err(err))))
-                .await;
-            return;
-        }
-    };
-    // Forwards this subscriber's deliveries; waiting on a full connection stalls only it.
-    tokio::spawn(async move {
-        while let Some(deliver) = deliveries.recv().await {
-            if out.send(Message::new(0, deliver)).await.is_err() {
-                return;
-            }
-        }
-    });
-}
-
-async fn subscribe(
-    ctx: &Context,
+/// Adds the session as a subscriber. Returns the `Subscribed` reply and the stream of its
+/// deliveries, which the caller forwards after the reply, so the client always learns the
+/// subscription id before its records.
+pub async fn handle_subscribe(
+    ctx: Context,
     req: Subscribe,
-) -> Result<(Frame, tokio::sync::mpsc::Receiver<herald_protocol::Deliver>), BrokerError> {
+) -> Result<super::Subscribed, BrokerError> {
     let topic = ctx.shared.topics.get(&req.topic)?;
     let request = SubscribeRequest {
         session: ctx.session_id,
@@ -65,12 +35,16 @@ async fn subscribe(
         .push_groups
         .subscribe(&topic, &req.group, request)
         .await?;
-    let subscribed = Subscribed {
+    let reply = Subscribed {
         subscription_id: subscription.id,
         ack_timeout_ms: subscription.settings.ack_timeout_ms,
         max_deliveries: subscription.settings.max_deliveries,
-    };
-    Ok((subscribed.into(), subscription.deliveries))
+    }
+    .into();
+    Ok(super::Subscribed {
+        reply,
+        deliveries: subscription.deliveries,
+    })
 }
 
 pub async fn handle_unsubscribe(ctx: Context, req: Unsubscribe) -> Result<Frame, BrokerError> {

@@ -40,6 +40,7 @@ use herald_protocol::{encode_batch, Batch, Deliver, Record};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::error::{valid_name, BrokerError};
 use crate::storage::{GroupRecord, StorageError, Store};
@@ -139,27 +140,36 @@ pub struct PushDescription {
 /// A topic id and a group name.
 type GroupKey = (u64, String);
 
+/// A running group's dispatcher, as the registry holds it.
+struct Running {
+    inbox: mpsc::Sender<Command>,
+    /// Cancelled to end this dispatcher alone, at once (its topic was deleted).
+    deleted: CancellationToken,
+}
+
 /// The broker's push groups: one dispatcher task each, started on first use.
+///
+/// Every task of a push group — the dispatcher, the writes of ack state it waits on, its
+/// dead-letter publishes — belongs to [`PushGroups::tasks`], so a stop
+/// ([`PushGroups::stop`]) waits for what is in flight and a deleted topic's tasks end
+/// ([`PushGroups::topic_deleted`]).
 pub struct PushGroups {
     store: Arc<Store>,
     topics: Arc<Topics>,
-    groups: Mutex<HashMap<GroupKey, mpsc::Sender<Command>>>,
+    groups: Mutex<HashMap<GroupKey, Running>>,
     /// Serialises starting dispatchers, so one group never gets two.
     starting: tokio::sync::Mutex<()>,
     subscriptions: Subscriptions,
     next_subscription: AtomicU64,
-    shutdown: CancellationToken,
+    /// Cancelled by [`PushGroups::stop`].
+    stopping: CancellationToken,
+    tasks: TaskTracker,
     /// Most subscriptions of one group (`--max-consumers-per-group`).
     max_subscribers: usize,
 }
 
 impl PushGroups {
-    pub fn new(
-        store: Arc<Store>,
-        topics: Arc<Topics>,
-        shutdown: CancellationToken,
-        max_subscribers: usize,
-    ) -> Self {
+    pub fn new(store: Arc<Store>, topics: Arc<Topics>, max_subscribers: usize) -> Self {
         PushGroups {
             store,
             topics,
@@ -167,9 +177,28 @@ impl PushGroups {
             starting: tokio::sync::Mutex::new(()),
             subscriptions: Subscriptions::default(),
             next_subscription: AtomicU64::new(1),
-            shutdown,
+            stopping: CancellationToken::new(),
+            tasks: TaskTracker::new(),
             max_subscribers,
         }
+    }
+
+    /// Stops every dispatcher and waits, until `deadline`, for their tasks: each
+    /// dispatcher confirms the answers it took once their ack state is stored, and
+    /// dead-letter publishes in flight finish. Call it once no session sends answers any
+    /// more, before the store closes. Returns false if tasks were still running at the
+    /// deadline.
+    pub async fn stop(&self, deadline: Instant) -> bool {
+        self.stopping.cancel();
+        self.tasks.close();
+        tokio::time::timeout_at(deadline, self.tasks.wait())
+            .await
+            .is_ok()
+    }
+
+    /// Tasks of push groups now running (dispatchers and the work they wait on).
+    pub fn task_count(&self) -> usize {
+        self.tasks.len()
     }
 
     /// Creates a push group with explicit settings (0 / empty = defaults); fails if it
@@ -258,9 +287,16 @@ impl PushGroups {
         }
     }
 
-    /// Stops the dispatchers of a deleted topic's groups.
+    /// Stops the dispatchers of a deleted topic's groups. Their subscribers' delivery
+    /// streams end; answers still in flight get `UnknownSubscription` or `UnknownTopic`.
     pub fn topic_deleted(&self, topic_id: u64) {
-        self.lock().retain(|(id, _), _| *id != topic_id);
+        self.lock().retain(|(id, _), running| {
+            let keep = *id != topic_id;
+            if !keep {
+                running.deleted.cancel();
+            }
+            keep
+        });
     }
 
     /// A push group's settings, consumers and progress; `None` if it is not running (no
@@ -279,7 +315,10 @@ impl PushGroups {
 
     /// The number of subscribers of a running group (0 when it is not running).
     pub async fn consumer_count(&self, topic_id: u64, group: &str) -> u32 {
-        let dispatcher = self.lock().get(&(topic_id, group.to_string())).cloned();
+        let dispatcher = self
+            .lock()
+            .get(&(topic_id, group.to_string()))
+            .map(|running| running.inbox.clone());
         let Some(dispatcher) = dispatcher else {
             return 0;
         };
@@ -302,16 +341,15 @@ impl PushGroups {
         start: Option<Start>,
     ) -> Result<mpsc::Sender<Command>, BrokerError> {
         let key = (topic.record().id, group.to_string());
-        if let Some(dispatcher) = self.lock().get(&key) {
-            if !dispatcher.is_closed() {
-                return Ok(dispatcher.clone());
-            }
+        if let Some(running) = self.live(&key) {
+            return Ok(running);
         }
         let _starting = self.starting.lock().await;
-        if let Some(dispatcher) = self.lock().get(&key) {
-            if !dispatcher.is_closed() {
-                return Ok(dispatcher.clone());
-            }
+        if let Some(running) = self.live(&key) {
+            return Ok(running);
+        }
+        if self.stopping.is_cancelled() {
+            return Err(BrokerError::ShuttingDown);
         }
         let (store, t, name) = (
             Arc::clone(&self.store),
@@ -361,9 +399,21 @@ impl PushGroups {
             inbox: tx.downgrade(),
             subscriptions: self.subscriptions.clone(),
             answered: Vec::new(),
+            tasks: self.tasks.clone(),
         };
-        tokio::spawn(dispatcher.run(rx, self.shutdown.clone()));
-        self.lock().insert(key, tx.clone());
+        let deleted = CancellationToken::new();
+        let ends = Ends {
+            stopping: self.stopping.clone(),
+            deleted: deleted.clone(),
+        };
+        self.tasks.spawn(dispatcher.run(rx, ends));
+        self.lock().insert(
+            key,
+            Running {
+                inbox: tx.clone(),
+                deleted,
+            },
+        );
         tracing::debug!(topic = topic.name(), group, "push group dispatcher started");
         Ok(tx)
     }
@@ -436,13 +486,29 @@ impl PushGroups {
             .ok_or(BrokerError::UnknownSubscription(id))
     }
 
-    fn all(&self) -> Vec<mpsc::Sender<Command>> {
-        self.lock().values().cloned().collect()
+    /// The inbox of `key`'s dispatcher, if it runs.
+    fn live(&self, key: &GroupKey) -> Option<mpsc::Sender<Command>> {
+        self.lock()
+            .get(key)
+            .filter(|running| !running.inbox.is_closed())
+            .map(|running| running.inbox.clone())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<GroupKey, mpsc::Sender<Command>>> {
+    fn all(&self) -> Vec<mpsc::Sender<Command>> {
+        self.lock().values().map(|r| r.inbox.clone()).collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<GroupKey, Running>> {
         self.groups.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// What ends a dispatcher.
+struct Ends {
+    /// The broker stops: take what is queued, store it, end.
+    stopping: CancellationToken,
+    /// The topic was deleted: end at once.
+    deleted: CancellationToken,
 }
 
 /// Subscription id → (owning session, its group's dispatcher).
@@ -604,10 +670,16 @@ struct Dispatcher {
     subscriptions: Subscriptions,
     /// Answers taken but not yet confirmed: confirmed once their ack state is stored.
     answered: Vec<oneshot::Sender<Result<(), BrokerError>>>,
+    /// Where the dispatcher's own tasks (storage waits, dead-letter publishes) run.
+    tasks: TaskTracker,
 }
 
 impl Dispatcher {
-    async fn run(mut self, mut rx: mpsc::Receiver<Command>, shutdown: CancellationToken) {
+    /// Serves the group until one of `ends` or until every inbox sender is gone. When the
+    /// broker stops, requests already in the inbox are still taken, and every answer taken
+    /// is confirmed once its ack state is stored; when the topic is deleted, nothing more
+    /// is stored.
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>, ends: Ends) {
         let topic = Arc::clone(&self.topic);
         loop {
             // Register for appends before looking, so none slips in between.
@@ -637,7 +709,11 @@ impl Dispatcher {
                 },
                 _ = futures::future::select_all(appended), if waiting_for_records => {}
                 _ = sleep_until(next_timer), if next_timer.is_some() => self.fire_timers().await,
-                _ = shutdown.cancelled() => break,
+                _ = ends.stopping.cancelled() => {
+                    self.finish(&mut rx).await;
+                    break;
+                }
+                _ = ends.deleted.cancelled() => break,
             }
             self.flush();
         }
@@ -645,6 +721,25 @@ impl Dispatcher {
         for id in self.subs.keys() {
             subscriptions.remove(id);
         }
+    }
+
+    /// The broker stops: takes the requests already queued and waits for dead-letter
+    /// publishes in flight (whose records are done only once stored there), then stores
+    /// the ack state. Sessions have ended by now, so nothing new arrives.
+    async fn finish(&mut self, rx: &mut mpsc::Receiver<Command>) {
+        loop {
+            while let Ok(command) = rx.try_recv() {
+                self.handle(command).await;
+            }
+            if self.parts.iter().all(|part| part.dead_lettering.is_empty()) {
+                break;
+            }
+            match rx.recv().await {
+                Some(command) => self.handle(command).await,
+                None => break,
+            }
+        }
+        self.flush();
     }
 
     async fn handle(&mut self, command: Command) {
@@ -1154,7 +1249,7 @@ impl Dispatcher {
             );
             let offsets: Vec<u64> = records.iter().map(|r| r.0).collect();
             let inbox = self.inbox.clone();
-            tokio::spawn(async move {
+            self.tasks.spawn(async move {
                 let stored =
                     write_dead_letters(&topics, &store, &dlq, &log, &origin, records).await;
                 if let Err(err) = &stored {
@@ -1185,7 +1280,7 @@ impl Dispatcher {
             return;
         };
         let limit = self.store.timeout();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let stored = crate::storage::bounded(written, limit).await;
             for reply in answered {
                 let _ = reply.send(stored.clone().map_err(BrokerError::from));
@@ -1359,3 +1454,7 @@ async fn write_dead_letters(
     topic.publish(store, batch, None, u32::MAX, None)?.await?;
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "push_group_tests.rs"]
+mod tests;

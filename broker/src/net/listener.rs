@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::session;
-use crate::server::Shared;
+use crate::shared::Shared;
 
 /// Accepts until `shutdown` is cancelled; each connection becomes a session task.
 pub async fn run(

@@ -29,7 +29,7 @@ use tracing::Instrument;
 
 use crate::cmd::{self, Reply};
 use crate::net::outbound::{Outbound, Queued, Ticket};
-use crate::server::Shared;
+use crate::shared::Shared;
 
 /// Serves one connection until the client leaves, the stream breaks, or shutdown.
 pub async fn serve(
@@ -73,6 +73,7 @@ async fn serve_session(
         in_flight: Arc::new(Semaphore::new(shared.config.max_in_flight.max(1))),
         requests: TaskTracker::new(),
         client_gone: CancellationToken::new(),
+        over: CancellationToken::new(),
         greeted: false,
         timeout: Duration::from_millis(u64::from(timeout_ms)),
         heartbeat,
@@ -80,6 +81,7 @@ async fn serve_session(
         shared,
     };
     let reason = session.read_loop(read, &shutdown).await;
+    session.over.cancel();
     if !shutdown.is_cancelled() {
         // Nobody will read the replies: stop waiting for them. Appends already queued are
         // committed by the storage writer all the same.
@@ -111,6 +113,9 @@ struct Session {
     requests: TaskTracker,
     /// Cancelled when the client has gone, so its long-polls end with it.
     client_gone: CancellationToken,
+    /// Cancelled when the session stops reading requests (the client went, or the broker
+    /// is stopping): its subscriptions stop forwarding; unsent deliveries are redelivered.
+    over: CancellationToken,
     greeted: bool,
     /// The peer is dead once nothing arrived for this long (granted in `Hello`).
     timeout: Duration,
@@ -257,8 +262,6 @@ impl Session {
             shared: Arc::clone(&self.shared),
             peer: self.peer,
             session_id: self.id,
-            correlation_id,
-            out: self.out.clone(),
         };
         match cmd::dispatch(&context, frame).await {
             Reply::Now(reply) => self.reply(correlation_id, reply).await,
@@ -279,14 +282,43 @@ impl Session {
                     drop(permit);
                 });
             }
-            Reply::Answered(pending) => {
-                let gone = self.client_gone.clone();
+            Reply::Subscribe(pending) => {
+                let (out, gone, over) = (
+                    self.out.clone(),
+                    self.client_gone.clone(),
+                    self.over.clone(),
+                );
                 self.requests.spawn(async move {
-                    tokio::select! {
-                        () = pending => {}
-                        _ = gone.cancelled() => {}
-                    }
+                    let subscribed = tokio::select! {
+                        subscribed = pending => subscribed,
+                        _ = gone.cancelled() => return,
+                    };
                     drop(permit);
+                    let mut deliveries = match subscribed {
+                        Ok(cmd::Subscribed { reply, deliveries }) => {
+                            if out.send(Message::new(correlation_id, reply)).await.is_err() {
+                                return;
+                            }
+                            deliveries
+                        }
+                        Err(err) => {
+                            let error = cmd::into_frame(Err(err));
+                            let _ = out.send(Message::new(correlation_id, error)).await;
+                            return;
+                        }
+                    };
+                    // Forwards this subscriber's deliveries until the subscription or the
+                    // session ends; waiting on a full connection stalls only it.
+                    loop {
+                        let deliver = tokio::select! {
+                            deliver = deliveries.recv() => deliver,
+                            _ = over.cancelled() => return,
+                        };
+                        let Some(deliver) = deliver else { return };
+                        if out.send(Message::new(0, deliver)).await.is_err() {
+                            return;
+                        }
+                    }
                 });
             }
         }
