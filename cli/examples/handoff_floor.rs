@@ -12,7 +12,7 @@
 //! cargo run --release --example handoff_floor -- 5000 10 15   # msg/s, seconds, WORK_US
 //! ```
 
-#[path = "../src/bin/herald/cli/bench/pacer.rs"]
+#[path = "../src/cli/bench/pacer.rs"]
 mod pacer;
 
 use std::time::{Duration, Instant};
