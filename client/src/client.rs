@@ -99,7 +99,7 @@ impl Client {
     pub(crate) async fn subscribe_call(
         &self,
         frame: herald_protocol::Subscribe,
-        deliveries: mpsc::UnboundedSender<herald_protocol::Deliver>,
+        deliveries: mpsc::Sender<herald_protocol::Deliver>,
     ) -> Result<(Frame, u64)> {
         let (reply, rx) = oneshot::channel();
         let (epoch, epoch_rx) = oneshot::channel();

@@ -2,11 +2,14 @@
 //! keeps the session alive with heartbeats, and connects again when the connection breaks.
 //!
 //! [`Client`](crate::Client) handles send [`Request`]s over a bounded channel; the task
-//! writes them (gathering whatever is queued into one write), and routes each reply to the
-//! caller waiting on its correlation id, in whatever order replies arrive. Deliveries of
-//! push subscriptions (correlation id 0) go to their subscription's queue; a subscription
-//! is registered when its `Subscribed` reply is read, before any frame after it, so none
-//! of its deliveries can arrive unrouted.
+//! numbers them and hands them to the connection's writer task (which gathers whatever is
+//! queued into one write), so it goes on reading replies while a write waits on a full
+//! socket; it takes new requests only while the writer has room. It routes each reply to
+//! the caller waiting on its correlation id, in whatever order replies arrive. Deliveries
+//! of push subscriptions (correlation id 0) go to their subscription's queue, bounded by
+//! the subscriber's window (the broker never has more unanswered); a subscription is
+//! registered when its `Subscribed` reply is read, before any frame after it, so none of
+//! its deliveries can arrive unrouted.
 //!
 //! ## When the connection breaks
 //!
@@ -32,7 +35,9 @@ use herald_protocol::{
     MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
@@ -48,9 +53,12 @@ pub(crate) struct Request {
 
 /// Where a subscription's deliveries go, and where to say which connection took it.
 pub(crate) struct Route {
-    /// Unbounded because the broker never has more than the subscriber's window
-    /// unanswered.
-    pub deliveries: mpsc::UnboundedSender<Deliver>,
+    /// Room for one window of frames: the broker never has more than the subscriber's
+    /// window unanswered, and each frame carries at least one record. It sends more only
+    /// when the application left a whole window unread past the ack deadline; a frame
+    /// that finds the queue full is left unanswered, and the broker sends it again after
+    /// its deadline.
+    pub deliveries: mpsc::Sender<Deliver>,
     /// Told the epoch of the connection the subscription was made on, before its reply.
     pub epoch: oneshot::Sender<u64>,
 }
@@ -251,9 +259,11 @@ async fn handshake(
             }
         }
     };
+    let (outgoing, queued) = mpsc::channel(WRITER_QUEUE);
     let connection = Connection {
         reader,
-        writer,
+        outgoing,
+        writer: tokio::spawn(write_loop(writer, queued)),
         pending: HashMap::new(),
         subscriptions: HashMap::new(),
         next_id: 2,
@@ -400,12 +410,37 @@ fn refused_for_good(err: &Error) -> bool {
     )
 }
 
+/// Frames handed to a connection's writer task and not yet written.
+const WRITER_QUEUE: usize = 64;
+
+/// Writes queued frames, gathering whatever is ready into one write; ends when the
+/// connection drops its queue, or with the error that stopped it.
+async fn write_loop(mut writer: Writer, mut queued: mpsc::Receiver<Message>) -> Result<()> {
+    while let Some(message) = queued.recv().await {
+        writer.feed(message).await.map_err(codec_error)?;
+        while let Ok(message) = queued.try_recv() {
+            writer.feed(message).await.map_err(codec_error)?;
+        }
+        writer.flush().await.map_err(codec_error)?;
+    }
+    Ok(())
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // A write stuck on a dead peer's full socket must not outlive its connection.
+        self.writer.abort();
+    }
+}
+
 /// One connection's socket and the requests waiting on it.
 struct Connection {
     reader: Reader,
-    writer: Writer,
+    /// Frames for the writer task.
+    outgoing: mpsc::Sender<Message>,
+    writer: JoinHandle<Result<()>>,
     pending: HashMap<u32, Pending>,
-    subscriptions: HashMap<u64, mpsc::UnboundedSender<Deliver>>,
+    subscriptions: HashMap<u64, mpsc::Sender<Deliver>>,
     next_id: u32,
     heartbeat: Duration,
     timeout: Duration,
@@ -421,8 +456,8 @@ impl Connection {
         first: Option<Request>,
     ) -> End {
         if let Some(request) = first {
-            if let Err(err) = self.write(request, requests).await {
-                return End::broken(err.to_string());
+            if let Err(end) = self.send(request).await {
+                return end;
             }
         }
         let mut last_sent = Instant::now();
@@ -431,12 +466,12 @@ impl Connection {
             let heartbeat_due = last_sent + self.heartbeat;
             let dead_at = last_received + self.timeout;
             tokio::select! {
-                request = requests.recv() => {
+                request = requests.recv(), if self.outgoing.capacity() > 0 => {
                     let Some(request) = request else {
                         return End { reason: "client dropped".into(), last: true, wait: Duration::ZERO };
                     };
-                    if let Err(err) = self.write(request, requests).await {
-                        return End::broken(err.to_string());
+                    if let Err(end) = self.send(request).await {
+                        return end;
                     }
                     last_sent = Instant::now();
                 }
@@ -455,8 +490,9 @@ impl Connection {
                     }
                 }
                 _ = tokio::time::sleep_until(heartbeat_due) => {
-                    if self.writer.send(Message::new(0, Heartbeat {})).await.is_err() {
-                        return End::broken("cannot send a heartbeat");
+                    // A full queue means frames are on their way: no heartbeat needed.
+                    if let Err(TrySendError::Closed(_)) = self.outgoing.try_send(Message::new(0, Heartbeat {})) {
+                        return self.write_failed().await;
                     }
                     last_sent = Instant::now();
                 }
@@ -477,20 +513,9 @@ impl Connection {
         self.subscriptions.clear();
     }
 
-    /// Writes `first` and whatever else is already queued, then flushes once.
-    async fn write(
-        &mut self,
-        first: Request,
-        requests: &mut mpsc::Receiver<Request>,
-    ) -> Result<()> {
-        self.feed(first).await?;
-        while let Ok(request) = requests.try_recv() {
-            self.feed(request).await?;
-        }
-        self.writer.flush().await.map_err(codec_error)
-    }
-
-    async fn feed(&mut self, request: Request) -> Result<()> {
+    /// Numbers `request` and hands it to the writer task, waiting only if the writer's
+    /// queue is full (the loop in `serve` takes requests only while it has room).
+    async fn send(&mut self, request: Request) -> std::result::Result<(), End> {
         let id = self.next_id;
         self.next_id = self.next_id.checked_add(1).unwrap_or(1);
         let pending = Pending {
@@ -498,10 +523,23 @@ impl Connection {
             route: request.route,
         };
         self.pending.insert(id, pending);
-        self.writer
-            .feed(Message::new(id, request.frame))
+        if self
+            .outgoing
+            .send(Message::new(id, request.frame))
             .await
-            .map_err(codec_error)
+            .is_err()
+        {
+            return Err(self.write_failed().await);
+        }
+        Ok(())
+    }
+
+    /// The writer task stopped: says why.
+    async fn write_failed(&mut self) -> End {
+        match (&mut self.writer).await {
+            Ok(Err(err)) => End::broken(err.to_string()),
+            _ => End::broken("cannot write to the broker"),
+        }
     }
 
     /// Routes one frame; says when the connection must end.
@@ -526,13 +564,21 @@ impl Connection {
             Frame::Heartbeat(_) => None,
             Frame::Deliver(deliver) => {
                 let id = deliver.subscription_id;
-                let delivered = self.subscriptions.get(&id).map(|s| s.send(deliver));
+                let delivered = self.subscriptions.get(&id).map(|s| s.try_send(deliver));
                 match delivered {
                     Some(Ok(())) => {}
                     // The consumer is gone; the broker redelivers what it does not answer.
-                    Some(Err(_)) => {
+                    Some(Err(TrySendError::Closed(_))) => {
                         self.subscriptions.remove(&id);
                     }
+                    // The application has not read a whole window for longer than the ack
+                    // deadline, so the broker took those back and sent more. Not lost: this
+                    // one is unanswered too and comes back after its deadline.
+                    Some(Err(TrySendError::Full(deliver))) => tracing::warn!(
+                        subscription = id,
+                        partition = deliver.partition,
+                        "the consumer holds a whole window unread; a delivery waits for its ack deadline"
+                    ),
                     None => tracing::debug!(id, "a delivery for a subscription that has ended"),
                 }
                 None

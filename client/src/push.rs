@@ -238,12 +238,14 @@ impl Client {
     }
 }
 
-/// Subscribes with a fresh delivery queue; returns which subscription it got.
+/// Subscribes with a fresh delivery queue, with room for one window of delivery frames;
+/// returns which subscription it got.
 async fn subscribe(
     client: &Client,
     request: Subscribe,
-) -> Result<(Subscribed, Current, mpsc::UnboundedReceiver<Deliver>)> {
-    let (deliveries_tx, deliveries) = mpsc::unbounded_channel();
+) -> Result<(Subscribed, Current, mpsc::Receiver<Deliver>)> {
+    let window = (request.prefetch_count as usize).clamp(1, MAX_WINDOW_FRAMES);
+    let (deliveries_tx, deliveries) = mpsc::channel(window);
     let (reply, epoch) = client.subscribe_call(request, deliveries_tx).await?;
     let subscribed = expect_reply!(reply, Subscribed)?;
     let on = Current {
@@ -261,7 +263,7 @@ async fn keep_subscribed(
     current: Arc<Mutex<Current>>,
     request: Subscribe,
     mut epoch: u64,
-    swaps: mpsc::UnboundedSender<(Current, mpsc::UnboundedReceiver<Deliver>)>,
+    swaps: mpsc::UnboundedSender<(Current, mpsc::Receiver<Deliver>)>,
     failure: Arc<Mutex<Option<Error>>>,
     stop: CancellationToken,
 ) {
@@ -348,9 +350,9 @@ pub struct PushConsumer {
     subscription: Arc<Subscription>,
     /// The subscription `deliveries` belong to.
     on: Current,
-    deliveries: mpsc::UnboundedReceiver<Deliver>,
+    deliveries: mpsc::Receiver<Deliver>,
     /// New delivery queues after reconnects.
-    swaps: mpsc::UnboundedReceiver<(Current, mpsc::UnboundedReceiver<Deliver>)>,
+    swaps: mpsc::UnboundedReceiver<(Current, mpsc::Receiver<Deliver>)>,
     /// The resubscribing task has ended: no new queue will come.
     keeper_done: bool,
     _keeper: DropGuard,
@@ -482,6 +484,9 @@ impl Stream for PushConsumer {
         }
     }
 }
+
+/// The largest window the broker grants (its `MAX_PREFETCH`); a larger request is refused.
+const MAX_WINDOW_FRAMES: usize = 100_000;
 
 /// Ack requests kept in flight at once.
 const ACKS_IN_FLIGHT: usize = 4;
