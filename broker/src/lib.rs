@@ -17,7 +17,7 @@
 //! forwards to its socket.
 //!
 //! ```no_run
-//! # async fn run() -> anyhow::Result<()> {
+//! # async fn run() -> Result<(), herald_broker::server::ServerError> {
 //! let broker = herald_broker::Broker::start(herald_broker::Config::ephemeral("/tmp/herald")).await?;
 //! println!("listening on {}", broker.local_addr());
 //! broker.shutdown().await?;
@@ -36,4 +36,4 @@ pub mod tasks;
 
 pub use config::{Config, Fsync};
 pub use error::BrokerError;
-pub use server::Broker;
+pub use server::{Broker, ServerError};

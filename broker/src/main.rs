@@ -1,6 +1,6 @@
 //! `herald-broker`: parse flags, start the broker, stop cleanly on SIGINT or SIGTERM.
 
-use clap::Parser;
+use herald_broker::config::Flags;
 use herald_broker::{Broker, Config};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing_subscriber::EnvFilter;
@@ -24,7 +24,13 @@ pub static MALLOC_CONF: &[u8] = b"background_thread:false,dirty_decay_ms:100,muz
 
 #[tokio::main]
 async fn main() {
-    let config = Config::parse();
+    let config = match Config::load(Flags::from_env()) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("herald-broker: {err}");
+            std::process::exit(2);
+        }
+    };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)

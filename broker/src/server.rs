@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -14,11 +13,30 @@ use crate::config::Config;
 use crate::domain::{PullGroups, PushGroups, TopicLimits, Topics};
 use crate::net::listener;
 use crate::shared::Shared;
-use crate::storage::{blocking, Store};
+use crate::storage::{blocking, StorageError, Store};
 use crate::tasks::retention;
 
 /// The least time shutdown leaves the store for its last commit.
 const FINAL_FLUSH: Duration = Duration::from_millis(500);
+
+/// Why a broker could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot open the store in {}: {source}", dir.display())]
+    OpenStore {
+        dir: std::path::PathBuf,
+        source: StorageError,
+    },
+    #[error("cannot load topics: {0}")]
+    LoadTopics(StorageError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("flushing the store: {0}")]
+    Flush(StorageError),
+}
 
 /// A running broker.
 pub struct Broker {
@@ -30,12 +48,15 @@ pub struct Broker {
 
 impl Broker {
     /// Opens the store, binds `config.listen` and starts serving.
-    pub async fn start(config: Config) -> anyhow::Result<Broker> {
+    pub async fn start(config: Config) -> Result<Broker, ServerError> {
         let store_config = config.store();
         let dir = config.data_dir.clone();
         let store = blocking(move || Store::open(&dir, store_config))
             .await
-            .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+            .map_err(|source| ServerError::OpenStore {
+                dir: config.data_dir.clone(),
+                source,
+            })?;
         let limits = TopicLimits {
             auto_create: !config.no_auto_create_topics,
             max_topics: config.max_topics,
@@ -44,11 +65,13 @@ impl Broker {
         let topics_store = Arc::clone(&store);
         let topics = blocking(move || Topics::load(topics_store, limits))
             .await
-            .context("cannot load topics")?;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
-        let local_addr = listener.local_addr()?;
+            .map_err(ServerError::LoadTopics)?;
+        let listen = |source| ServerError::Listen {
+            addr: config.listen,
+            source,
+        };
+        let listener = TcpListener::bind(config.listen).await.map_err(listen)?;
+        let local_addr = listener.local_addr().map_err(listen)?;
         tracing::info!(fsync = config.store().fsync.name(), data_dir = %config.data_dir.display(), "listening on {local_addr}");
         let shutdown = CancellationToken::new();
         let topics = Arc::new(topics);
@@ -111,7 +134,7 @@ impl Broker {
     /// The whole stop takes at most `--shutdown-timeout-ms`, and leaves the store's last
     /// commit at least half a second: a store whose disk failed under it is
     /// left with an error rather than waited for.
-    pub async fn shutdown(self) -> anyhow::Result<()> {
+    pub async fn shutdown(self) -> Result<(), ServerError> {
         self.shutdown.cancel();
         self.tracker.close();
         let budget = Duration::from_millis(self.shared.config.shutdown_timeout_ms);
@@ -135,7 +158,7 @@ impl Broker {
             .max(FINAL_FLUSH);
         blocking(move || store.close_within(left))
             .await
-            .context("flushing the store")?;
+            .map_err(ServerError::Flush)?;
         tracing::info!("broker stopped");
         Ok(())
     }

@@ -200,7 +200,7 @@ impl Target {
         match self {
             Target::Remote(_) => Ok(()),
             #[cfg(feature = "embedded-broker")]
-            Target::Embedded { broker, .. } => broker.shutdown().await,
+            Target::Embedded { broker, .. } => Ok(broker.shutdown().await?),
         }
     }
 }
