@@ -8,7 +8,8 @@ use herald_protocol::{
 };
 
 use super::Context;
-use crate::domain::pull_group::{Granted, Joiner, ResetTo, Start, MODE_PUSH};
+use crate::domain::group::{Start, MODE_PUSH};
+use crate::domain::pull_group::{Granted, Joiner, ResetTo};
 use crate::error::{valid_name, BrokerError};
 use crate::storage::GroupRecord;
 
@@ -175,23 +176,23 @@ async fn describe_push(
     let members = described
         .consumers
         .into_iter()
-        .map(|(id, address, in_flight, oldest)| MemberInfo {
-            member_id: format!("subscription-{id}"),
-            address,
+        .map(|consumer| MemberInfo {
+            member_id: format!("subscription-{}", consumer.subscription),
+            address: consumer.address,
             partitions: Vec::new(),
-            in_flight,
-            oldest_unacked_ms: oldest.as_millis() as u64,
+            in_flight: consumer.in_flight,
+            oldest_unacked_ms: consumer.oldest.as_millis() as u64,
         })
         .collect();
     let partitions = described
         .partitions
         .into_iter()
-        .map(|(partition, floor, end, left)| GroupPartitionInfo {
-            partition,
+        .map(|progress| GroupPartitionInfo {
+            partition: progress.partition,
             owner: String::new(),
-            committed: floor,
-            end,
-            lag: left,
+            committed: progress.floor,
+            end: progress.end,
+            lag: progress.left,
         })
         .collect();
     let settings = described.settings;

@@ -8,7 +8,7 @@ use herald_protocol::{
 };
 
 use super::Context;
-use crate::domain::pull_group::Start;
+use crate::domain::group::Start;
 use crate::domain::push_group::{Answer, Span, SubscribeRequest};
 use crate::error::BrokerError;
 

@@ -4,6 +4,7 @@
 pub mod ack_state;
 pub mod assignment;
 pub mod flights;
+pub mod group;
 pub mod pull_group;
 pub mod push_group;
 pub mod topic;

@@ -23,24 +23,14 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::error::{valid_name, BrokerError};
+use crate::error::BrokerError;
 use crate::storage::{GroupRecord, Store};
 
 use super::assignment::{Member, Membership};
 use super::blocking;
+use super::group::{check_group, check_name, mode_name};
+use super::group::{Start, MODE_PULL};
 use super::Topic;
-
-/// Group mode numbers as stored (the protocol's `GroupMode` values).
-pub const MODE_PULL: u8 = 1;
-/// See [`MODE_PULL`].
-pub const MODE_PUSH: u8 = 2;
-
-/// Where a new group starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Start {
-    Earliest,
-    Latest,
-}
 
 /// Where `reset` moves a group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,7 +122,7 @@ impl PullGroups {
         start: Start,
         joiner: Joiner,
     ) -> Result<Granted, BrokerError> {
-        check_name(group, || BrokerError::InvalidGroupName(group.to_string()))?;
+        check_group(group)?;
         let member_id = if member_id.is_empty() {
             let n = self.next_member.fetch_add(1, Ordering::Relaxed);
             format!("{group}-{:x}-{n}", self.incarnation)
@@ -224,7 +214,7 @@ impl PullGroups {
         generation: u32,
         offsets: &[(u32, u64)],
     ) -> Result<u32, BrokerError> {
-        check_name(group, || BrokerError::InvalidGroupName(group.to_string()))?;
+        check_group(group)?;
         for &(partition, offset) in offsets {
             let log = topic.partition(partition)?;
             if offset > log.next_offset() {
@@ -322,7 +312,7 @@ impl PullGroups {
         group: &str,
         start: Start,
     ) -> Result<(), BrokerError> {
-        check_name(group, || BrokerError::InvalidGroupName(group.to_string()))?;
+        check_group(group)?;
         let (store, creating) = (Arc::clone(&self.store), Arc::clone(&self.creating));
         let (topic, name) = (Arc::clone(topic), group.to_string());
         blocking(move || {
@@ -539,22 +529,6 @@ fn not_empty(group: &str, membership: &Membership, action: &'static str) -> Brok
         group: group.to_string(),
         members: membership.members().count(),
         action,
-    }
-}
-
-fn check_name(name: &str, error: impl FnOnce() -> BrokerError) -> Result<(), BrokerError> {
-    if valid_name(name) {
-        Ok(())
-    } else {
-        Err(error())
-    }
-}
-
-fn mode_name(mode: u8) -> &'static str {
-    if mode == MODE_PUSH {
-        "push"
-    } else {
-        "pull"
     }
 }
 
