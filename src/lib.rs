@@ -61,6 +61,11 @@ impl TestBroker {
         self.broker.outbound_bytes()
     }
 
+    /// The broker's verbs, without a socket.
+    pub fn core(&self) -> herald_broker::core::Core {
+        self.broker.core()
+    }
+
     /// Tasks now serving push groups (dispatchers and what they wait on).
     pub fn push_group_tasks(&self) -> usize {
         self.broker.push_group_tasks()

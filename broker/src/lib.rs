@@ -4,7 +4,10 @@
 //!
 //! - [`net`]: the listener (accept, connection limit) and one session per client (handshake,
 //!   frames in and out, requests in flight).
-//! - [`cmd`]: one handler per request: takes a decoded frame, returns the reply frame.
+//! - [`cmd`]: the TCP protocol's adapter: decodes a request into a call of a [`core`]
+//!   verb and encodes its answer.
+//! - [`core`]: the broker's verbs for every way in ([`core::Core`]): topics, publish,
+//!   fetch, groups, subscriptions; typed results and errors, no sockets.
 //! - [`domain`]: the semantics: topics, publish routing, consumer groups.
 //! - [`storage`]: sled, the partition logs stored as checksummed chunks, the writer thread
 //!   that commits in groups, and the free-space reserve.
@@ -12,7 +15,7 @@
 //! [`shared`] is the state every way in shares (config, store, topics, groups); [`tasks`]
 //! holds the periodic duties (retention). [`server`] wires everything together and owns
 //! every task; [`config`] holds the flags. Arrows point down only: `server` → `net` →
-//! `cmd` → `domain` → `storage`, and none of `cmd`, `domain`, `storage` knows a socket.
+//! `cmd` → `core` → `domain` → `storage`, and none of `cmd`, `domain`, `storage` knows a socket.
 //! A subscription is handed to its session as a stream of deliveries, which the session
 //! forwards to its socket.
 //!
@@ -26,6 +29,7 @@
 
 pub mod cmd;
 pub mod config;
+pub mod core;
 pub mod domain;
 pub mod error;
 pub mod net;

@@ -115,6 +115,11 @@ impl Broker {
         self.local_addr
     }
 
+    /// The broker's verbs, for a way in other than the TCP listener (and for tests).
+    pub fn core(&self) -> crate::core::Core {
+        crate::core::Core::new(Arc::clone(&self.shared))
+    }
+
     /// Tasks that serve push groups now running: each running group's dispatcher and the
     /// storage waits and dead-letter publishes it started.
     pub fn push_group_tasks(&self) -> usize {

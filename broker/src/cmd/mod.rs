@@ -1,5 +1,7 @@
-//! Request handlers: each takes a decoded request and returns its reply frame. Handlers
-//! never touch a socket; the session writes what they return.
+//! The TCP protocol's adapter onto [`Core`]: each handler takes a decoded request, calls
+//! the core's verb and returns the reply frame (or, for a subscription, the reply and a
+//! stream of deliveries). Handlers never touch a socket; the session writes what they
+//! return.
 
 mod admin;
 mod fetch;
@@ -8,21 +10,30 @@ mod publish;
 mod push;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use herald_protocol::{Deliver, ErrorCode, ErrorFrame, Frame};
 
+use crate::core::{Caller, Core};
 use crate::error::BrokerError;
-use crate::shared::Shared;
 
 /// What a handler needs to know about the broker and the session asking.
 #[derive(Clone)]
 pub struct Context {
-    pub shared: Arc<Shared>,
+    pub core: Core,
     pub peer: SocketAddr,
     pub session_id: u64,
+}
+
+impl Context {
+    /// The session, as the core names who asks.
+    pub fn caller(&self) -> Caller {
+        Caller {
+            session: self.session_id,
+            address: self.peer.to_string(),
+        }
+    }
 }
 
 /// A new push subscription: its reply, then the deliveries the caller forwards after it.

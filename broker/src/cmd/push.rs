@@ -3,13 +3,11 @@
 use std::time::Duration;
 
 use herald_protocol::{
-    Ack, Frame, Nack, OffsetRange, OkReply, Reject, StartPosition, Subscribe, Subscribed, Touch,
-    Unsubscribe,
+    Ack, Frame, Nack, OffsetRange, OkReply, Reject, Subscribe, Subscribed, Touch, Unsubscribe,
 };
 
 use super::Context;
-use crate::domain::group::Start;
-use crate::domain::push_group::{Answer, Span, SubscribeRequest};
+use crate::domain::push_group::{Answer, Span};
 use crate::error::BrokerError;
 
 /// Adds the session as a subscriber. Returns the `Subscribed` reply and the stream of its
@@ -19,21 +17,16 @@ pub async fn handle_subscribe(
     ctx: Context,
     req: Subscribe,
 ) -> Result<super::Subscribed, BrokerError> {
-    let topic = ctx.shared.topics.get(&req.topic)?;
-    let request = SubscribeRequest {
-        session: ctx.session_id,
-        address: ctx.peer.to_string(),
-        prefetch_count: req.prefetch_count,
-        prefetch_bytes: req.prefetch_bytes,
-        start: match req.start {
-            StartPosition::Earliest => Start::Earliest,
-            StartPosition::Latest => Start::Latest,
-        },
-    };
     let subscription = ctx
-        .shared
-        .push_groups
-        .subscribe(&topic, &req.group, request)
+        .core
+        .subscribe(
+            &ctx.caller(),
+            &req.topic,
+            &req.group,
+            req.prefetch_count,
+            req.prefetch_bytes,
+            super::group::start(req.start),
+        )
         .await?;
     let reply = Subscribed {
         subscription_id: subscription.id,
@@ -48,9 +41,8 @@ pub async fn handle_subscribe(
 }
 
 pub async fn handle_unsubscribe(ctx: Context, req: Unsubscribe) -> Result<Frame, BrokerError> {
-    ctx.shared
-        .push_groups
-        .unsubscribe(ctx.session_id, req.subscription_id)
+    ctx.core
+        .unsubscribe(&ctx.caller(), req.subscription_id)
         .await?;
     Ok(OkReply {}.into())
 }
@@ -100,9 +92,8 @@ async fn answer(
             end: r.end,
         })
         .collect();
-    ctx.shared
-        .push_groups
-        .answer(ctx.session_id, subscription_id, spans, answer)
+    ctx.core
+        .answer(&ctx.caller(), subscription_id, spans, answer)
         .await?;
     Ok(OkReply {}.into())
 }

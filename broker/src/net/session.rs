@@ -28,6 +28,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::cmd::{self, Reply};
+use crate::core::Core;
 use crate::net::outbound::{Outbound, Queued, Ticket};
 use crate::shared::Shared;
 
@@ -78,6 +79,7 @@ async fn serve_session(
         timeout: Duration::from_millis(u64::from(timeout_ms)),
         heartbeat,
         out,
+        core: Core::new(Arc::clone(&shared)),
         shared,
     };
     let reason = session.read_loop(read, &shutdown).await;
@@ -90,8 +92,7 @@ async fn serve_session(
     session.requests.close();
     session.requests.wait().await;
     // Only now, with none of its requests still running, can its memberships go.
-    session.shared.pull_groups.session_closed(id);
-    session.shared.push_groups.session_closed(id).await;
+    session.core.session_closed(id).await;
     if shutdown.is_cancelled() {
         let going = GoingAway {
             reconnect_after_ms: 1000,
@@ -108,6 +109,7 @@ struct Session {
     id: u64,
     peer: SocketAddr,
     shared: Arc<Shared>,
+    core: Core,
     out: Outbound,
     in_flight: Arc<Semaphore>,
     requests: TaskTracker,
@@ -259,7 +261,7 @@ impl Session {
                 .await;
         };
         let context = cmd::Context {
-            shared: Arc::clone(&self.shared),
+            core: self.core.clone(),
             peer: self.peer,
             session_id: self.id,
         };

@@ -1,0 +1,548 @@
+//! The broker's verbs, for every way in.
+//!
+//! [`Core`] is one cheap handle on the broker's shared state whose async methods are what
+//! a client can ask: topics (create, describe, list, delete), publish, fetch with
+//! long-polling, pull groups (join, sync, commit, leave), group administration (create,
+//! reset, delete, list, describe) and push subscriptions (subscribe, answer, unsubscribe).
+//! Each takes plain arguments and returns a typed result or a [`BrokerError`], whose
+//! [`code`](BrokerError::code) is the wire's error code. Nothing here knows a socket: a
+//! subscription comes back as a stream of deliveries that the caller forwards as it likes,
+//! and a caller is named by a [`Caller`] (a session id and an address for `describe`).
+//!
+//! Results that are plain data reuse the protocol crate's structs (`TopicInfo`,
+//! `GroupInfo`, ...): they are the broker's vocabulary, and the TCP adapter sends them
+//! as they are.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use herald_protocol::{
+    Batch, GroupInfo, GroupMode, GroupPartitionInfo, GroupSummary, MemberInfo, PartitionInfo,
+    Retention, TopicInfo, TopicSummary,
+};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::domain::group::{Start, MODE_PUSH};
+use crate::domain::pull_group::{Granted, Joiner, ResetTo};
+use crate::domain::push_group::{Answer, Span, SubscribeRequest, Subscription};
+use crate::domain::topic::Published;
+use crate::domain::Topic;
+use crate::error::{valid_name, BrokerError};
+use crate::shared::Shared;
+use crate::storage::log::ReadBatches;
+use crate::storage::{GroupRecord, PartitionLog, ProducerBatch, RetentionPolicy};
+
+/// Who asks: the id of its session (memberships and subscriptions end with it, see
+/// [`Core::session_closed`]) and an address that `describe` shows.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub session: u64,
+    pub address: String,
+}
+
+/// A fetch: up to `max_messages` records and `max_bytes` from `offset`, answered as soon
+/// as `min_bytes` are there or after `max_wait`.
+#[derive(Debug, Clone)]
+pub struct FetchArgs {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: u64,
+    pub max_messages: u32,
+    pub max_bytes: u32,
+    pub min_bytes: u32,
+    pub max_wait: Duration,
+}
+
+/// What a fetch read: record batches (their encodings, one after another) and the
+/// partition's offsets at the time.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub first_offset: u64,
+    pub next_offset: u64,
+    pub batches: Bytes,
+    /// Records in `batches`.
+    pub records: usize,
+}
+
+/// A new group's mode and settings (0 / empty = the defaults).
+#[derive(Debug, Clone)]
+pub struct GroupSpec {
+    pub mode: GroupMode,
+    pub start: Start,
+    pub ack_timeout_ms: u32,
+    pub max_deliveries: u32,
+    pub dead_letter: String,
+}
+
+/// The broker's verbs; cloning is cheap.
+#[derive(Clone)]
+pub struct Core {
+    shared: Arc<Shared>,
+}
+
+impl Core {
+    pub fn new(shared: Arc<Shared>) -> Core {
+        Core { shared }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    // Topics.
+
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        retention: RetentionPolicy,
+    ) -> Result<TopicInfo, BrokerError> {
+        let topic = self
+            .shared
+            .topics
+            .create(name, partitions, retention)
+            .await?;
+        Ok(describe_topic(&topic))
+    }
+
+    pub fn describe_topic(&self, name: &str) -> Result<TopicInfo, BrokerError> {
+        Ok(describe_topic(&*self.shared.topics.get(name)?))
+    }
+
+    pub fn list_topics(&self) -> Vec<TopicSummary> {
+        self.shared
+            .topics
+            .list()
+            .iter()
+            .map(|t| TopicSummary {
+                name: t.name().to_string(),
+                partitions: t.partitions().len() as u32,
+            })
+            .collect()
+    }
+
+    /// Deletes a topic, its records and its groups; every task that served it ends.
+    pub async fn delete_topic(&self, name: &str) -> Result<(), BrokerError> {
+        let id = self.shared.topics.get(name)?.record().id;
+        self.shared.topics.delete(name).await?;
+        self.shared.pull_groups.topic_deleted(id);
+        self.shared.push_groups.topic_deleted(id);
+        Ok(())
+    }
+
+    // Publishing.
+
+    /// Validates `batch` and queues it for the store now, so publishes queued one after
+    /// another keep their order; the returned future resolves once it is committed under
+    /// the fsync policy. `partition` `None` routes by key (or round-robin); a numbered
+    /// batch from an idempotent `producer` is stored once however often it is sent.
+    pub async fn publish(
+        &self,
+        topic: &str,
+        batch: Bytes,
+        partition: Option<u32>,
+        producer: Option<ProducerBatch>,
+    ) -> Result<impl Future<Output = Result<Published, BrokerError>> + Send + 'static, BrokerError>
+    {
+        let batch = Batch::parse(batch).map_err(BrokerError::BadBatch)?;
+        self.check_room(batch.encoded_len() as u64)?;
+        let max = self.shared.config.max_batch_records;
+        if batch.record_count > max {
+            return Err(BrokerError::BatchTooLarge {
+                records: batch.record_count,
+                max,
+            });
+        }
+        let topic = self.shared.topics.get_or_create(topic).await?;
+        topic.publish(
+            &self.shared.store,
+            batch,
+            partition,
+            self.shared.config.max_message_bytes,
+            producer,
+        )
+    }
+
+    /// Refuses a publish when the disk is at its reserve or the store at its quota (see
+    /// `storage::disk`).
+    fn check_room(&self, more: u64) -> Result<(), BrokerError> {
+        let room = self.shared.store.room();
+        if room.below_reserve() {
+            return Err(BrokerError::DiskFull {
+                free: room.free(),
+                reserve: room.reserve,
+            });
+        }
+        let quota = self.shared.config.max_disk_bytes;
+        if quota > 0 && room.used() + more > quota {
+            return Err(BrokerError::StorageFull {
+                used: room.used(),
+                more,
+                max: quota,
+            });
+        }
+        Ok(())
+    }
+
+    // Reading.
+
+    /// Reads from `args.offset`, answering as soon as `min_bytes` are there, after
+    /// `max_wait`, when `gone` is cancelled (the caller went away) or when the broker stops.
+    ///
+    /// Waiting costs nothing: the fetch sleeps on the partition's append notification and
+    /// reads again only when a commit made new records readable. An offset below the first
+    /// retained one or beyond the next one is `OffsetOutOfRange`; the next offset itself is
+    /// valid. Replies are kept under half the largest frame.
+    pub async fn fetch(
+        &self,
+        args: FetchArgs,
+        gone: &CancellationToken,
+    ) -> Result<Fetched, BrokerError> {
+        let topic = self.shared.topics.get(&args.topic)?;
+        let log = Arc::clone(topic.partition(args.partition)?);
+        let (first, next) = (log.first_offset(), log.next_offset());
+        if args.offset < first || args.offset > next {
+            return Err(BrokerError::OffsetOutOfRange {
+                offset: args.offset,
+                first,
+                next,
+            });
+        }
+        let max_bytes = args.max_bytes.min(self.shared.config.max_frame_bytes / 2) as usize;
+        let min_bytes = args.min_bytes.max(1) as usize;
+        let deadline = Instant::now() + args.max_wait;
+        let read = |log: Arc<PartitionLog>| async move {
+            let read: ReadBatches = log
+                .read_async(args.offset, args.max_messages, max_bytes)
+                .await?;
+            Ok::<_, BrokerError>(read)
+        };
+        let read = loop {
+            // Register for the next append before reading, so none slips between the two.
+            let appended = log.appended();
+            let got = read(Arc::clone(&log)).await?;
+            if got.bytes >= min_bytes || Instant::now() >= deadline {
+                break got;
+            }
+            tokio::select! {
+                _ = appended => {}
+                _ = tokio::time::sleep_until(deadline) => break read(Arc::clone(&log)).await?,
+                _ = self.shared.shutdown.cancelled() => break got,
+                _ = gone.cancelled() => break got,
+            }
+        };
+        Ok(Fetched {
+            first_offset: log.first_offset(),
+            next_offset: log.next_offset(),
+            records: read.records as usize,
+            batches: read.concat(),
+        })
+    }
+
+    // Pull groups.
+
+    pub async fn join(
+        &self,
+        caller: &Caller,
+        topic: &str,
+        group: &str,
+        member_id: &str,
+        start: Start,
+    ) -> Result<Granted, BrokerError> {
+        let topic = self.shared.topics.get(topic)?;
+        let joiner = Joiner {
+            session: caller.session,
+            address: caller.address.clone(),
+        };
+        self.shared
+            .pull_groups
+            .join(&topic, group, member_id, start, joiner)
+            .await
+    }
+
+    pub fn sync(
+        &self,
+        topic: &str,
+        group: &str,
+        member_id: &str,
+        released: &[u32],
+    ) -> Result<Granted, BrokerError> {
+        let topic = self.shared.topics.get(topic)?;
+        self.shared
+            .pull_groups
+            .sync(&topic, group, member_id, released)
+    }
+
+    /// Stores committed offsets (the next offset to consume per partition); returns the
+    /// group's generation.
+    pub async fn commit(
+        &self,
+        topic: &str,
+        group: &str,
+        member_id: &str,
+        generation: u32,
+        offsets: &[(u32, u64)],
+    ) -> Result<u32, BrokerError> {
+        let topic = self.shared.topics.get(topic)?;
+        self.shared
+            .pull_groups
+            .commit(&topic, group, member_id, generation, offsets)
+            .await
+    }
+
+    pub fn leave(&self, topic: &str, group: &str, member_id: &str) -> Result<(), BrokerError> {
+        let topic = self.shared.topics.get(topic)?;
+        self.shared.pull_groups.leave(&topic, group, member_id)
+    }
+
+    // Group administration.
+
+    pub async fn create_group(
+        &self,
+        topic: &str,
+        group: &str,
+        spec: GroupSpec,
+    ) -> Result<(), BrokerError> {
+        let topic = self.shared.topics.get(topic)?;
+        if spec.mode == GroupMode::Pull {
+            return self
+                .shared
+                .pull_groups
+                .create(&topic, group, spec.start)
+                .await;
+        }
+        if !spec.dead_letter.is_empty() && !valid_name(&spec.dead_letter) {
+            return Err(BrokerError::InvalidTopicName(spec.dead_letter));
+        }
+        let record = GroupRecord {
+            mode: MODE_PUSH,
+            ack_timeout_ms: spec.ack_timeout_ms,
+            max_deliveries: spec.max_deliveries,
+            dead_letter: spec.dead_letter,
+        };
+        self.shared
+            .push_groups
+            .create(&topic, group, spec.start, record)
+            .await
+    }
+
+    pub async fn reset_group(
+        &self,
+        topic: &str,
+        group: &str,
+        to: ResetTo,
+    ) -> Result<(), BrokerError> {
+        let topic = self.shared.topics.get(topic)?;
+        self.shared.pull_groups.reset(&topic, group, to).await
+    }
+
+    pub async fn delete_group(&self, topic: &str, group: &str) -> Result<(), BrokerError> {
+        let topic = self.shared.topics.get(topic)?;
+        self.shared.pull_groups.delete(&topic, group).await
+    }
+
+    /// The topic's groups with their mode and members (pull) or subscribers (push).
+    pub async fn list_groups(&self, topic: &str) -> Result<Vec<GroupSummary>, BrokerError> {
+        let topic = self.shared.topics.get(topic)?;
+        let mut groups = Vec::new();
+        for (name, mode, members) in self.shared.pull_groups.list(&topic).await? {
+            let members = if mode == MODE_PUSH {
+                let push = &self.shared.push_groups;
+                push.consumer_count(topic.record().id, &name).await
+            } else {
+                members
+            };
+            groups.push(GroupSummary {
+                name,
+                mode: mode_of(mode),
+                members,
+            });
+        }
+        Ok(groups)
+    }
+
+    /// A group's settings, members or subscribers, and progress (lag) per partition.
+    pub async fn describe_group(&self, topic: &str, group: &str) -> Result<GroupInfo, BrokerError> {
+        let t = self.shared.topics.get(topic)?;
+        let Some(described) = self.shared.pull_groups.describe(&t, group).await? else {
+            return Err(BrokerError::UnknownGroup(group.to_string()));
+        };
+        if described.record.mode == MODE_PUSH {
+            return self.describe_push(&t, group).await;
+        }
+        let members = described
+            .members
+            .into_iter()
+            .map(|(member_id, address, partitions)| MemberInfo {
+                member_id,
+                address,
+                partitions,
+                in_flight: 0,
+                oldest_unacked_ms: 0,
+            })
+            .collect();
+        let partitions = described
+            .partitions
+            .into_iter()
+            .map(|p| GroupPartitionInfo {
+                partition: p.partition,
+                owner: p.owner.unwrap_or_default(),
+                committed: p.committed,
+                end: p.end,
+                lag: p.end.saturating_sub(p.committed),
+            })
+            .collect();
+        let record = described.record;
+        Ok(GroupInfo {
+            topic: topic.to_string(),
+            group: group.to_string(),
+            mode: mode_of(record.mode),
+            generation: described.generation,
+            ack_timeout_ms: record.ack_timeout_ms,
+            max_deliveries: record.max_deliveries,
+            dead_letter: record.dead_letter,
+            members,
+            partitions,
+            redelivered: 0,
+            dead_lettered: 0,
+        })
+    }
+
+    async fn describe_push(
+        &self,
+        topic: &Arc<Topic>,
+        group: &str,
+    ) -> Result<GroupInfo, BrokerError> {
+        let described = self.shared.push_groups.describe(topic, group).await?;
+        let members = described
+            .consumers
+            .into_iter()
+            .map(|consumer| MemberInfo {
+                member_id: format!("subscription-{}", consumer.subscription),
+                address: consumer.address,
+                partitions: Vec::new(),
+                in_flight: consumer.in_flight,
+                oldest_unacked_ms: consumer.oldest.as_millis() as u64,
+            })
+            .collect();
+        let partitions = described
+            .partitions
+            .into_iter()
+            .map(|progress| GroupPartitionInfo {
+                partition: progress.partition,
+                owner: String::new(),
+                committed: progress.floor,
+                end: progress.end,
+                lag: progress.left,
+            })
+            .collect();
+        let settings = described.settings;
+        Ok(GroupInfo {
+            topic: topic.name().to_string(),
+            group: group.to_string(),
+            mode: GroupMode::Push,
+            generation: 0,
+            ack_timeout_ms: settings.ack_timeout_ms,
+            max_deliveries: settings.max_deliveries,
+            dead_letter: settings.dead_letter,
+            members,
+            partitions,
+            redelivered: described.redelivered,
+            dead_lettered: described.dead_lettered,
+        })
+    }
+
+    // Push subscriptions.
+
+    /// Adds `caller` as a subscriber of push group `group` (created at `start` if new).
+    /// Its deliveries come on [`Subscription::deliveries`], never more than the window of
+    /// `prefetch_count` records (and `prefetch_bytes`, 0 = no limit) unanswered.
+    pub async fn subscribe(
+        &self,
+        caller: &Caller,
+        topic: &str,
+        group: &str,
+        prefetch_count: u32,
+        prefetch_bytes: u32,
+        start: Start,
+    ) -> Result<Subscription, BrokerError> {
+        let topic = self.shared.topics.get(topic)?;
+        let request = SubscribeRequest {
+            session: caller.session,
+            address: caller.address.clone(),
+            prefetch_count,
+            prefetch_bytes,
+            start,
+        };
+        self.shared
+            .push_groups
+            .subscribe(&topic, group, request)
+            .await
+    }
+
+    /// Answers deliveries of subscription `id`; resolves once the resulting ack state is
+    /// stored under the fsync policy.
+    pub async fn answer(
+        &self,
+        caller: &Caller,
+        id: u64,
+        spans: Vec<Span>,
+        answer: Answer,
+    ) -> Result<(), BrokerError> {
+        self.shared
+            .push_groups
+            .answer(caller.session, id, spans, answer)
+            .await
+    }
+
+    /// Ends subscription `id`; its unanswered deliveries go back to the group at once.
+    pub async fn unsubscribe(&self, caller: &Caller, id: u64) -> Result<(), BrokerError> {
+        self.shared
+            .push_groups
+            .unsubscribe(caller.session, id)
+            .await
+    }
+
+    /// A caller's session ended: its pull memberships and push subscriptions end, and
+    /// what it held goes back to its groups.
+    pub async fn session_closed(&self, session: u64) {
+        self.shared.pull_groups.session_closed(session);
+        self.shared.push_groups.session_closed(session).await;
+    }
+}
+
+fn describe_topic(topic: &Topic) -> TopicInfo {
+    let r = topic.record().retention;
+    let partitions = topic
+        .partitions()
+        .iter()
+        .enumerate()
+        .map(|(p, log)| PartitionInfo {
+            partition: p as u32,
+            first_offset: log.first_offset(),
+            next_offset: log.next_offset(),
+            bytes: log.size_bytes(),
+        })
+        .collect();
+    TopicInfo {
+        name: topic.name().to_string(),
+        retention: Retention {
+            max_age_ms: r.max_age_ms,
+            max_bytes: r.max_bytes,
+            max_messages: r.max_messages,
+        },
+        partitions,
+    }
+}
+
+fn mode_of(mode: u8) -> GroupMode {
+    if mode == MODE_PUSH {
+        GroupMode::Push
+    } else {
+        GroupMode::Pull
+    }
+}
