@@ -28,6 +28,8 @@ pub struct TestBroker {
     broker: Broker,
     addr: SocketAddr,
     dir: TempDir,
+    /// The settings it started with, to start it again the same way.
+    config: Config,
 }
 
 impl TestBroker {
@@ -41,9 +43,36 @@ impl TestBroker {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = Config::ephemeral(dir.path().join("data"));
         adjust(&mut config);
-        let broker = Broker::start(config).await.expect("broker starts");
+        let broker = Broker::start(config.clone()).await.expect("broker starts");
         let addr = broker.local_addr();
-        TestBroker { broker, addr, dir }
+        TestBroker {
+            broker,
+            addr,
+            dir,
+            config,
+        }
+    }
+
+    /// Stops the broker cleanly and starts it again on the same data directory and
+    /// settings (on a new port: clients connect again to [`TestBroker::addr`]).
+    pub async fn restart(self) -> TestBroker {
+        let TestBroker {
+            broker,
+            dir,
+            config,
+            ..
+        } = self;
+        broker.shutdown().await.expect("clean shutdown");
+        let broker = Broker::start(config.clone())
+            .await
+            .expect("broker starts again");
+        let addr = broker.local_addr();
+        TestBroker {
+            broker,
+            addr,
+            dir,
+            config,
+        }
     }
 
     /// The address the broker listens on.
@@ -94,6 +123,51 @@ impl TestBroker {
     pub async fn stop(self) {
         self.broker.shutdown().await.expect("clean shutdown");
     }
+}
+
+/// Publishes `count` records `{prefix}{i}` to `topic`, in batches of at most 500, each
+/// confirmed before the next.
+pub async fn publish_numbered(client: &Client, topic: &str, prefix: &str, count: usize) {
+    let producer = client.producer();
+    let numbers: Vec<usize> = (0..count).collect();
+    for chunk in numbers.chunks(500) {
+        let records = chunk
+            .iter()
+            .map(|i| herald_client::Record::new(format!("{prefix}{i}")))
+            .collect();
+        producer
+            .send_batch(topic, records)
+            .await
+            .expect("publish confirmed");
+    }
+}
+
+/// Every record of every partition of `topic` with its partition, fetched from the first
+/// retained offset up to the partition's end when the read began, in partition then
+/// offset order.
+pub async fn read_all(client: &Client, topic: &str) -> Vec<(u32, herald_client::StoredRecord)> {
+    let info = client.describe_topic(topic).await.expect("topic described");
+    let mut out = Vec::new();
+    for partition in info.partitions {
+        let mut offset = partition.first_offset;
+        while offset < partition.next_offset {
+            let request = herald_client::FetchRequest::new(topic, partition.partition, offset);
+            let fetched = client.fetch(request).await.expect("fetch");
+            let last = fetched
+                .records
+                .last()
+                .expect("records up to the end")
+                .offset;
+            out.extend(
+                fetched
+                    .records
+                    .into_iter()
+                    .map(|r| (partition.partition, r)),
+            );
+            offset = last + 1;
+        }
+    }
+    out
 }
 
 /// The path of a binary built by this workspace (`herald`, `herald-broker`), next to the

@@ -252,3 +252,32 @@ async fn bad_settings_are_refused() {
         assert!(!out.stderr.is_empty());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bench_whose_broker_goes_away_fails_instead_of_waiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker =
+        herald_suite::BrokerProcess::start(&dir.path().join("data"), "127.0.0.1:0", &[]).await;
+    let addr = broker.addr().to_string();
+    // Paced so that the run is still going when the broker dies.
+    let run = Command::new(binary("herald"))
+        .args(["bench", "--broker", &addr, "--scenario", "pubsub"])
+        .args(["--messages", "100000", "--rate", "5000", "--json"])
+        .kill_on_drop(true)
+        .output();
+    let run = tokio::spawn(run);
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    broker.kill().await;
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), run)
+        .await
+        .expect("the bench gives up on a broker that is gone")
+        .unwrap()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.is_empty(), "the failure is said");
+}

@@ -309,20 +309,17 @@ async fn commits_need_the_current_generation_and_ownership() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_resumes_after_a_broker_restart_at_what_it_committed() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = || herald_broker::Config::ephemeral(dir.path().join("data"));
-    let broker = herald_broker::Broker::start(config()).await.unwrap();
-    let client = Client::connect(broker.local_addr()).await.unwrap();
+    let broker = TestBroker::start().await;
+    let client = broker.client().await;
     client.create_topic("events", 3).await.unwrap();
     publish_keyed(&client, "events", 300).await;
     let mut consumer = client.pull_consumer("events", "reader").await.unwrap();
     let first = take(&mut consumer, 120, Duration::from_secs(5)).await;
     assert_eq!(first.len(), 120);
     consumer.close().await.unwrap();
-    broker.shutdown().await.unwrap();
+    let broker = broker.restart().await;
 
-    let broker = herald_broker::Broker::start(config()).await.unwrap();
-    let client = Client::connect(broker.local_addr()).await.unwrap();
+    let client = broker.client().await;
     let mut consumer = client
         .pull_consumer_with(
             "events",
@@ -345,7 +342,7 @@ async fn a_consumer_resumes_after_a_broker_restart_at_what_it_committed() {
         assert_eq!(offsets, dense, "partition {p} read densely, in order");
     }
     consumer.close().await.unwrap();
-    broker.shutdown().await.unwrap();
+    broker.stop().await;
 }
 
 async fn herald(broker: &TestBroker, args: &[&str]) -> std::process::Output {

@@ -400,10 +400,8 @@ async fn a_consumer_that_disconnects_has_its_deliveries_sent_to_the_others_at_on
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_restart_only_unacked_records_are_delivered_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = || herald_broker::Config::ephemeral(dir.path().join("data"));
-    let broker = herald_broker::Broker::start(config()).await.unwrap();
-    let client = Client::connect(broker.local_addr()).await.unwrap();
+    let broker = TestBroker::start().await;
+    let client = broker.client().await;
     client.create_topic("ledger", 1).await.unwrap();
     publish(&client, "ledger", 100).await;
     let mut consumer = client
@@ -419,10 +417,9 @@ async fn after_a_restart_only_unacked_records_are_delivered_again() {
     }
     consumer.flush_acks().await.unwrap();
     drop(consumer);
-    broker.shutdown().await.unwrap();
+    let broker = broker.restart().await;
 
-    let broker = herald_broker::Broker::start(config()).await.unwrap();
-    let client = Client::connect(broker.local_addr()).await.unwrap();
+    let client = broker.client().await;
     let mut consumer = client
         .push_consumer_with("ledger", "g", prefetch(100))
         .await
@@ -435,7 +432,7 @@ async fn after_a_restart_only_unacked_records_are_delivered_again() {
     let expected: BTreeSet<u64> = (0..100).filter(|o| !acked.contains(o)).collect();
     assert_eq!(again, expected);
     consumer.close().await.unwrap();
-    broker.shutdown().await.unwrap();
+    broker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

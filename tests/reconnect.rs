@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use herald_client::{
-    Client, ConnectOptions, ConnectionEvent, FetchRequest, PullConsumerConfig, PushConsumerConfig,
-    Reconnect, Record,
+    Client, ConnectOptions, ConnectionEvent, PullConsumerConfig, PushConsumerConfig, Reconnect,
+    Record,
 };
 use herald_suite::{disconnected, reconnected, BrokerProcess};
 use tokio::sync::broadcast;
@@ -36,21 +36,12 @@ async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool)
 }
 
 /// Every payload of every partition of `topic`, in offset order.
-async fn read_all(client: &Client, topic: &str) -> BTreeMap<u32, Vec<String>> {
-    let info = client.describe_topic(topic).await.unwrap();
-    let mut all = BTreeMap::new();
-    for p in &info.partitions {
-        let mut payloads = Vec::new();
-        while (payloads.len() as u64) < p.next_offset {
-            let mut request = FetchRequest::new(topic, p.partition, payloads.len() as u64);
-            request.max_messages = 10_000;
-            let fetched = client.fetch(request).await.unwrap();
-            for record in fetched.records {
-                assert_eq!(record.offset, payloads.len() as u64, "offsets are dense");
-                payloads.push(String::from_utf8(record.record.payload.to_vec()).unwrap());
-            }
-        }
-        all.insert(p.partition, payloads);
+async fn payloads(client: &Client, topic: &str) -> BTreeMap<u32, Vec<String>> {
+    let mut all: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+    for (partition, record) in herald_suite::read_all(client, topic).await {
+        let payloads = all.entry(partition).or_default();
+        assert_eq!(record.offset, payloads.len() as u64, "offsets are dense");
+        payloads.push(String::from_utf8(record.record.payload.to_vec()).unwrap());
     }
     all
 }
@@ -129,7 +120,7 @@ async fn a_producer_stores_every_record_exactly_once_across_two_broker_kills() {
         "the client came back after each break"
     );
 
-    let stored = read_all(&client, "exact").await;
+    let stored = payloads(&client, "exact").await;
     let total: usize = stored.values().map(Vec::len).sum();
     assert_eq!(total, RECORDS, "every record stored once, none twice");
     let mut seen = BTreeSet::new();

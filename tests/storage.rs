@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use herald_broker::{Broker, Config};
 use herald_client::{Client, ErrorCode, FetchRequest, Record, Retention, StartPosition};
-use herald_suite::TestBroker;
+use herald_suite::{read_all, TestBroker};
 
 async fn fast_retention() -> TestBroker {
     TestBroker::start_with(|c| c.retention_check_ms = 20).await
@@ -249,24 +249,6 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     }
 }
 
-/// Every record of every partition of `topic`, read from the start.
-async fn read_all(client: &Client, topic: &str) -> u64 {
-    let info = client.describe_topic(topic).await.unwrap();
-    let mut total = 0;
-    for p in &info.partitions {
-        let mut offset = p.first_offset;
-        while offset < p.next_offset {
-            let fetched = client
-                .fetch(FetchRequest::new(topic, p.partition, offset))
-                .await
-                .unwrap();
-            offset += fetched.records.len() as u64;
-            total += fetched.records.len() as u64;
-        }
-    }
-    total
-}
-
 #[tokio::test]
 async fn a_store_cut_short_is_refused_or_complete_never_silently_shorter() {
     let dir = tempfile::tempdir().unwrap();
@@ -298,7 +280,7 @@ async fn a_store_cut_short_is_refused_or_complete_never_silently_shorter() {
             }
             Ok(broker) => {
                 let client = Client::connect(broker.local_addr()).await.unwrap();
-                assert_eq!(read_all(&client, "kept").await, 3000, "cut to {keep}");
+                assert_eq!(read_all(&client, "kept").await.len(), 3000, "cut to {keep}");
                 broker.shutdown().await.unwrap();
             }
         }
@@ -384,7 +366,7 @@ async fn a_store_without_herald_offsets_is_refused_until_started_with_repair_sto
     let repairing =
         herald_suite::BrokerProcess::start(&data, "127.0.0.1:0", &["--repair-store"]).await;
     let client = Client::connect(repairing.addr()).await.unwrap();
-    assert_eq!(read_all(&client, "kept").await, 500);
+    assert_eq!(read_all(&client, "kept").await.len(), 500);
     repairing.signal("-TERM");
     assert_eq!(repairing.exit_code(Duration::from_secs(30)).await, Some(0));
     let offsets = std::fs::read_to_string(data.join("herald.offsets")).unwrap();

@@ -280,7 +280,7 @@ impl<'a> Bench<'a> {
     }
 
     async fn run(&self) -> anyhow::Result<Report> {
-        let client = Client::connect(&self.addr).await?;
+        let client = workload::connect(&self.addr).await?;
         let stored = stored_records(&client, &self.topic).await?;
         let reuse = self.args.scenario == Scenario::Consume && stored > 0;
         if !reuse {

@@ -9,8 +9,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use herald_client::{
-    Client, Confirm, Durability, Error, ProducerConfig, PullConsumer, PullConsumerConfig,
-    PushConsumer, PushConsumerConfig, Record, StartPosition,
+    Client, Confirm, ConnectOptions, Durability, Error, ProducerConfig, PullConsumer,
+    PullConsumerConfig, PushConsumer, PushConsumerConfig, Reconnect, Record, StartPosition,
 };
 use indicatif::ProgressBar;
 use tokio::sync::mpsc;
@@ -40,12 +40,27 @@ pub struct Published {
     pub durability: Option<Durability>,
 }
 
+/// A connection for the bench. It connects again after a break, but gives up after a few
+/// attempts (about ten seconds): a bench measures a running broker, and a broker that went
+/// away must end the run with an error, not leave it waiting.
+pub async fn connect(addr: &str) -> anyhow::Result<Client> {
+    let options = ConnectOptions {
+        reconnect: Some(Reconnect {
+            base: Duration::from_millis(200),
+            cap: Duration::from_secs(2),
+            max_attempts: Some(6),
+        }),
+        ..ConnectOptions::default()
+    };
+    Ok(Client::connect_with(addr, options).await?)
+}
+
 /// Runs every producer on its own connection until all messages are confirmed.
 pub async fn publish(plan: &PublishPlan, progress: &ProgressBar) -> anyhow::Result<Published> {
     let start = Instant::now();
     let mut producers = Vec::new();
     for p in 0..plan.expected.producers {
-        let client = Client::connect(&plan.addr).await?;
+        let client = connect(&plan.addr).await?;
         producers.push(tokio::spawn(run_producer(
             client,
             plan.clone(),
@@ -168,7 +183,7 @@ pub async fn consume(plan: &ConsumePlan, progress: &ProgressBar) -> anyhow::Resu
     let start = Instant::now();
     let mut members = Vec::new();
     for _ in 0..plan.consumers {
-        let client = Client::connect(&plan.addr).await?;
+        let client = connect(&plan.addr).await?;
         let (plan, shared, progress) = (plan.clone(), Arc::clone(&shared), progress.clone());
         members.push(tokio::spawn(async move {
             if plan.push {
