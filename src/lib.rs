@@ -125,16 +125,18 @@ impl TestBroker {
     }
 }
 
-/// Publishes `count` records `{prefix}{i}` to `topic`, in batches of at most 500, each
-/// confirmed before the next.
-pub async fn publish_numbered(client: &Client, topic: &str, prefix: &str, count: usize) {
+/// Publishes records `make(0)` to `make(count - 1)` to `topic`, in batches of at most 500,
+/// each confirmed before the next.
+pub async fn publish_records(
+    client: &Client,
+    topic: &str,
+    count: usize,
+    make: impl Fn(usize) -> herald_client::Record,
+) {
     let producer = client.producer();
     let numbers: Vec<usize> = (0..count).collect();
     for chunk in numbers.chunks(500) {
-        let records = chunk
-            .iter()
-            .map(|i| herald_client::Record::new(format!("{prefix}{i}")))
-            .collect();
+        let records = chunk.iter().map(|&i| make(i)).collect();
         producer
             .send_batch(topic, records)
             .await

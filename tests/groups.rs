@@ -11,19 +11,15 @@ use herald_client::{
     StartPosition,
 };
 use herald_protocol::{Commit, Frame, JoinGroup, PartitionOffset};
-use herald_suite::{binary, Raw, TestBroker};
+use herald_suite::{binary, publish_records, Raw, TestBroker};
 use tokio::process::Command;
 
 /// Publishes `count` keyed records (spread over the topic's partitions by key hash).
 async fn publish_keyed(client: &Client, topic: &str, count: usize) {
-    let producer = client.producer();
-    for chunk in (0..count).collect::<Vec<_>>().chunks(500) {
-        let records = chunk
-            .iter()
-            .map(|i| Record::new(format!("record-{i}")).with_key(format!("key-{i}")))
-            .collect();
-        producer.send_batch(topic, records).await.unwrap();
-    }
+    publish_records(client, topic, count, |i| {
+        Record::new(format!("record-{i}")).with_key(format!("key-{i}"))
+    })
+    .await;
 }
 
 fn quick_config() -> PullConsumerConfig {

@@ -7,18 +7,13 @@ use std::time::Duration;
 use futures::StreamExt;
 use herald_client::{Client, Delivery, FetchRequest, PushConsumer, PushConsumerConfig, Record};
 use herald_protocol::Opcode;
-use herald_suite::{FrameTap, TestBroker};
+use herald_suite::{publish_records, FrameTap, TestBroker};
 
 async fn publish(client: &Client, topic: &str, count: usize) {
-    let producer = client.producer();
-    let numbers: Vec<usize> = (0..count).collect();
-    for chunk in numbers.chunks(500) {
-        let records = chunk
-            .iter()
-            .map(|i| Record::new(format!("m{i}")).with_key(format!("k{i}")))
-            .collect();
-        producer.send_batch(topic, records).await.unwrap();
-    }
+    publish_records(client, topic, count, |i| {
+        Record::new(format!("m{i}")).with_key(format!("k{i}"))
+    })
+    .await;
 }
 
 fn prefetch(n: u32) -> PushConsumerConfig {
