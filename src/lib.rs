@@ -43,6 +43,10 @@ impl TestBroker {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = Config::ephemeral(dir.path().join("data"));
         adjust(&mut config);
+        TestBroker::launch(dir, config).await
+    }
+
+    async fn launch(dir: TempDir, config: Config) -> TestBroker {
         let broker = Broker::start(config.clone()).await.expect("broker starts");
         let addr = broker.local_addr();
         TestBroker {
@@ -63,16 +67,7 @@ impl TestBroker {
             ..
         } = self;
         broker.shutdown().await.expect("clean shutdown");
-        let broker = Broker::start(config.clone())
-            .await
-            .expect("broker starts again");
-        let addr = broker.local_addr();
-        TestBroker {
-            broker,
-            addr,
-            dir,
-            config,
-        }
+        TestBroker::launch(dir, config).await
     }
 
     /// The address the broker listens on.

@@ -99,31 +99,29 @@ fn flags_beat_the_environment_which_beats_the_file_which_beats_the_defaults() {
     assert!(line.contains("fsync=\"never\""), "{line}");
 }
 
-#[test]
-fn a_bad_file_is_refused_with_the_key_named() {
+/// Runs `herald-broker --config` on a file holding `text`; expects exit 2 and returns its
+/// error output.
+fn refused(text: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("herald.toml");
-    std::fs::write(&file, "listen = \"127.0.0.1:0\"\nmax_conections = 10\n").unwrap();
+    std::fs::write(&file, text).unwrap();
     let output = Command::new(binary("herald-broker"))
         .arg("--config")
         .arg(&file)
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn a_bad_file_is_refused_with_the_key_named() {
+    let stderr = refused("listen = \"127.0.0.1:0\"\nmax_conections = 10\n");
     assert!(
         stderr.contains("unknown field `max_conections`"),
         "{stderr}"
     );
     assert!(stderr.contains("herald.toml"), "{stderr}");
-
-    std::fs::write(&file, "fsync = \"sometimes\"\n").unwrap();
-    let output = Command::new(binary("herald-broker"))
-        .arg("--config")
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused("fsync = \"sometimes\"\n");
     assert!(stderr.contains("fsync = \"sometimes\""), "{stderr}");
 }

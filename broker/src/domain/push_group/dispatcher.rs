@@ -116,6 +116,37 @@ pub(super) struct Dispatcher {
 }
 
 impl Dispatcher {
+    /// A dispatcher for `group` of `topic`, not yet running, with the group's stored
+    /// progress in `parts`.
+    pub(super) fn new(
+        groups: &PushGroups,
+        topic: &Arc<Topic>,
+        group: &str,
+        settings: Settings,
+        parts: Vec<Part>,
+        inbox: mpsc::WeakSender<Command>,
+    ) -> Dispatcher {
+        Dispatcher {
+            topic: Arc::clone(topic),
+            group: group.to_string(),
+            settings,
+            store: Arc::clone(&groups.store),
+            topics: Arc::clone(&groups.topics),
+            parts,
+            subs: BTreeMap::new(),
+            max_subs: groups.max_subscribers,
+            served: 0,
+            next_part: 0,
+            timers: BTreeSet::new(),
+            redelivered: 0,
+            dead_lettered: 0,
+            inbox,
+            subscriptions: groups.subscriptions.clone(),
+            answered: Vec::new(),
+            tasks: groups.tasks.clone(),
+        }
+    }
+
     /// Serves the group until one of `ends` or until every inbox sender is gone. When the
     /// broker stops, requests already in the inbox are still taken, and every answer taken
     /// is confirmed once its ack state is stored; when the topic is deleted, nothing more

@@ -411,25 +411,7 @@ impl PushGroups {
         let settings = Settings::of(topic.name(), &record);
         let parts = self.load_parts(topic, group).await?;
         let (tx, rx) = mpsc::channel(1024);
-        let dispatcher = Dispatcher {
-            topic: Arc::clone(topic),
-            group: group.to_string(),
-            settings,
-            store: Arc::clone(&self.store),
-            topics: Arc::clone(&self.topics),
-            parts,
-            subs: BTreeMap::new(),
-            max_subs: self.max_subscribers,
-            served: 0,
-            next_part: 0,
-            timers: BTreeSet::new(),
-            redelivered: 0,
-            dead_lettered: 0,
-            inbox: tx.downgrade(),
-            subscriptions: self.subscriptions.clone(),
-            answered: Vec::new(),
-            tasks: self.tasks.clone(),
-        };
+        let dispatcher = Dispatcher::new(self, topic, group, settings, parts, tx.downgrade());
         let deleted = CancellationToken::new();
         let ends = Ends {
             stopping: self.stopping.clone(),
