@@ -91,3 +91,30 @@ async fn the_core_serves_without_a_socket_and_a_client_sees_the_same_topics() {
     assert!(core.list_topics().iter().any(|t| t.name == "direct"));
     broker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_topic_ends_the_long_polls_on_it() {
+    let broker = TestBroker::start().await;
+    let client = broker.client().await;
+    client.create_topic("short-lived", 1).await.unwrap();
+    let mut request = herald_client::FetchRequest::new("short-lived", 0, 0);
+    request.max_wait_ms = 60_000;
+    let waiting = tokio::spawn({
+        let client = client.clone();
+        async move { client.fetch(request).await }
+    });
+    // The long-poll is parked once the broker has answered a later request.
+    client.list_topics().await.unwrap();
+    client.delete_topic("short-lived").await.unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the long-poll ends with its topic")
+        .unwrap();
+    let err = answer.expect_err("no records from a deleted topic");
+    assert_eq!(
+        err.code(),
+        Some(herald_client::ErrorCode::UnknownTopic),
+        "{err}"
+    );
+    broker.stop().await;
+}

@@ -191,7 +191,8 @@ impl Core {
     // Reading.
 
     /// Reads from `args.offset`, answering as soon as `min_bytes` are there, after
-    /// `max_wait`, when `gone` is cancelled (the caller went away) or when the broker stops.
+    /// `max_wait`, when `gone` is cancelled (the caller went away) or when the broker stops;
+    /// a long-poll on a topic deleted meanwhile ends at once with `UnknownTopic`.
     ///
     /// Waiting costs nothing: the fetch sleeps on the partition's append notification and
     /// reads again only when a commit made new records readable. An offset below the first
@@ -224,6 +225,9 @@ impl Core {
         let read = loop {
             // Register for the next append before reading, so none slips between the two.
             let appended = log.appended();
+            if log.is_retired() {
+                return Err(BrokerError::UnknownTopic(args.topic));
+            }
             let got = read(Arc::clone(&log)).await?;
             if got.bytes >= min_bytes || Instant::now() >= deadline {
                 break got;

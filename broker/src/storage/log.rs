@@ -222,6 +222,8 @@ impl PartitionLog {
     /// use): see `Store::drop_retired`.
     pub(super) fn retire(&self) -> Result<(), StorageError> {
         self.retired.store(true, Ordering::Release);
+        // Long-polls waiting on it wake, see it deleted, and end.
+        self.appended.notify_waiters();
         self.tail.clear();
         self.tree.clear()?;
         self.shrink(self.size_bytes());
@@ -229,7 +231,8 @@ impl PartitionLog {
         Ok(())
     }
 
-    pub(super) fn is_retired(&self) -> bool {
+    /// Whether its topic was deleted.
+    pub fn is_retired(&self) -> bool {
         self.retired.load(Ordering::Acquire)
     }
 

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::*;
 use crate::domain::{TopicLimits, Topics};
-use crate::storage::{RetentionPolicy, StoreConfig};
+use crate::storage::{GroupRecord, RetentionPolicy, StoreConfig};
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -175,4 +175,75 @@ async fn a_stopped_broker_starts_no_dispatcher() {
         .err()
         .expect("refused");
     assert!(matches!(err, BrokerError::ShuttingDown), "{err}");
+}
+
+/// A group whose ack deadline is `ack_timeout_ms`.
+async fn group_with_deadline(f: &Fixture, group: &str, ack_timeout_ms: u32) {
+    let record = GroupRecord {
+        mode: MODE_PUSH,
+        ack_timeout_ms,
+        max_deliveries: 10,
+        dead_letter: String::new(),
+    };
+    f.groups
+        .create(&f.topic, group, Start::Earliest, record)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_unanswered_delivery_comes_back_at_its_deadline_and_not_before() {
+    let f = fixture(4).await;
+    group_with_deadline(&f, "g", 30_000).await;
+    let mut sub = f.groups.subscribe(&f.topic, "g", request(1)).await.unwrap();
+    let first = sub.deliveries.recv().await.unwrap();
+    assert_eq!(first.delivery_counts, vec![1; 4]);
+
+    // From here on the clock moves only when told (or when everything waits on a timer).
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_millis(29_000)).await;
+    assert!(
+        sub.deliveries.try_recv().is_err(),
+        "not before the deadline"
+    );
+    tokio::time::advance(Duration::from_millis(1_001)).await;
+    let again = sub.deliveries.recv().await.unwrap();
+    assert_eq!(span_of(&again), span_of(&first), "the same records");
+    assert_eq!(again.delivery_counts, vec![2; 4]);
+    let description = f.groups.describe(&f.topic, "g").await.unwrap();
+    assert_eq!(description.redelivered, 4);
+}
+
+#[tokio::test]
+async fn a_touch_moves_the_deadline_and_a_nack_delay_holds_the_record_back() {
+    let f = fixture(1).await;
+    group_with_deadline(&f, "g", 10_000).await;
+    let mut sub = f.groups.subscribe(&f.topic, "g", request(1)).await.unwrap();
+    let span = span_of(&sub.deliveries.recv().await.unwrap());
+
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(8)).await;
+    let extend = Some(Duration::from_secs(20));
+    f.groups
+        .answer(1, sub.id, vec![span], Answer::Touch { extend })
+        .await
+        .unwrap();
+    // The first deadline (10 s) passes; the touched one (8 + 20 s) has not.
+    tokio::time::advance(Duration::from_secs(19)).await;
+    assert!(sub.deliveries.try_recv().is_err(), "touched: still held");
+
+    let delay = Duration::from_secs(60);
+    f.groups
+        .answer(1, sub.id, vec![span], Answer::Nack { delay })
+        .await
+        .unwrap();
+    tokio::time::advance(Duration::from_secs(59)).await;
+    assert!(
+        sub.deliveries.try_recv().is_err(),
+        "nacked: held for its delay"
+    );
+    tokio::time::advance(Duration::from_millis(1_001)).await;
+    let again = sub.deliveries.recv().await.unwrap();
+    assert_eq!(span_of(&again), span);
+    assert_eq!(again.delivery_counts, vec![2]);
 }
