@@ -191,17 +191,23 @@ async fn a_silent_member_loses_its_partitions_after_the_session_timeout() {
     };
     assert!(matches!(silent.call(commit).await, Frame::CommitOk(_)));
     // From here on the raw member sends nothing, not even heartbeats.
+    let silent_since = tokio::time::Instant::now();
 
     let mut healthy = member(&broker, "jobs", "workers").await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(
         healthy.membership().partitions.is_empty(),
-        "nothing moves while the silent member's session lasts"
+        "the silent member keeps its partitions while its session lasts"
     );
     wait_for("the silent member's partitions", || {
         healthy.membership().partitions == vec![0, 1]
     })
     .await;
+    // Measured from the event, not slept: nothing moved before the session expired.
+    assert!(
+        silent_since.elapsed() >= Duration::from_millis(1000),
+        "moved after {:?}, before the 1 s session timeout",
+        silent_since.elapsed()
+    );
     let read = take(&mut healthy, 1000, Duration::from_millis(500)).await;
     let first_of_0 = read.iter().find(|r| r.partition == 0).map(|r| r.offset);
     assert_eq!(first_of_0, Some(10), "resumed at the committed offset");
@@ -554,12 +560,14 @@ async fn the_consumer_fetches_the_next_batch_once_half_the_last_is_handed_out() 
 
     // Half of the first batch handed out: exactly one more fetch, then it waits again.
     assert_eq!(take(&mut consumer, 40, settle).await.len(), 40);
+    wait_for("the second fetch", || consumer.stats().fetched >= 200).await;
     tokio::time::sleep(settle).await;
     let stats = consumer.stats();
     assert_eq!((stats.fetches, stats.fetched), (2, 200), "{stats:?}");
     assert_eq!(stats.handed_out, 50);
 
     assert_eq!(take(&mut consumer, 100, settle).await.len(), 100);
+    wait_for("the third fetch", || consumer.stats().fetched >= 300).await;
     tokio::time::sleep(settle).await;
     let stats = consumer.stats();
     assert_eq!((stats.fetches, stats.fetched), (3, 300), "{stats:?}");

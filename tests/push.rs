@@ -330,13 +330,20 @@ async fn an_unanswered_delivery_moves_after_the_ack_deadline_and_the_slow_sessio
         .unwrap();
     publish(&admin, "slow", 1).await;
     let held = next(&mut slow, Duration::from_secs(5)).await.unwrap();
+    let delivered = tokio::time::Instant::now();
     assert_eq!(held.delivery_count, 1);
     let mut other = subscriber(&broker, "slow", "g", 10).await;
 
     // Touching keeps it with the slow consumer past the first deadline (1.5 s after the
-    // delivery): nothing moves for 1.3 s after the touch, which spans that deadline.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // delivery): nothing moves for 1.3 s after the touch, which spans that deadline. (The
+    // dispatcher's unit tests check the same on a paused clock.)
+    tokio::time::sleep_until(delivered + Duration::from_millis(300)).await;
     held.touch(None).await.unwrap();
+    assert!(
+        delivered.elapsed() < Duration::from_millis(1_500),
+        "touched after the first deadline: the machine stalled for {:?}",
+        delivered.elapsed()
+    );
     assert!(next(&mut other, Duration::from_millis(1300))
         .await
         .is_none());
