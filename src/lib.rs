@@ -75,6 +75,11 @@ impl TestBroker {
         self.addr
     }
 
+    /// The HTTP gateway's address (start it with `http_listen` set).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.broker.http_addr().expect("the HTTP gateway is on")
+    }
+
     /// The broker's data directory.
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
@@ -197,16 +202,24 @@ pub fn rss_kib_of(pid: u32) -> Option<u64> {
 pub struct BrokerProcess {
     child: tokio::process::Child,
     addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
 }
 
 impl BrokerProcess {
     /// Starts a broker on `listen` (port 0 picks one) with `args` added, and waits until it
-    /// prints the address it listens on.
+    /// prints the addresses it listens on. Its HTTP gateway listens on a free port too,
+    /// unless `args` say otherwise.
     pub async fn start(data_dir: &Path, listen: &str, args: &[&str]) -> BrokerProcess {
         use tokio::io::AsyncBufReadExt;
+        let http: &[&str] = if args.contains(&"--http-listen") {
+            &[]
+        } else {
+            &["--http-listen", "127.0.0.1:0"]
+        };
         let mut child = tokio::process::Command::new(binary("herald-broker"))
             .args(["--listen", listen, "--data-dir"])
             .arg(data_dir)
+            .args(http)
             .args(args)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
@@ -220,12 +233,37 @@ impl BrokerProcess {
             .expect("the broker prints its address in time")
             .expect("stdout readable")
             .expect("the broker prints its address");
-        let addr = line
-            .rsplit(' ')
-            .next()
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no address in {line:?}"));
-        BrokerProcess { child, addr }
+        let address = |line: &str| -> SocketAddr {
+            line.rsplit(' ')
+                .next()
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| panic!("no address in {line:?}"))
+        };
+        let addr = address(&line);
+        let off = args
+            .windows(2)
+            .any(|pair| pair[0] == "--http-listen" && pair[1] == "off");
+        let http_addr = if off {
+            None
+        } else {
+            let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+                .await
+                .expect("the broker prints its HTTP address in time")
+                .expect("stdout readable")
+                .expect("the broker prints its HTTP address");
+            assert!(line.contains("http listening on"), "{line}");
+            Some(address(&line))
+        };
+        BrokerProcess {
+            child,
+            addr,
+            http_addr,
+        }
+    }
+
+    /// The HTTP gateway's address, unless it was started with `--http-listen off`.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr.expect("the HTTP gateway is on")
     }
 
     /// The address it listens on.

@@ -32,6 +32,7 @@ pub mod config;
 pub mod core;
 pub mod domain;
 pub mod error;
+pub mod http;
 pub mod net;
 pub mod server;
 pub mod shared;

@@ -55,6 +55,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let broker = Broker::start(config).await?;
     // Also on stdout, for scripts that start the broker on port 0 and read its address.
     println!("herald-broker listening on {}", broker.local_addr());
+    if let Some(addr) = broker.http_addr() {
+        println!("herald-broker http listening on {addr}");
+    }
     signals.next().await;
     tracing::info!("shutting down");
     let second = tokio::spawn(async move {

@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::{Config, Listen};
 use crate::domain::{PullGroups, PushGroups, TopicLimits, Topics};
 use crate::net::listener;
 use crate::shared::Shared;
@@ -41,6 +41,8 @@ pub enum ServerError {
 /// A running broker.
 pub struct Broker {
     local_addr: SocketAddr,
+    /// The HTTP gateway's address, when it runs.
+    http_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -72,6 +74,15 @@ impl Broker {
         };
         let listener = TcpListener::bind(config.listen).await.map_err(listen)?;
         let local_addr = listener.local_addr().map_err(listen)?;
+        let http = match config.http_listen {
+            Listen::Off => None,
+            Listen::At(addr) => {
+                let listen = |source| ServerError::Listen { addr, source };
+                let http = TcpListener::bind(addr).await.map_err(listen)?;
+                let bound = http.local_addr().map_err(listen)?;
+                Some((http, bound))
+            }
+        };
         tracing::info!(fsync = config.store().fsync.name(), data_dir = %config.data_dir.display(), "listening on {local_addr}");
         let shutdown = CancellationToken::new();
         let topics = Arc::new(topics);
@@ -96,6 +107,13 @@ impl Broker {
             every,
             shutdown.clone(),
         ));
+        let http_addr = http.as_ref().map(|(_, addr)| *addr);
+        if let Some((http, addr)) = http {
+            let core = crate::core::Core::new(Arc::clone(&shared));
+            let router = crate::http::router(core, &shared.config.http_allow_origin);
+            tracing::info!("http gateway listening on {addr}");
+            tracker.spawn(crate::http::serve(http, router, shutdown.clone()));
+        }
         tracker.spawn(listener::run(
             listener,
             Arc::clone(&shared),
@@ -104,6 +122,7 @@ impl Broker {
         ));
         Ok(Broker {
             local_addr,
+            http_addr,
             shared,
             shutdown,
             tracker,
@@ -113,6 +132,11 @@ impl Broker {
     /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The HTTP gateway's address actually bound, unless `--http-listen off`.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// The broker's verbs, for a way in other than the TCP listener (and for tests).

@@ -22,6 +22,16 @@ pub struct Flags {
     #[arg(long, env = "HERALD_LISTEN")]
     pub listen: Option<SocketAddr>,
 
+    /// Address of the HTTP gateway (HTTP, SSE, WebSocket), or `off`; port 0 picks a free
+    /// port (printed as `herald-broker http listening on ADDR`).
+    #[arg(long, env = "HERALD_HTTP_LISTEN")]
+    pub http_listen: Option<super::Listen>,
+
+    /// An origin allowed to call the HTTP gateway from a browser (CORS); repeatable, `*`
+    /// for any. None: no CORS headers.
+    #[arg(long, env = "HERALD_HTTP_ALLOW_ORIGIN", value_delimiter = ',')]
+    pub http_allow_origin: Vec<String>,
+
     /// Directory of the sled store.
     #[arg(long, env = "HERALD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -170,6 +180,10 @@ impl Flags {
             }
         }
         set(&mut base.listen, self.listen);
+        set(&mut base.http_listen, self.http_listen);
+        if !self.http_allow_origin.is_empty() {
+            base.http_allow_origin = self.http_allow_origin;
+        }
         set(&mut base.data_dir, self.data_dir);
         base.no_auto_create_topics |= self.no_auto_create_topics;
         set(&mut base.fsync, self.fsync);
@@ -223,6 +237,7 @@ fn with_defaults(command: clap::Command) -> clap::Command {
         let shown = match defaults.get(&id) {
             Some(toml::Value::String(text)) => text.clone(),
             Some(toml::Value::Boolean(_)) | None => return command,
+            Some(toml::Value::Array(values)) if values.is_empty() => return command,
             Some(other) => other.to_string(),
         };
         command.mut_arg(&id, |arg| {

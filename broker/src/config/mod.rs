@@ -39,12 +39,53 @@ pub enum Fsync {
     Never,
 }
 
+/// Where a listener binds: an address (port 0 picks one), or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Listen {
+    Off,
+    At(SocketAddr),
+}
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Listen, String> {
+        if text.eq_ignore_ascii_case("off") {
+            return Ok(Listen::Off);
+        }
+        text.parse()
+            .map(Listen::At)
+            .map_err(|err| format!("{text:?} is neither an address (host:port) nor off: {err}"))
+    }
+}
+
+impl TryFrom<String> for Listen {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Listen, String> {
+        text.parse()
+    }
+}
+
+impl From<Listen> for String {
+    fn from(listen: Listen) -> String {
+        match listen {
+            Listen::Off => "off".to_string(),
+            Listen::At(addr) => addr.to_string(),
+        }
+    }
+}
+
 /// Herald broker settings; each field is the flag of the same name (see
 /// `herald-broker --help`, or [`Flags`], for what each does).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub listen: SocketAddr,
+    pub http_listen: Listen,
+    /// Origins allowed to call the HTTP gateway from a browser (CORS); `*` for any.
+    pub http_allow_origin: Vec<String>,
     pub data_dir: PathBuf,
     pub no_auto_create_topics: bool,
     pub fsync: Fsync,
@@ -82,6 +123,8 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 7420)),
+            http_listen: Listen::At(SocketAddr::from(([127, 0, 0, 1], 7421))),
+            http_allow_origin: Vec::new(),
             data_dir: PathBuf::from("./herald-data"),
             no_auto_create_topics: false,
             fsync: Fsync::Always,
@@ -153,10 +196,12 @@ impl Config {
         toml::from_str(text).map_err(|err| err.to_string().trim_end().to_string())
     }
 
-    /// Settings for a broker on `127.0.0.1:0` storing in `data_dir` (tests, benches).
+    /// Settings for a broker on `127.0.0.1:0`, without the HTTP gateway, storing in
+    /// `data_dir` (tests, benches).
     pub fn ephemeral(data_dir: impl Into<PathBuf>) -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            http_listen: Listen::Off,
             data_dir: data_dir.into(),
             ..Config::default()
         }

@@ -110,11 +110,18 @@ async fn a_writer_stuck_in_a_write_answers_everyone_within_the_storage_timeout()
     let (_, logs) = store
         .create_topic("t", 1, RetentionPolicy::default())
         .unwrap();
-    // A write that hangs, as sled's flush did on a full disk.
-    let stuck = store.writer.submit(|| {
+    // A write that hangs, as sled's flush did on a full disk; the clock starts once the
+    // writer is in it (on a loaded machine the thread may take a while to get there).
+    let (began, writer_in) = std::sync::mpsc::channel();
+    let stuck = store.writer.submit(move || {
+        let _ = began.send(());
         std::thread::sleep(std::time::Duration::from_secs(3));
         Ok(())
     });
+    tokio::task::spawn_blocking(move || writer_in.recv())
+        .await
+        .unwrap()
+        .expect("the writer runs the stuck job");
     let started = std::time::Instant::now();
     let queued = bounded(store.append(&logs[0], batch(&["a"])), limit).await;
     assert!(

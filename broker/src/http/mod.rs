@@ -1,0 +1,112 @@
+//! The web front door: HTTP (and, built on it, Server-Sent Events and WebSockets) onto
+//! the same [`Core`] as the TCP protocol.
+//!
+//! Routes (JSON everywhere; errors are a fitting status and `{"error": {"code", "number",
+//! "message"}}` with the broker's error codes, see [`json`]):
+//!
+//! - `POST /v1/topics/{topic}/records` with `{"records": [...]}`: publishes, answering once
+//!   the records are confirmed under the fsync policy.
+//! - `GET /v1/topics/{topic}/partitions/{p}/records?offset=N&max_records=M&wait_ms=W`: reads,
+//!   long-polling up to `wait_ms` (at most a minute) for a record to exist.
+//!
+//! `--http-allow-origin` turns on CORS for the origins it names (`*` for any).
+
+pub mod json;
+mod records;
+
+use std::net::SocketAddr;
+
+use axum::extract::{DefaultBodyLimit, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, Method};
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+
+use crate::core::Core;
+use json::HttpError;
+
+/// What every handler holds.
+#[derive(Clone)]
+pub struct Gateway {
+    core: Core,
+}
+
+/// The gateway's routes over `core`, with CORS for `origins` (none: no CORS headers).
+pub fn router(core: Core, origins: &[String]) -> Router {
+    let limit = core.config().max_frame_bytes as usize;
+    let router = Router::new()
+        .route("/v1/topics/{topic}/records", post(records::publish))
+        .route(
+            "/v1/topics/{topic}/partitions/{partition}/records",
+            get(records::read),
+        )
+        .fallback(|| async { HttpError::not_found("no such path") })
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(Gateway { core });
+    if origins.is_empty() {
+        return router;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        let list: Vec<HeaderValue> = origins.iter().filter_map(|o| o.parse().ok()).collect();
+        AllowOrigin::list(list)
+    };
+    let cors = CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers(Any);
+    router.layer(cors)
+}
+
+/// Serves `router` on `listener` until `shutdown` is cancelled.
+pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) {
+    let served = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await;
+    if let Err(err) = served {
+        tracing::error!(%err, "the HTTP listener stopped");
+    }
+}
+
+/// `Path<T>` whose rejections answer in the error shape.
+pub struct PathArgs<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for PathArgs<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, HttpError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(value)| PathArgs(value))
+            .map_err(|rejection| HttpError::bad_request(rejection.body_text()))
+    }
+}
+
+/// `Query<T>` whose rejections answer in the error shape.
+pub struct QueryArgs<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for QueryArgs<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, HttpError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(value)| QueryArgs(value))
+            .map_err(|rejection| HttpError::bad_request(rejection.body_text()))
+    }
+}
