@@ -93,6 +93,12 @@ impl Core {
         &self.shared.config
     }
 
+    /// Cancelled when the broker starts stopping: streams that never end by themselves
+    /// (SSE, WebSockets) end with it.
+    pub fn stopping(&self) -> CancellationToken {
+        self.shared.shutdown.clone()
+    }
+
     // Topics.
 
     pub async fn create_topic(

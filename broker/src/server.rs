@@ -110,9 +110,9 @@ impl Broker {
         let http_addr = http.as_ref().map(|(_, addr)| *addr);
         if let Some((http, addr)) = http {
             let core = crate::core::Core::new(Arc::clone(&shared));
-            let router = crate::http::router(core, &shared.config.http_allow_origin);
+            let (router, tasks) = crate::http::router(core, &shared.config.http_allow_origin);
             tracing::info!("http gateway listening on {addr}");
-            tracker.spawn(crate::http::serve(http, router, shutdown.clone()));
+            tracker.spawn(crate::http::serve(http, router, tasks, shutdown.clone()));
         }
         tracker.spawn(listener::run(
             listener,

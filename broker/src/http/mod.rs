@@ -8,9 +8,12 @@
 //!   the records are confirmed under the fsync policy.
 //! - `GET /v1/topics/{topic}/partitions/{p}/records?offset=N&max_records=M&wait_ms=W`: reads,
 //!   long-polling up to `wait_ms` (at most a minute) for a record to exist.
+//! - `GET /v1/topics/{topic}/events?from=earliest|latest[&partition=P]`: Server-Sent
+//!   Events, resumable with `Last-Event-ID` (see [`events`]).
 //!
 //! `--http-allow-origin` turns on CORS for the origins it names (`*` for any).
 
+mod events;
 pub mod json;
 mod records;
 
@@ -23,6 +26,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use crate::core::Core;
@@ -32,10 +36,15 @@ use json::HttpError;
 #[derive(Clone)]
 pub struct Gateway {
     core: Core,
+    /// The tasks streams start (an SSE stream's partition readers); [`serve`] waits for
+    /// them after the last connection closed.
+    tasks: TaskTracker,
 }
 
-/// The gateway's routes over `core`, with CORS for `origins` (none: no CORS headers).
-pub fn router(core: Core, origins: &[String]) -> Router {
+/// The gateway's routes over `core`, with CORS for `origins` (none: no CORS headers), and
+/// the tracker of the tasks its streams start.
+pub fn router(core: Core, origins: &[String]) -> (Router, TaskTracker) {
+    let tasks = TaskTracker::new();
     let limit = core.config().max_frame_bytes as usize;
     let router = Router::new()
         .route("/v1/topics/{topic}/records", post(records::publish))
@@ -43,11 +52,15 @@ pub fn router(core: Core, origins: &[String]) -> Router {
             "/v1/topics/{topic}/partitions/{partition}/records",
             get(records::read),
         )
+        .route("/v1/topics/{topic}/events", get(events::events))
         .fallback(|| async { HttpError::not_found("no such path") })
         .layer(DefaultBodyLimit::max(limit))
-        .with_state(Gateway { core });
+        .with_state(Gateway {
+            core,
+            tasks: tasks.clone(),
+        });
     if origins.is_empty() {
-        return router;
+        return (router, tasks);
     }
     let allow = if origins.iter().any(|o| o == "*") {
         AllowOrigin::any()
@@ -59,11 +72,17 @@ pub fn router(core: Core, origins: &[String]) -> Router {
         .allow_origin(allow)
         .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
         .allow_headers(Any);
-    router.layer(cors)
+    (router.layer(cors), tasks)
 }
 
-/// Serves `router` on `listener` until `shutdown` is cancelled.
-pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) {
+/// Serves `router` on `listener` until `shutdown` is cancelled and every connection has
+/// closed (streams end with the shutdown), then waits for the streams' `tasks`.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+) {
     let served = axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),
@@ -73,6 +92,8 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: Cancellation
     if let Err(err) = served {
         tracing::error!(%err, "the HTTP listener stopped");
     }
+    tasks.close();
+    tasks.wait().await;
 }
 
 /// `Path<T>` whose rejections answer in the error shape.
