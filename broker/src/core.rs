@@ -93,6 +93,14 @@ impl Core {
         &self.shared.config
     }
 
+    /// A new session id, for a way in whose connections are sessions (WebSockets): its
+    /// memberships and subscriptions end with [`Core::session_closed`].
+    pub fn open_session(&self) -> u64 {
+        self.shared
+            .next_session
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Cancelled when the broker starts stopping: streams that never end by themselves
     /// (SSE, WebSockets) end with it.
     pub fn stopping(&self) -> CancellationToken {

@@ -49,7 +49,7 @@ pub struct EventsQuery {
 }
 
 /// What a partition's task hands the stream.
-enum Item {
+pub(super) enum Item {
     Records(u32, Vec<StoredRecord>),
     /// The cursor was older than retention: reading restarts at `first`.
     Reset(u32, u64),
@@ -92,15 +92,7 @@ pub async fn events(
             )))
         }
     };
-    for p in &partitions {
-        let part = &info.partitions[*p as usize];
-        cursor.entry(*p).or_insert(if latest {
-            part.next_offset
-        } else {
-            part.first_offset
-        });
-    }
-    cursor.retain(|p, _| partitions.contains(p));
+    fill_cursor(&mut cursor, &info, &partitions, latest);
 
     let stop = CancellationToken::new();
     let (tx, rx) = mpsc::channel(QUEUE * partitions.len().max(1));
@@ -127,8 +119,28 @@ pub async fn events(
         .into_response())
 }
 
+/// Completes `cursor` for `partitions` (those it does not name start at the first or the
+/// next offset) and drops partitions not streamed.
+pub(super) fn fill_cursor(
+    cursor: &mut BTreeMap<u32, u64>,
+    info: &herald_protocol::TopicInfo,
+    partitions: &[u32],
+    latest: bool,
+) {
+    for p in partitions {
+        let part = &info.partitions[*p as usize];
+        let start = if latest {
+            part.next_offset
+        } else {
+            part.first_offset
+        };
+        cursor.entry(*p).or_insert(start);
+    }
+    cursor.retain(|p, _| partitions.contains(p));
+}
+
 /// `0:15,1:7` → {0: 15, 1: 7}.
-fn parse_cursor(text: &str) -> Result<BTreeMap<u32, u64>, HttpError> {
+pub(super) fn parse_cursor(text: &str) -> Result<BTreeMap<u32, u64>, HttpError> {
     let bad = || HttpError::bad_request(format!("{text:?} is not a cursor of this stream"));
     text.split(',')
         .map(|pair| {
@@ -138,7 +150,7 @@ fn parse_cursor(text: &str) -> Result<BTreeMap<u32, u64>, HttpError> {
         .collect()
 }
 
-fn cursor_text(cursor: &BTreeMap<u32, u64>) -> String {
+pub(super) fn cursor_text(cursor: &BTreeMap<u32, u64>) -> String {
     cursor
         .iter()
         .map(|(p, o)| format!("{p}:{o}"))
@@ -148,7 +160,7 @@ fn cursor_text(cursor: &BTreeMap<u32, u64>) -> String {
 
 /// Long-polls one partition from `offset`, handing what it reads to the stream, until the
 /// stream goes (`stop`) or the broker stops.
-async fn follow(
+pub(super) async fn follow(
     core: Core,
     topic: String,
     partition: u32,

@@ -9,13 +9,16 @@
 //! - `GET /v1/topics/{topic}/partitions/{p}/records?offset=N&max_records=M&wait_ms=W`: reads,
 //!   long-polling up to `wait_ms` (at most a minute) for a record to exist.
 //! - `GET /v1/topics/{topic}/events?from=earliest|latest[&partition=P]`: Server-Sent
-//!   Events, resumable with `Last-Event-ID` (see [`events`]).
+//!   Events, resumable with `Last-Event-ID` (see `events`).
+//! - `GET /v1/ws`: a WebSocket session with push-group subscriptions, log tails, answers
+//!   and publishing (see `ws`).
 //!
 //! `--http-allow-origin` turns on CORS for the origins it names (`*` for any).
 
 mod events;
 pub mod json;
 mod records;
+mod ws;
 
 use std::net::SocketAddr;
 
@@ -53,6 +56,7 @@ pub fn router(core: Core, origins: &[String]) -> (Router, TaskTracker) {
             get(records::read),
         )
         .route("/v1/topics/{topic}/events", get(events::events))
+        .route("/v1/ws", get(ws::upgrade))
         .fallback(|| async { HttpError::not_found("no such path") })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(Gateway {

@@ -1,0 +1,120 @@
+//! The WebSocket gateway, driven by Python's `websockets` package (installed by `.ci/run`)
+//! and checked from the broker's side with the Rust client.
+
+use std::time::Duration;
+
+use herald_broker::config::Listen;
+use herald_suite::TestBroker;
+use tokio::process::Command;
+
+async fn gateway() -> TestBroker {
+    TestBroker::start_with(|c| {
+        c.http_listen = Listen::At("127.0.0.1:0".parse().unwrap());
+    })
+    .await
+}
+
+/// The path of a client script in `tests/clients`, with Python's `websockets` package
+/// installed first if it is missing (so `cargo test --workspace` works on a fresh machine).
+fn script(name: &str) -> String {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let has = std::process::Command::new("python3")
+            .args(["-c", "import websockets"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !has {
+            let installed = std::process::Command::new("python3")
+                .args(["-m", "pip", "install", "--quiet", "websockets"])
+                .status()
+                .expect("python3 runs");
+            assert!(installed.success(), "pip install websockets failed");
+        }
+    });
+    format!("{}/tests/clients/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_websocket_session_publishes_tails_consumes_and_answers() {
+    let broker = gateway().await;
+    let client = broker.client().await;
+    client.create_topic("jobs", 1).await.unwrap();
+    let url = format!("ws://{}/v1/ws", broker.http_addr());
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        Command::new("python3")
+            .arg(script("ws_session.py"))
+            .arg(&url)
+            .output(),
+    )
+    .await
+    .expect("the session ends")
+    .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The broker's view: everything the script acked is done.
+    let info = client.describe_group("jobs", "workers").await.unwrap();
+    assert_eq!(info.partitions[0].committed, 6, "{info:?}");
+    assert_eq!(
+        info.partitions[0].lag, 1,
+        "the record published last: {info:?}"
+    );
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_consumer_killed_mid_window_has_its_deliveries_sent_to_another() {
+    use futures::StreamExt;
+    use tokio::io::AsyncBufReadExt;
+
+    let broker = gateway().await;
+    let client = broker.client().await;
+    client.create_topic("jobs", 1).await.unwrap();
+    let records = (0..10)
+        .map(|i| herald_client::Record::new(format!("j{i}")))
+        .collect();
+    client.producer().send_batch("jobs", records).await.unwrap();
+
+    let url = format!("ws://{}/v1/ws", broker.http_addr());
+    let mut holder = Command::new("python3")
+        .arg(script("ws_hold.py"))
+        .args([&url, "jobs", "workers", "10"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(holder.stdout.take().unwrap()).lines();
+    let said = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("the browser-like consumer holds its window")
+        .unwrap();
+    assert_eq!(said.as_deref(), Some("held 10"));
+    holder.kill().await.unwrap();
+
+    // Its deliveries reach another consumer at once, long before the 30 s ack deadline.
+    let config = herald_client::PushConsumerConfig {
+        prefetch: 100,
+        ..Default::default()
+    };
+    let mut other = client
+        .push_consumer_with("jobs", "workers", config)
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    for _ in 0..10 {
+        let delivery = tokio::time::timeout(Duration::from_secs(10), other.next())
+            .await
+            .expect("redelivered at once")
+            .unwrap()
+            .unwrap();
+        assert_eq!(delivery.delivery_count, 2, "it was delivered before");
+        delivery.ack();
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+    other.flush_acks().await.unwrap();
+    broker.stop().await;
+}
