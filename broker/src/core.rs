@@ -495,11 +495,51 @@ impl Core {
             prefetch_count,
             prefetch_bytes,
             start,
+            credit: false,
         };
         self.shared
             .push_groups
             .subscribe(&topic, group, request)
             .await
+    }
+
+    /// A credit-based subscription to push group `group` (created at the earliest offset if
+    /// new), for leases: it receives only what [`Core::grant`] allows, at most `window`
+    /// records unanswered.
+    pub async fn lease_subscription(
+        &self,
+        caller: &Caller,
+        topic: &str,
+        group: &str,
+        window: u32,
+    ) -> Result<Subscription, BrokerError> {
+        let topic = self.shared.topics.get(topic)?;
+        let request = SubscribeRequest {
+            session: caller.session,
+            address: caller.address.clone(),
+            prefetch_count: window,
+            prefetch_bytes: 0,
+            start: Start::Earliest,
+            credit: true,
+        };
+        self.shared
+            .push_groups
+            .subscribe(&topic, group, request)
+            .await
+    }
+
+    /// Lets credit-based subscription `id` receive `records` more records.
+    pub async fn grant(&self, caller: &Caller, id: u64, records: u32) -> Result<(), BrokerError> {
+        self.shared
+            .push_groups
+            .grant(caller.session, id, records)
+            .await
+    }
+
+    /// Takes back the credit subscription `id` did not use (returned); its deliveries made
+    /// before are in its queue by then.
+    pub async fn revoke(&self, caller: &Caller, id: u64) -> Result<u32, BrokerError> {
+        self.shared.push_groups.revoke(caller.session, id).await
     }
 
     /// Answers deliveries of subscription `id`; resolves once the resulting ack state is

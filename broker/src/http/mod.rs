@@ -10,6 +10,8 @@
 //!   long-polling up to `wait_ms` (at most a minute) for a record to exist.
 //! - `GET /v1/topics/{topic}/events?from=earliest|latest[&partition=P]`: Server-Sent
 //!   Events, resumable with `Last-Event-ID` (see `events`).
+//! - `POST /v1/topics/{topic}/groups/{group}/leases`, `.../acks`, `.../nacks`,
+//!   `.../rejects`, `.../touches`: work queues with job handles (see `leases`).
 //! - `GET /v1/ws`: a WebSocket session with push-group subscriptions, log tails, answers
 //!   and publishing (see `ws`).
 //!
@@ -17,6 +19,7 @@
 
 mod events;
 pub mod json;
+mod leases;
 mod records;
 mod ws;
 
@@ -39,6 +42,8 @@ use json::HttpError;
 #[derive(Clone)]
 pub struct Gateway {
     core: Core,
+    /// The gateway's consumers in push groups, for leases.
+    lessees: std::sync::Arc<leases::Lessees>,
     /// The tasks streams start (an SSE stream's partition readers); [`serve`] waits for
     /// them after the last connection closed.
     tasks: TaskTracker,
@@ -57,10 +62,28 @@ pub fn router(core: Core, origins: &[String]) -> (Router, TaskTracker) {
         )
         .route("/v1/topics/{topic}/events", get(events::events))
         .route("/v1/ws", get(ws::upgrade))
+        .route(
+            "/v1/topics/{topic}/groups/{group}/leases",
+            post(leases::lease),
+        )
+        .route("/v1/topics/{topic}/groups/{group}/acks", post(leases::acks))
+        .route(
+            "/v1/topics/{topic}/groups/{group}/nacks",
+            post(leases::nacks),
+        )
+        .route(
+            "/v1/topics/{topic}/groups/{group}/rejects",
+            post(leases::rejects),
+        )
+        .route(
+            "/v1/topics/{topic}/groups/{group}/touches",
+            post(leases::touches),
+        )
         .fallback(|| async { HttpError::not_found("no such path") })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(Gateway {
             core,
+            lessees: Default::default(),
             tasks: tasks.clone(),
         });
     if origins.is_empty() {

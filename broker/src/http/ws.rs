@@ -520,7 +520,7 @@ impl Session {
 }
 
 /// `SUB.PARTITION.OFFSET` → the subscription and the one-record span it names.
-fn parse_handle(handle: &str) -> Option<(u64, Span)> {
+pub(super) fn parse_handle(handle: &str) -> Option<(u64, Span)> {
     let mut parts = handle.split('.');
     let sub = parts.next()?.parse().ok()?;
     let partition = parts.next()?.parse().ok()?;

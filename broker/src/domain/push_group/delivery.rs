@@ -129,6 +129,9 @@ impl Dispatcher {
             },
         );
         sub.in_flight += (end - start) as u32;
+        if let Some(credit) = &mut sub.credit {
+            *credit = credit.saturating_sub((end - start) as u32);
+        }
         sub.in_flight_bytes += u64::from(per_record) * (end - start);
         self.timers.insert(Timer {
             when: deadline,

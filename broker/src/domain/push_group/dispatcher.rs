@@ -42,11 +42,17 @@ pub(super) struct Sub {
     pub(super) prefetch_bytes: u32,
     pub(super) in_flight: u32,
     pub(super) in_flight_bytes: u64,
+    /// Records it may still be sent, for a credit-based subscription (leases).
+    pub(super) credit: Option<u32>,
 }
 
 impl Sub {
     pub(super) fn room(&self) -> u32 {
-        self.prefetch_count.saturating_sub(self.in_flight)
+        let window = self.prefetch_count.saturating_sub(self.in_flight);
+        match self.credit {
+            Some(credit) => window.min(credit),
+            None => window,
+        }
     }
 
     pub(super) fn byte_room(&self) -> usize {
@@ -63,6 +69,10 @@ impl Sub {
     /// answer every small ack with a small delivery; waiting for half keeps deliveries
     /// large while the subscriber still has half a window in hand.
     pub(super) fn has_room(&self) -> bool {
+        if self.credit.is_some() {
+            // Credit is asked for and taken back per lease: deliver whatever it allows.
+            return self.room() > 0 && self.byte_room() > 0;
+        }
         if self.in_flight == 0 {
             return self.prefetch_count > 0;
         }
@@ -246,6 +256,7 @@ impl Dispatcher {
                         prefetch_bytes: request.prefetch_bytes,
                         in_flight: 0,
                         in_flight_bytes: 0,
+                        credit: request.credit.then_some(0),
                     },
                 );
                 tracing::debug!(group = self.group, id, "subscribed");
@@ -254,6 +265,30 @@ impl Dispatcher {
                     settings: self.settings.clone(),
                     deliveries,
                 }));
+            }
+            Command::Grant {
+                session,
+                id,
+                records,
+                reply,
+            } => {
+                let result = match self.subs.get_mut(&id) {
+                    Some(sub) if sub.session == session => {
+                        if let Some(credit) = &mut sub.credit {
+                            *credit = credit.saturating_add(records);
+                        }
+                        Ok(())
+                    }
+                    _ => Err(BrokerError::UnknownSubscription(id)),
+                };
+                let _ = reply.send(result);
+            }
+            Command::Revoke { session, id, reply } => {
+                let result = match self.subs.get_mut(&id) {
+                    Some(sub) if sub.session == session => Ok(sub.credit.replace(0).unwrap_or(0)),
+                    _ => Err(BrokerError::UnknownSubscription(id)),
+                };
+                let _ = reply.send(result);
             }
             Command::Unsubscribe { session, id, reply } => {
                 let result = match self.subs.get(&id) {

@@ -106,6 +106,9 @@ pub struct SubscribeRequest {
     /// 0 = no byte limit.
     pub prefetch_bytes: u32,
     pub start: Start,
+    /// Deliver only what [`PushGroups::grant`] allows (credit-based, for leases), rather
+    /// than whenever the window has room.
+    pub credit: bool,
 }
 
 /// An active subscription, as returned to its session.
@@ -296,6 +299,30 @@ impl PushGroups {
             reply,
         };
         send(&dispatcher, command).await?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    /// Lets credit-based subscription `id` receive `records` more records (see
+    /// [`SubscribeRequest::credit`]).
+    pub async fn grant(&self, session: u64, id: u64, records: u32) -> Result<(), BrokerError> {
+        let dispatcher = self.dispatcher_of_subscription(session, id)?;
+        let (reply, rx) = oneshot::channel();
+        let command = Command::Grant {
+            session,
+            id,
+            records,
+            reply,
+        };
+        send(&dispatcher, command).await?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    /// Takes back the credit subscription `id` did not use; returns how much that was.
+    /// Deliveries made before are in its queue by the time this returns.
+    pub async fn revoke(&self, session: u64, id: u64) -> Result<u32, BrokerError> {
+        let dispatcher = self.dispatcher_of_subscription(session, id)?;
+        let (reply, rx) = oneshot::channel();
+        send(&dispatcher, Command::Revoke { session, id, reply }).await?;
         rx.await.map_err(|_| gone())?
     }
 
@@ -569,6 +596,17 @@ enum Command {
     },
     SessionClosed {
         session: u64,
+    },
+    Grant {
+        session: u64,
+        id: u64,
+        records: u32,
+        reply: oneshot::Sender<Result<(), BrokerError>>,
+    },
+    Revoke {
+        session: u64,
+        id: u64,
+        reply: oneshot::Sender<Result<u32, BrokerError>>,
     },
     Describe {
         reply: oneshot::Sender<PushDescription>,

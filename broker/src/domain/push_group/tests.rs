@@ -57,6 +57,7 @@ fn request(session: u64) -> SubscribeRequest {
         prefetch_count: 1000,
         prefetch_bytes: 0,
         start: Start::Earliest,
+        credit: false,
     }
 }
 
@@ -246,4 +247,40 @@ async fn a_touch_moves_the_deadline_and_a_nack_delay_holds_the_record_back() {
     let again = sub.deliveries.recv().await.unwrap();
     assert_eq!(span_of(&again), span);
     assert_eq!(again.delivery_counts, vec![2]);
+}
+
+#[tokio::test]
+async fn a_credit_subscription_gets_what_it_is_granted_and_no_more() {
+    let f = fixture(10).await;
+    let request = SubscribeRequest {
+        credit: true,
+        ..request(1)
+    };
+    let mut sub = f.groups.subscribe(&f.topic, "g", request).await.unwrap();
+    // Nothing without credit (a describe is answered after any delivery would be queued).
+    f.groups.describe(&f.topic, "g").await.unwrap();
+    assert!(sub.deliveries.try_recv().is_err(), "no credit, no delivery");
+
+    f.groups.grant(1, sub.id, 3).await.unwrap();
+    let deliver = sub.deliveries.recv().await.unwrap();
+    assert_eq!(deliver.delivery_counts.len(), 3, "exactly the credit");
+    assert_eq!(
+        f.groups.revoke(1, sub.id).await.unwrap(),
+        0,
+        "all of it used"
+    );
+
+    f.groups.grant(1, sub.id, 100).await.unwrap();
+    let rest = sub.deliveries.recv().await.unwrap();
+    assert_eq!(rest.delivery_counts.len(), 7, "what is left");
+    assert_eq!(
+        f.groups.revoke(1, sub.id).await.unwrap(),
+        93,
+        "the unused credit"
+    );
+    let err = f.groups.grant(2, sub.id, 1).await.unwrap_err();
+    assert!(
+        matches!(err, BrokerError::UnknownSubscription(_)),
+        "another session's"
+    );
 }
