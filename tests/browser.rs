@@ -1,0 +1,109 @@
+//! A real headless Chromium (Debian's `chromium`, installed by `.ci/run`) loads a page that
+//! follows a topic with `EventSource` and consumes it over a `WebSocket`, acking each
+//! delivery; records come from the Rust client, and the group's state is checked after.
+//! Elsewhere than CI the test is skipped when no `chromium` is installed.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use herald_broker::config::Listen;
+use herald_client::Record;
+use herald_suite::TestBroker;
+use serde_json::Value;
+use tokio::io::AsyncBufReadExt;
+use tokio::process::Command;
+
+const COUNT: usize = 20;
+
+fn chromium() -> Option<&'static str> {
+    ["chromium", "chromium-browser"].into_iter().find(|name| {
+        std::process::Command::new(name)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_headless_chromium_follows_with_eventsource_and_acks_over_a_websocket() {
+    let Some(browser) = chromium() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have chromium (.ci/run installs it)"
+        );
+        eprintln!("not run: no chromium installed");
+        return;
+    };
+    // The page is a file: its origin is "null", so the gateway allows any origin.
+    let broker = TestBroker::start_with(|c| {
+        c.http_listen = Listen::At("127.0.0.1:0".parse().unwrap());
+        c.http_allow_origin = vec!["*".into()];
+    })
+    .await;
+    let client = broker.client().await;
+    client.create_topic("browser", 1).await.unwrap();
+    let records = (0..COUNT).map(|i| Record::new(format!("r{i}"))).collect();
+    client
+        .producer()
+        .send_batch("browser", records)
+        .await
+        .unwrap();
+
+    let page = format!(
+        "file://{}/tests/clients/browser.html?http={}&topic=browser&count={COUNT}",
+        env!("CARGO_MANIFEST_DIR"),
+        broker.http_addr()
+    );
+    let profile = tempfile::tempdir().unwrap();
+    let mut chromium = Command::new(browser)
+        .args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+        ])
+        .args(["--enable-logging=stderr", "--v=0"])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(&page)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("chromium starts");
+    let mut lines = tokio::io::BufReader::new(chromium.stderr.take().unwrap()).lines();
+    let reported = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some((_, rest)) = line.split_once("HERALD-RESULT ") {
+                // The console line ends with `", source: ... (N)`.
+                let json = rest.rsplit_once("\", source").map_or(rest, |(j, _)| j);
+                return json.replace("\\\"", "\"");
+            }
+        }
+        panic!("chromium ended without a result");
+    })
+    .await
+    .expect("the page reports within a minute");
+    chromium.kill().await.unwrap();
+
+    let result: Value = serde_json::from_str(&reported).expect("the page's JSON");
+    let expected: Vec<String> = (0..COUNT).map(|i| format!("r{i}")).collect();
+    let sse: Vec<String> = serde_json::from_value(result["sse"].clone()).unwrap();
+    assert_eq!(sse, expected, "EventSource saw every record in order");
+    let mut delivered: Vec<String> = serde_json::from_value(result["delivered"].clone()).unwrap();
+    delivered.sort_by_key(|v| v[1..].parse::<usize>().unwrap());
+    delivered.dedup();
+    assert_eq!(delivered, expected, "the WebSocket got every record");
+    assert_eq!(result["errors"], Value::Array(vec![]), "{result}");
+
+    let info = client
+        .describe_group("browser", "browser-workers")
+        .await
+        .unwrap();
+    assert_eq!(
+        info.partitions[0].lag, 0,
+        "the browser acked everything: {info:?}"
+    );
+    broker.stop().await;
+}
