@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::json::{ok, out_record, HttpError, InRecord, JsonBody};
 use super::{Gateway, PathArgs, QueryArgs};
-use crate::core::FetchArgs;
+use crate::core::{Core, FetchArgs};
 use crate::storage::Durability;
 
 /// The most a long-poll may wait, so a forgotten request does not hold a connection
@@ -33,18 +33,29 @@ pub async fn publish(
     PathArgs(topic): PathArgs<String>,
     JsonBody(body): JsonBody<PublishBody>,
 ) -> Result<Response, HttpError> {
-    if body.records.is_empty() {
+    Ok(ok(
+        publish_records(&gateway.core, &topic, body.records).await?
+    ))
+}
+
+/// Publishes `records` to `topic`; once they are confirmed under the fsync policy,
+/// returns `{"offsets": [{"partition", "offset"}, ...], "durability": ...}` (HTTP and
+/// WebSocket publishing alike).
+pub(super) async fn publish_records(
+    core: &Core,
+    topic: &str,
+    records: Vec<InRecord>,
+) -> Result<Value, HttpError> {
+    if records.is_empty() {
         return Err(HttpError::bad_request("records is empty"));
     }
-    let records = body
-        .records
+    let records = records
         .into_iter()
         .enumerate()
         .map(|(i, record)| record.into_record(i))
         .collect::<Result<Vec<_>, _>>()?;
-    let committed = gateway
-        .core
-        .publish(&topic, encode_batch(&records), None, None)
+    let committed = core
+        .publish(topic, encode_batch(&records), None, None)
         .await?;
     let published = committed.await?;
     let offsets: Vec<Value> = published
@@ -59,7 +70,7 @@ pub async fn publish(
         Durability::Synced => "synced",
         Durability::Buffered => "buffered",
     };
-    Ok(ok(json!({"offsets": offsets, "durability": durability})))
+    Ok(json!({"offsets": offsets, "durability": durability}))
 }
 
 #[derive(Debug, Deserialize)]

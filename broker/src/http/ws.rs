@@ -30,7 +30,7 @@ use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
 use axum::response::Response;
 use futures::{SinkExt, StreamExt};
-use herald_protocol::{encode_batch, Batch};
+use herald_protocol::Batch;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -43,7 +43,6 @@ use crate::core::Caller;
 use crate::domain::group::Start;
 use crate::domain::push_group::{Answer, Span};
 use crate::error::BrokerError;
-use crate::storage::Durability;
 
 /// Messages queued towards one socket.
 const OUTBOUND: usize = 256;
@@ -473,48 +472,13 @@ impl Session {
     }
 
     async fn publish(&self, req: Option<Value>, topic: String, records: Vec<InRecord>) {
-        let about = json!({"req": req});
-        let records = match records
-            .into_iter()
-            .enumerate()
-            .map(|(i, r)| r.into_record(i))
-            .collect::<Result<Vec<_>, _>>()
-        {
-            Ok(records) if !records.is_empty() => records,
-            Ok(_) => {
-                return self
-                    .error(about, HttpError::bad_request("records is empty"))
-                    .await
+        match super::records::publish_records(&self.gateway.core, &topic, records).await {
+            Ok(mut published) => {
+                published["op"] = json!("published");
+                published["req"] = req.unwrap_or(Value::Null);
+                self.send(published).await
             }
-            Err(err) => return self.error(about, err).await,
-        };
-        let core = &self.gateway.core;
-        let published = match core
-            .publish(&topic, encode_batch(&records), None, None)
-            .await
-        {
-            Ok(committed) => committed.await,
-            Err(err) => Err(err),
-        };
-        match published {
-            Ok(published) => {
-                let offsets: Vec<Value> = published
-                    .runs
-                    .iter()
-                    .flat_map(|run| {
-                        (0..u64::from(run.count)).map(move |i| {
-                            json!({"partition": run.partition, "offset": run.base_offset + i})
-                        })
-                    })
-                    .collect();
-                let durability = match published.durability {
-                    Durability::Synced => "synced",
-                    Durability::Buffered => "buffered",
-                };
-                self.send(json!({"op": "published", "req": req, "offsets": offsets, "durability": durability}))
-                    .await
-            }
-            Err(err) => self.error(about, err.into()).await,
+            Err(err) => self.error(json!({"req": req}), err).await,
         }
     }
 }
