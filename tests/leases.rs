@@ -214,3 +214,37 @@ async fn bad_lease_requests_get_the_error_shape() {
     );
     broker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_leased_again_after_its_lease_ran_out_has_a_new_handle_and_the_old_one_fails() {
+    let broker = gateway().await;
+    let client = broker.client().await;
+    client.create_topic("jobs", 1).await.unwrap();
+    let settings = PushGroupSettings {
+        ack_timeout: Some(Duration::from_millis(300)),
+        ..Default::default()
+    };
+    client
+        .create_push_group("jobs", "workers", settings)
+        .await
+        .unwrap();
+    client
+        .producer()
+        .send("jobs", Record::new("job"))
+        .await
+        .unwrap();
+    let leases = "/v1/topics/jobs/groups/workers/leases";
+    let (_, first) = post(&broker, leases, &json!({"max": 1})).await;
+    let old = handles(&first).remove(0);
+    let (_, second) = post(&broker, leases, &json!({"max": 1, "wait_ms": 5000})).await;
+    let new = handles(&second).remove(0);
+    assert_ne!(old, new, "{first} {second}");
+    assert_eq!(second["records"][0]["delivery_count"], 2);
+
+    let acks = "/v1/topics/jobs/groups/workers/acks";
+    let (_, answered) = post(&broker, acks, &json!({"handles": [old, new]})).await;
+    assert_eq!(results_ok(&answered), vec![false, true], "{answered}");
+    let info = client.describe_group("jobs", "workers").await.unwrap();
+    assert_eq!(info.partitions[0].lag, 0, "{info:?}");
+    broker.stop().await;
+}

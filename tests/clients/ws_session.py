@@ -80,7 +80,7 @@ async def main(url):
         await ws.send(json.dumps({"op": "fly", "req": "x"}))
         err = await recv(ws, "error")
         assert err["req"] == "x" and err["error"]["code"] == "InvalidArgument", err
-        await ws.send(json.dumps({"op": "ack", "req": "bad", "handles": ["nonsense", "999.0.0"]}))
+        await ws.send(json.dumps({"op": "ack", "req": "bad", "handles": ["nonsense", "999.0.0.1"]}))
         results = (await recv(ws, "answered"))["results"]
         assert results[0]["error"]["code"] == "InvalidArgument", results
         assert results[1]["error"]["code"] == "UnknownSubscription", results

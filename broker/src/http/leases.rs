@@ -44,8 +44,8 @@ pub struct Lessee {
     sub: u64,
     ack_timeout: Duration,
     deliveries: tokio::sync::Mutex<mpsc::Receiver<Deliver>>,
-    /// (partition, offset) → when its lease runs out.
-    leases: Mutex<HashMap<(u32, u64), Instant>>,
+    /// (partition, offset) → the delivery count leased and when the lease runs out.
+    leases: Mutex<HashMap<(u32, u64), (u32, Instant)>>,
 }
 
 /// The lessees by topic and group.
@@ -181,7 +181,7 @@ async fn take(
     let until = Instant::now() + lessee.ack_timeout;
     let mut leases = lessee.leases.lock().unwrap_or_else(|e| e.into_inner());
     let now = Instant::now();
-    leases.retain(|_, expires| *expires > now);
+    leases.retain(|_, (_, expires)| *expires > now);
     let mut out = Vec::new();
     for deliver in got {
         let batch =
@@ -189,15 +189,10 @@ async fn take(
         for (i, stored) in batch.iter().enumerate() {
             let stored = stored.map_err(|e| Taken::Failed(BrokerError::BadBatch(e)))?;
             let count = deliver.delivery_counts.get(i).copied().unwrap_or(1);
-            leases.insert((deliver.partition, stored.offset), until);
+            leases.insert((deliver.partition, stored.offset), (count, until));
             let mut record = out_record(topic, deliver.partition, &stored);
-            record.insert(
-                "handle".into(),
-                json!(format!(
-                    "{}.{}.{}",
-                    lessee.sub, deliver.partition, stored.offset
-                )),
-            );
+            let handle = super::ws::handle(lessee.sub, deliver.partition, stored.offset, count);
+            record.insert("handle".into(), json!(handle));
             record.insert("delivery_count".into(), json!(count));
             record.insert("redelivered".into(), json!(count > 1));
             out.push(Value::Object(record));
@@ -273,18 +268,23 @@ async fn answer_one(
     kind: Kind,
     answer: &Answer,
 ) -> Result<(), HttpError> {
-    let (sub, span) = super::ws::parse_handle(handle).ok_or_else(|| unknown(handle))?;
+    let (sub, span, count) = super::ws::parse_handle(handle).ok_or_else(|| unknown(handle))?;
     if sub != lessee.sub {
         return Err(unknown(handle));
     }
     let key = (span.partition, span.start);
     {
         let mut leases = lessee.leases.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(expires) = leases.get_mut(&key) else {
+        let Some((leased, expires)) = leases.get_mut(&key) else {
             return Err(unknown(handle));
         };
-        if *expires <= Instant::now() {
-            leases.remove(&key);
+        // An earlier lease of a record leased again since: its holder's time ran out (the
+        // later lease stays).
+        let replaced = *leased != count;
+        if replaced || *expires <= Instant::now() {
+            if !replaced {
+                leases.remove(&key);
+            }
             return Err(HttpError::bad_request(format!(
                 "the lease of {handle:?} ran out; the record went back to the group"
             )));

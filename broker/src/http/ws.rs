@@ -3,7 +3,8 @@
 //! Client → broker:
 //! - `{"op": "subscribe", "id": "S", "topic": "T", "group": "G", "prefetch": N}`: join push
 //!   group `G` as a consumer; its deliveries come as `{"op": "delivery", "sub": "S", ...the
-//!   record..., "handle": H, "delivery_count": C, "redelivered": bool}`;
+//!   record..., "handle": H, "delivery_count": C, "redelivered": bool}` (a handle is
+//!   `SUB.PARTITION.OFFSET.COUNT`);
 //! - `{"op": "tail", "id": "S", "topic": "T", "from": "earliest" | "latest" | CURSOR}`: follow
 //!   the log (no group, no acks); records come as `{"op": "record", "sub": "S", ...,
 //!   "cursor": CURSOR}`, and a cursor past retention as `{"op": "reset", ...}`;
@@ -320,7 +321,7 @@ impl Session {
                     record.insert("sub".into(), json!(id));
                     record.insert(
                         "handle".into(),
-                        json!(format!("{sub}.{}.{}", deliver.partition, stored.offset)),
+                        json!(handle(sub, deliver.partition, stored.offset, count)),
                     );
                     record.insert("delivery_count".into(), json!(count));
                     record.insert("redelivered".into(), json!(count > 1));
@@ -443,7 +444,7 @@ impl Session {
         let mut results = Vec::with_capacity(handles.len());
         for handle in handles {
             let result = match parse_handle(&handle) {
-                Some((sub, span)) => self
+                Some((sub, span, _)) => self
                     .gateway
                     .core
                     .answer(&self.caller, sub, vec![span], answer.clone())
@@ -483,18 +484,23 @@ impl Session {
     }
 }
 
-/// `SUB.PARTITION.OFFSET` → the subscription and the one-record span it names.
-pub(super) fn parse_handle(handle: &str) -> Option<(u64, Span)> {
+/// A delivery's handle: `SUB.PARTITION.OFFSET.COUNT`. The delivery count tells this
+/// delivery of a record from an earlier one of the same record.
+pub(super) fn handle(sub: u64, partition: u32, offset: u64, count: u32) -> String {
+    format!("{sub}.{partition}.{offset}.{count}")
+}
+
+/// A handle → the subscription, the one-record span it names, and the delivery count.
+pub(super) fn parse_handle(handle: &str) -> Option<(u64, Span, u32)> {
     let mut parts = handle.split('.');
     let sub = parts.next()?.parse().ok()?;
     let partition = parts.next()?.parse().ok()?;
     let offset: u64 = parts.next()?.parse().ok()?;
-    parts.next().is_none().then_some((
-        sub,
-        Span {
-            partition,
-            start: offset,
-            end: offset + 1,
-        },
-    ))
+    let count = parts.next()?.parse().ok()?;
+    let span = Span {
+        partition,
+        start: offset,
+        end: offset + 1,
+    };
+    parts.next().is_none().then_some((sub, span, count))
 }
