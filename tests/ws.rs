@@ -118,3 +118,65 @@ async fn a_websocket_consumer_killed_mid_window_has_its_deliveries_sent_to_anoth
     other.flush_acks().await.unwrap();
     broker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_consumer_that_stops_reading_holds_no_more_than_its_window() {
+    use futures::StreamExt;
+    use tokio::io::AsyncBufReadExt;
+
+    let broker = gateway().await;
+    let client = broker.client().await;
+    client.create_topic("jobs", 1).await.unwrap();
+    let records = (0..50)
+        .map(|i| herald_client::Record::new(format!("j{i}")))
+        .collect();
+    client.producer().send_batch("jobs", records).await.unwrap();
+
+    // Takes its window of 5, then reads nothing more and answers nothing.
+    let url = format!("ws://{}/v1/ws", broker.http_addr());
+    let mut holder = Command::new("python3")
+        .arg(script("ws_hold.py"))
+        .args([&url, "jobs", "workers", "5"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(holder.stdout.take().unwrap()).lines();
+    let said = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("it takes its window")
+        .unwrap();
+    assert_eq!(said.as_deref(), Some("held 5"));
+
+    // Everyone else is served: another consumer gets the other 45 at once.
+    let config = herald_client::PushConsumerConfig {
+        prefetch: 100,
+        ..Default::default()
+    };
+    let mut other = client
+        .push_consumer_with("jobs", "workers", config)
+        .await
+        .unwrap();
+    for _ in 0..45 {
+        let delivery = tokio::time::timeout(Duration::from_secs(10), other.next())
+            .await
+            .expect("the rest flows to the other consumer")
+            .unwrap()
+            .unwrap();
+        assert_eq!(delivery.delivery_count, 1);
+        delivery.ack();
+    }
+    other.flush_acks().await.unwrap();
+    let info = client.describe_group("jobs", "workers").await.unwrap();
+    let held: Vec<u32> = info.members.iter().map(|m| m.in_flight).collect();
+    assert!(
+        held.contains(&5),
+        "the silent socket holds its window: {info:?}"
+    );
+    assert_eq!(
+        info.partitions[0].lag, 5,
+        "only its window is left: {info:?}"
+    );
+    holder.kill().await.unwrap();
+    broker.stop().await;
+}
