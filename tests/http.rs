@@ -349,3 +349,35 @@ async fn the_binary_prints_its_http_address_and_can_turn_it_off() {
         herald_suite::BrokerProcess::start(&dir.path().join("b"), "127.0.0.1:0", &off).await;
     quiet.kill().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_connections_count_against_the_broker_connection_limit() {
+    let broker = gateway_with(|c| c.max_connections = 2).await;
+    let first = broker.client().await;
+    let second = broker.client().await;
+    let path = "/v1/topics/t/partitions/0/records?offset=0";
+    let (status, body) = get(&broker, path).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "TooManyConnections", "{body}");
+
+    // A TCP connection closes: its slot serves HTTP.
+    drop(second);
+    let freed = Instant::now();
+    let (status, body) = loop {
+        let (status, body) = get(&broker, path).await;
+        if status != 429 {
+            break (status, body);
+        }
+        assert!(
+            freed.elapsed() < Duration::from_secs(10),
+            "the slot never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (404, &json!("UnknownTopic"))
+    );
+    first.list_topics().await.unwrap();
+    broker.stop().await;
+}

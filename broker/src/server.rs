@@ -86,6 +86,7 @@ impl Broker {
         tracing::info!(fsync = config.store().fsync.name(), data_dir = %config.data_dir.display(), "listening on {local_addr}");
         let shutdown = CancellationToken::new();
         let topics = Arc::new(topics);
+        let connections = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
         let shared = Arc::new(Shared {
             pull_groups: PullGroups::new(Arc::clone(&store), config.max_consumers_per_group),
             push_groups: PushGroups::new(
@@ -97,6 +98,7 @@ impl Broker {
             topics,
             config,
             next_session: AtomicU64::new(1),
+            connections,
             shutdown: shutdown.clone(),
             outbound_bytes: Arc::new(AtomicU64::new(0)),
         });
@@ -112,7 +114,17 @@ impl Broker {
             let core = crate::core::Core::new(Arc::clone(&shared));
             let (router, tasks) = crate::http::router(core, &shared.config.http_allow_origin);
             tracing::info!("http gateway listening on {addr}");
-            tracker.spawn(crate::http::serve(http, router, tasks, shutdown.clone()));
+            let connections = (
+                Arc::clone(&shared.connections),
+                shared.config.max_connections,
+            );
+            tracker.spawn(crate::http::serve(
+                http,
+                connections,
+                router,
+                tasks,
+                shutdown.clone(),
+            ));
         }
         tracker.spawn(listener::run(
             listener,

@@ -22,6 +22,9 @@ pub struct Shared {
     pub next_session: AtomicU64,
     /// Cancelled when the broker starts shutting down.
     pub shutdown: CancellationToken,
+    /// Client connections over every way in (TCP, HTTP, WebSocket), at most
+    /// `--max-connections` at once.
+    pub connections: Arc<tokio::sync::Semaphore>,
     /// Bytes of frames queued for clients, over every session (see `net::outbound`).
     pub outbound_bytes: Arc<AtomicU64>,
 }

@@ -17,13 +17,12 @@
 //!
 //! `--http-allow-origin` turns on CORS for the origins it names (`*` for any).
 
+mod counted;
 mod events;
 pub mod json;
 mod leases;
 mod records;
 mod ws;
-
-use std::net::SocketAddr;
 
 use axum::extract::{DefaultBodyLimit, FromRequestParts};
 use axum::http::request::Parts;
@@ -102,17 +101,20 @@ pub fn router(core: Core, origins: &[String]) -> (Router, TaskTracker) {
     (router.layer(cors), tasks)
 }
 
-/// Serves `router` on `listener` until `shutdown` is cancelled and every connection has
+/// Serves `router` on `listener` (its connections counted in `connections`, the broker's
+/// slots and their number) until `shutdown` is cancelled and every connection has
 /// closed (streams end with the shutdown), then waits for the streams' `tasks`.
 pub async fn serve(
     listener: TcpListener,
+    connections: (std::sync::Arc<tokio::sync::Semaphore>, usize),
     router: Router,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 ) {
+    let listener = counted::Counted::new(listener, connections.0, connections.1);
     let served = axum::serve(
         listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
+        router.into_make_service_with_connect_info::<counted::Peer>(),
     )
     .with_graceful_shutdown(async move { shutdown.cancelled().await })
     .await;

@@ -50,7 +50,7 @@ const OUTBOUND: usize = 256;
 
 pub async fn upgrade(
     State(gateway): State<Gateway>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(super::counted::Peer(peer)): ConnectInfo<super::counted::Peer>,
     ws: WebSocketUpgrade,
 ) -> Response {
     let limit = gateway.core.config().max_frame_bytes as usize;

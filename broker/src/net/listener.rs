@@ -6,7 +6,6 @@ use std::time::Duration;
 use futures::SinkExt;
 use herald_protocol::{ErrorCode, ErrorFrame, FrameCodec, Message};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::codec::FramedWrite;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -21,7 +20,7 @@ pub async fn run(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let slots = Arc::new(Semaphore::new(shared.config.max_connections));
+    let slots = Arc::clone(&shared.connections);
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {

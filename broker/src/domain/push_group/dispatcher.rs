@@ -281,6 +281,12 @@ impl Dispatcher {
                     }
                     _ => Err(BrokerError::UnknownSubscription(id)),
                 };
+                // Deliver what is there before answering, so a short poll (a grant, then
+                // a revoke right after) gets the records that exist now.
+                let result = match result {
+                    Ok(()) => self.pump().await,
+                    err => err,
+                };
                 let _ = reply.send(result);
             }
             Command::Revoke { session, id, reply } => {

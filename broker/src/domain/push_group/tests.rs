@@ -284,3 +284,27 @@ async fn a_credit_subscription_gets_what_it_is_granted_and_no_more() {
         "another session's"
     );
 }
+
+#[tokio::test]
+async fn a_grant_taken_back_at_once_still_delivers_what_was_there() {
+    // A short poll: grant, then revoke straight away; the records that existed are queued.
+    for _ in 0..20 {
+        let f = fixture(2).await;
+        let request = SubscribeRequest {
+            credit: true,
+            ..request(1)
+        };
+        let mut sub = f.groups.subscribe(&f.topic, "g", request).await.unwrap();
+        f.groups.grant(1, sub.id, 5).await.unwrap();
+        assert_eq!(
+            f.groups.revoke(1, sub.id).await.unwrap(),
+            3,
+            "two of five used"
+        );
+        let deliver = sub
+            .deliveries
+            .try_recv()
+            .expect("queued before the grant returned");
+        assert_eq!(deliver.delivery_counts.len(), 2);
+    }
+}
