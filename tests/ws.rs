@@ -34,6 +34,27 @@ fn script(name: &str) -> String {
     format!("{}/tests/clients/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
+/// A Python WebSocket consumer of group `workers` on topic `jobs` holding `count`
+/// deliveries unanswered (and reading nothing more) once this returns.
+async fn hold(broker: &TestBroker, count: u32) -> tokio::process::Child {
+    use tokio::io::AsyncBufReadExt;
+    let url = format!("ws://{}/v1/ws", broker.http_addr());
+    let mut holder = Command::new("python3")
+        .arg(script("ws_hold.py"))
+        .args([&url, "jobs", "workers", &count.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(holder.stdout.take().unwrap()).lines();
+    let said = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("the consumer takes its window")
+        .unwrap();
+    assert_eq!(said, Some(format!("held {count}")));
+    holder
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_websocket_session_publishes_tails_consumes_and_answers() {
     let broker = gateway().await;
@@ -69,7 +90,6 @@ async fn a_python_websocket_session_publishes_tails_consumes_and_answers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_consumer_killed_mid_window_has_its_deliveries_sent_to_another() {
     use futures::StreamExt;
-    use tokio::io::AsyncBufReadExt;
 
     let broker = gateway().await;
     let client = broker.client().await;
@@ -79,20 +99,7 @@ async fn a_websocket_consumer_killed_mid_window_has_its_deliveries_sent_to_anoth
         .collect();
     client.producer().send_batch("jobs", records).await.unwrap();
 
-    let url = format!("ws://{}/v1/ws", broker.http_addr());
-    let mut holder = Command::new("python3")
-        .arg(script("ws_hold.py"))
-        .args([&url, "jobs", "workers", "10"])
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(holder.stdout.take().unwrap()).lines();
-    let said = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .expect("the browser-like consumer holds its window")
-        .unwrap();
-    assert_eq!(said.as_deref(), Some("held 10"));
+    let mut holder = hold(&broker, 10).await;
     holder.kill().await.unwrap();
 
     // Its deliveries reach another consumer at once, long before the 30 s ack deadline.
@@ -122,7 +129,6 @@ async fn a_websocket_consumer_killed_mid_window_has_its_deliveries_sent_to_anoth
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_consumer_that_stops_reading_holds_no_more_than_its_window() {
     use futures::StreamExt;
-    use tokio::io::AsyncBufReadExt;
 
     let broker = gateway().await;
     let client = broker.client().await;
@@ -133,20 +139,7 @@ async fn a_websocket_consumer_that_stops_reading_holds_no_more_than_its_window()
     client.producer().send_batch("jobs", records).await.unwrap();
 
     // Takes its window of 5, then reads nothing more and answers nothing.
-    let url = format!("ws://{}/v1/ws", broker.http_addr());
-    let mut holder = Command::new("python3")
-        .arg(script("ws_hold.py"))
-        .args([&url, "jobs", "workers", "5"])
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(holder.stdout.take().unwrap()).lines();
-    let said = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .expect("it takes its window")
-        .unwrap();
-    assert_eq!(said.as_deref(), Some("held 5"));
+    let mut holder = hold(&broker, 5).await;
 
     // Everyone else is served: another consumer gets the other 45 at once.
     let config = herald_client::PushConsumerConfig {

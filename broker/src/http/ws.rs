@@ -135,6 +135,8 @@ async fn session(gateway: Gateway, socket: WebSocket, peer: SocketAddr) {
     let (out, mut queued) = mpsc::channel::<Message>(OUTBOUND);
     let closing = CancellationToken::new();
     // The writer: queued messages, and a ping whenever nothing else went out for a heartbeat.
+    // A peer that stops reading stalls the writer for at most the session timeout: then the
+    // socket is dropped, its queue closes, and everyone waiting to send to it stops.
     let writer = gateway.tasks.spawn(async move {
         loop {
             let message = match tokio::time::timeout(heartbeat, queued.recv()).await {
@@ -142,11 +144,12 @@ async fn session(gateway: Gateway, socket: WebSocket, peer: SocketAddr) {
                 Ok(None) => break,
                 Err(_) => Message::Ping(Default::default()),
             };
-            if sink.send(message).await.is_err() {
-                return;
+            match tokio::time::timeout(timeout, sink.send(message)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return,
             }
         }
-        let _ = sink.close().await;
+        let _ = tokio::time::timeout(timeout, sink.close()).await;
     });
     let mut session = Session {
         gateway,
