@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use herald_broker::{Broker, Config};
+use herald_broker::{Broker, Config, EPHEMERAL_DISK_RESERVE};
 use herald_client::{Client, ConnectionEvent, ErrorCode};
 use herald_protocol::{Frame, FrameCodec, Hello, ListTopics, Message, RawFrame};
 use tempfile::TempDir;
@@ -216,10 +216,18 @@ impl BrokerProcess {
         } else {
             &["--http-listen", "127.0.0.1:0"]
         };
+        // The small reserve of `Config::ephemeral`, for the same reason.
+        let reserve = EPHEMERAL_DISK_RESERVE.to_string();
+        let reserve: &[&str] = if args.contains(&"--min-free-disk-bytes") {
+            &[]
+        } else {
+            &["--min-free-disk-bytes", &reserve]
+        };
         let mut child = tokio::process::Command::new(binary("herald-broker"))
             .args(["--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(http)
+            .args(reserve)
             .args(args)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())

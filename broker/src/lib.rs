@@ -39,6 +39,6 @@ pub mod shared;
 pub mod storage;
 pub mod tasks;
 
-pub use config::{Config, Fsync};
+pub use config::{Config, Fsync, EPHEMERAL_DISK_RESERVE};
 pub use error::BrokerError;
 pub use server::{Broker, ServerError};

@@ -27,6 +27,9 @@ use crate::storage::{FsyncPolicy, StoreConfig};
 
 pub use flags::Flags;
 
+/// The free-disk reserve of [`Config::ephemeral`]: 16 MiB.
+pub const EPHEMERAL_DISK_RESERVE: u64 = 16 * 1024 * 1024;
+
 /// When confirmed data must reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -198,11 +201,17 @@ impl Config {
 
     /// Settings for a broker on `127.0.0.1:0`, without the HTTP gateway, storing in
     /// `data_dir` (tests, benches).
+    ///
+    /// Its free-disk reserve is [`EPHEMERAL_DISK_RESERVE`] rather than the default's up
+    /// to 1 GiB: a throwaway store in a temporary directory writes little, and tests run
+    /// on build machines whose disks are mostly full of build output. Tests of the
+    /// reserve itself set their own.
     pub fn ephemeral(data_dir: impl Into<PathBuf>) -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             http_listen: Listen::Off,
             data_dir: data_dir.into(),
+            min_free_disk_bytes: Some(EPHEMERAL_DISK_RESERVE),
             ..Config::default()
         }
     }
