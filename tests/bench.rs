@@ -281,3 +281,97 @@ async fn a_bench_whose_broker_goes_away_fails_instead_of_waiting() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.is_empty(), "the failure is said");
 }
+
+#[tokio::test]
+async fn web_scenarios_publish_by_http_push_over_websockets_and_fan_out_over_sse() {
+    let common = ["--embedded", "--fsync", "never", "--messages", "2000"];
+    let http =
+        bench_json(&[&common[..], &["--scenario", "publish", "--via", "http"]].concat()).await;
+    assert_eq!(
+        (&http["scenario"], &http["via"]),
+        (&"publish".into(), &"http".into())
+    );
+    assert_throughput(&http["publish"]);
+    assert_percentiles(&http["latency_us"]["confirm"]);
+    assert_eq!(http["verified"], true);
+
+    let ws = bench_json(
+        &[
+            &common[..],
+            &[
+                "--scenario",
+                "consume",
+                "--via",
+                "websocket",
+                "--prefetch",
+                "100",
+            ],
+        ]
+        .concat(),
+    )
+    .await;
+    assert_eq!(
+        (&ws["via"], &ws["mode"]),
+        (&"websocket".into(), &"push".into())
+    );
+    assert_throughput(&ws["consume"]);
+    assert_eq!(ws["verified"], true);
+
+    let sse = bench_json(
+        &[
+            &common[..],
+            &[
+                "--scenario",
+                "fanout",
+                "--via",
+                "sse",
+                "--groups",
+                "20",
+                "--rate",
+                "4000",
+            ],
+        ]
+        .concat(),
+    )
+    .await;
+    assert_eq!((&sse["via"], &sse["groups"]), (&"sse".into(), &20.into()));
+    assert_throughput(&sse["consume"]);
+    assert_percentiles(&sse["latency_us"]["delivery"]);
+    assert_eq!(sse["verified"], true);
+}
+
+#[tokio::test]
+async fn idle_reports_the_brokers_cpu_and_memory_per_connection() {
+    for via in ["sse", "http"] {
+        let report = bench_json(&[
+            "--embedded",
+            "--scenario",
+            "idle",
+            "--via",
+            via,
+            "--connections",
+            "200",
+            "--hold-ms",
+            "500",
+        ])
+        .await;
+        let idle = &report["idle"];
+        assert_eq!(idle["connections"], 200, "{report}");
+        assert!(idle["hold_ms"].as_u64().unwrap() >= 500, "{report}");
+        assert!(
+            idle["broker_cpu_percent"].as_f64().unwrap() >= 0.0,
+            "{report}"
+        );
+        assert!(idle["rss_open_mb"].as_f64().unwrap() > 0.0, "{report}");
+        assert!(idle["bytes_per_connection"].is_u64(), "{report}");
+        assert!(idle["measured"].as_str().unwrap().contains("this process"));
+    }
+}
+
+#[tokio::test]
+async fn a_way_in_a_scenario_does_not_take_is_refused() {
+    let out = bench(&["--embedded", "--scenario", "publish", "--via", "sse"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("does not run --via sse"), "{stderr}");
+}

@@ -106,6 +106,28 @@ async fn records_published_over_http_are_read_back_over_http_and_tcp() {
     let request = herald_client::FetchRequest::new("orders", 0, 0);
     let fetched = client.fetch(request).await.unwrap();
     assert_eq!(fetched.records[1].record.payload, "second");
+
+    // The topic as a client in another language looks it up before reading by offset.
+    let (status, topics) = get(&broker, "/v1/topics").await;
+    assert_eq!(status, 200, "{topics}");
+    assert_eq!(
+        topics["topics"],
+        json!([{"name": "orders", "partitions": 1}])
+    );
+    let (status, topic) = get(&broker, "/v1/topics/orders").await;
+    assert_eq!(status, 200, "{topic}");
+    assert_eq!(topic["name"], "orders");
+    let partition = &topic["partitions"][0];
+    assert_eq!(
+        (&partition["partition"], &partition["first_offset"]),
+        (&json!(0), &json!(0))
+    );
+    assert_eq!(partition["next_offset"], 3);
+    assert!(partition["bytes"].as_u64().unwrap() > 0, "{topic}");
+    assert!(topic["retention"]["max_age_ms"].is_u64(), "{topic}");
+    let (status, missing) = get(&broker, "/v1/topics/nothing-here").await;
+    assert_eq!(status, 404, "{missing}");
+    assert_eq!(missing["error"]["code"], "UnknownTopic");
     broker.stop().await;
 }
 

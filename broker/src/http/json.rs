@@ -62,53 +62,115 @@ impl InRecord {
     }
 }
 
-/// `bytes` as `{field: text}` when UTF-8, else `{field_base64: ...}`.
-fn put_bytes(out: &mut serde_json::Map<String, Value>, field: &str, bytes: &[u8]) {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => out.insert(field.to_string(), Value::String(text.to_string())),
-        Err(_) => out.insert(
-            format!("{field}_base64"),
-            Value::String(BASE64.encode(bytes)),
-        ),
-    };
+/// A stored record as responses show it, written straight to the output (no map built
+/// per record): `topic, partition, offset, timestamp, key, headers, value`, with the
+/// `_base64` forms where the bytes are not UTF-8, then what the way it goes out adds.
+pub struct OutRecord<'a> {
+    pub topic: &'a str,
+    pub partition: u32,
+    pub stored: &'a StoredRecord,
+    /// A WebSocket message's `op` and `sub` (first in the object).
+    pub message: Option<(&'static str, &'a str)>,
+    /// A delivery to a group: its `handle` and `delivery_count` (and `redelivered`).
+    pub delivery: Option<(&'a str, u32)>,
+    /// A tail's `cursor` after this record.
+    pub cursor: Option<&'a str>,
 }
 
-/// A stored record as responses show it.
-pub fn out_record(
-    topic: &str,
-    partition: u32,
-    stored: &StoredRecord,
-) -> serde_json::Map<String, Value> {
-    let record = &stored.record;
-    let mut out = serde_json::Map::new();
-    out.insert("topic".into(), json!(topic));
-    out.insert("partition".into(), json!(partition));
-    out.insert("offset".into(), json!(stored.offset));
-    out.insert("timestamp".into(), json!(record.timestamp));
-    match &record.key {
-        Some(key) => put_bytes(&mut out, "key", key),
-        None => {
-            out.insert("key".into(), Value::Null);
+impl<'a> OutRecord<'a> {
+    pub fn new(topic: &'a str, partition: u32, stored: &'a StoredRecord) -> Self {
+        OutRecord {
+            topic,
+            partition,
+            stored,
+            message: None,
+            delivery: None,
+            cursor: None,
         }
     }
-    let text: Option<BTreeMap<&str, &str>> = record
-        .headers
-        .iter()
-        .map(|(name, value)| std::str::from_utf8(value).ok().map(|v| (name.as_str(), v)))
-        .collect();
-    match text {
-        Some(headers) => out.insert("headers".into(), json!(headers)),
-        None => {
-            let encoded: BTreeMap<&str, String> = record
-                .headers
-                .iter()
-                .map(|(name, value)| (name.as_str(), BASE64.encode(value)))
-                .collect();
-            out.insert("headers_base64".into(), json!(encoded))
+
+    /// The record as one line of JSON text.
+    pub fn to_text(&self) -> String {
+        serde_json::to_string(self).expect("a record serializes")
+    }
+}
+
+impl Serialize for OutRecord<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let record = &self.stored.record;
+        let mut map = serializer.serialize_map(None)?;
+        if let Some((op, sub)) = self.message {
+            map.serialize_entry("op", op)?;
+            map.serialize_entry("sub", sub)?;
         }
-    };
-    put_bytes(&mut out, "value", &record.payload);
-    out
+        map.serialize_entry("topic", self.topic)?;
+        map.serialize_entry("partition", &self.partition)?;
+        map.serialize_entry("offset", &self.stored.offset)?;
+        map.serialize_entry("timestamp", &record.timestamp)?;
+        match &record.key {
+            Some(key) => put_bytes(&mut map, "key", "key_base64", key)?,
+            None => map.serialize_entry("key", &())?,
+        }
+        if record
+            .headers
+            .iter()
+            .all(|(_, value)| std::str::from_utf8(value).is_ok())
+        {
+            map.serialize_entry("headers", &Headers(&record.headers, false))?;
+        } else {
+            map.serialize_entry("headers_base64", &Headers(&record.headers, true))?;
+        }
+        put_bytes(&mut map, "value", "value_base64", &record.payload)?;
+        if let Some((handle, count)) = self.delivery {
+            map.serialize_entry("handle", handle)?;
+            map.serialize_entry("delivery_count", &count)?;
+            map.serialize_entry("redelivered", &(count > 1))?;
+        }
+        if let Some(cursor) = self.cursor {
+            map.serialize_entry("cursor", cursor)?;
+        }
+        map.end()
+    }
+}
+
+/// `bytes` as `field: text` when UTF-8, else `field_base64: ...`.
+fn put_bytes<M: serde::ser::SerializeMap>(
+    map: &mut M,
+    field: &'static str,
+    field_base64: &'static str,
+    bytes: &[u8],
+) -> Result<(), M::Error> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => map.serialize_entry(field, text),
+        Err(_) => map.serialize_entry(field_base64, &Base64(bytes)),
+    }
+}
+
+/// Bytes serialized as base64 text, encoded as they are written.
+struct Base64<'a>(&'a [u8]);
+
+impl Serialize for Base64<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&base64::display::Base64Display::new(self.0, &BASE64))
+    }
+}
+
+/// A record's headers as an object of text values, or of base64 values.
+struct Headers<'a>(&'a [(String, Bytes)], bool);
+
+impl Serialize for Headers<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (name, value) in self.0 {
+            match (self.1, std::str::from_utf8(value)) {
+                (false, Ok(text)) => map.serialize_entry(name, text)?,
+                _ => map.serialize_entry(name, &Base64(value))?,
+            }
+        }
+        map.end()
+    }
 }
 
 /// An error answer: a fitting status and `{"error": {"code", "number", "message"}}`.

@@ -20,17 +20,17 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::response::Response;
-use herald_protocol::{Batch, Deliver};
+use herald_protocol::{Batch, Deliver, StoredRecord};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::json::{ok, out_record, HttpError, JsonBody};
+use super::json::{ok, HttpError, JsonBody, OutRecord};
 use super::records::MAX_WAIT_MS;
 use super::{Gateway, PathArgs};
 use crate::core::Caller;
-use crate::domain::push_group::Answer;
+use crate::domain::push_group::{Answer, Span};
 use crate::error::BrokerError;
 
 /// Most records leased and unanswered per group through the gateway.
@@ -111,7 +111,7 @@ pub async fn lease(
         )));
     }
     let mut lessee = lessee(&gateway, &topic, &group).await?;
-    let taken = match take(&gateway, &lessee, &topic, &body).await {
+    let taken = match take(&gateway, &lessee, &body).await {
         // Its subscription ended (the topic was deleted and made again): start over once.
         Err(gone) if gone.is_closed() => {
             gateway
@@ -119,12 +119,31 @@ pub async fn lease(
                 .lock()
                 .remove(&(topic.clone(), group.clone()));
             lessee = self::lessee(&gateway, &topic, &group).await?;
-            take(&gateway, &lessee, &topic, &body).await
+            take(&gateway, &lessee, &body).await
         }
         other => other,
     }
     .map_err(Taken::into_error)?;
-    Ok(ok(json!({"records": taken})))
+    #[derive(serde::Serialize)]
+    struct Answer<'a> {
+        records: Vec<OutRecord<'a>>,
+    }
+    let records = taken
+        .iter()
+        .map(|leased| OutRecord {
+            delivery: Some((&leased.handle, leased.count)),
+            ..OutRecord::new(&topic, leased.partition, &leased.stored)
+        })
+        .collect();
+    Ok(ok(Answer { records }))
+}
+
+/// A record leased: where it is, its handle and how often it was delivered.
+struct Leased {
+    partition: u32,
+    stored: StoredRecord,
+    handle: String,
+    count: u32,
 }
 
 /// Why a lease request took nothing.
@@ -146,12 +165,7 @@ impl Taken {
     }
 }
 
-async fn take(
-    gateway: &Gateway,
-    lessee: &Lessee,
-    topic: &str,
-    body: &LeaseBody,
-) -> Result<Vec<Value>, Taken> {
+async fn take(gateway: &Gateway, lessee: &Lessee, body: &LeaseBody) -> Result<Vec<Leased>, Taken> {
     let core = &gateway.core;
     let mut deliveries = lessee.deliveries.lock().await;
     let deadline = Instant::now() + Duration::from_millis(body.wait_ms.min(MAX_WAIT_MS));
@@ -190,12 +204,12 @@ async fn take(
             let stored = stored.map_err(|e| Taken::Failed(BrokerError::BadBatch(e)))?;
             let count = deliver.delivery_counts.get(i).copied().unwrap_or(1);
             leases.insert((deliver.partition, stored.offset), (count, until));
-            let mut record = out_record(topic, deliver.partition, &stored);
-            let handle = super::ws::handle(lessee.sub, deliver.partition, stored.offset, count);
-            record.insert("handle".into(), json!(handle));
-            record.insert("delivery_count".into(), json!(count));
-            record.insert("redelivered".into(), json!(count > 1));
-            out.push(Value::Object(record));
+            out.push(Leased {
+                partition: deliver.partition,
+                handle: super::ws::handle(lessee.sub, deliver.partition, stored.offset, count),
+                stored,
+                count,
+            });
         }
     }
     Ok(out)
@@ -243,17 +257,35 @@ pub async fn answer(
         .lock()
         .get(&(topic.clone(), group.clone()))
         .cloned();
-    let mut results = Vec::with_capacity(body.handles.len());
-    for handle in body.handles {
-        let result = match &lessee {
-            Some(lessee) => answer_one(&gateway, lessee, &handle, kind, &answer).await,
-            None => Err(unknown(&handle)),
-        };
-        results.push(match result {
-            Ok(()) => json!({"handle": handle, "ok": true}),
-            Err(err) => json!({"handle": handle, "error": err.body()["error"]}),
-        });
+    // Each handle is checked against the leases first; those that hold are answered
+    // together.
+    let checked: Vec<Result<(u64, Span), HttpError>> = body
+        .handles
+        .iter()
+        .map(|handle| match &lessee {
+            Some(lessee) => check_lease(lessee, handle, kind, &answer),
+            None => Err(unknown(handle)),
+        })
+        .collect();
+    let valid: Vec<(u64, Span)> = checked.iter().flatten().copied().collect();
+    let mut answered = match &lessee {
+        Some(lessee) => {
+            super::answers::answer_records(&gateway.core, &lessee.caller, &valid, &answer).await
+        }
+        None => Vec::new(),
     }
+    .into_iter();
+    let results: Vec<Value> = body
+        .handles
+        .iter()
+        .zip(checked)
+        .map(
+            |(handle, checked)| match checked.and_then(|_| answered.next().unwrap_or(Ok(()))) {
+                Ok(()) => json!({"handle": handle, "ok": true}),
+                Err(err) => json!({"handle": handle, "error": err.body()["error"]}),
+            },
+        )
+        .collect();
     Ok(ok(json!({"results": results})))
 }
 
@@ -261,52 +293,47 @@ fn unknown(handle: &str) -> HttpError {
     HttpError::bad_request(format!("{handle:?} is not a lease this group handed out"))
 }
 
-async fn answer_one(
-    gateway: &Gateway,
+/// Whether `handle` names a lease that still holds; if so, updates the lease for the
+/// answer (a touch extends it, anything else ends it) and returns what to answer.
+fn check_lease(
     lessee: &Lessee,
     handle: &str,
     kind: Kind,
     answer: &Answer,
-) -> Result<(), HttpError> {
+) -> Result<(u64, Span), HttpError> {
     let (sub, span, count) = super::ws::parse_handle(handle).ok_or_else(|| unknown(handle))?;
     if sub != lessee.sub {
         return Err(unknown(handle));
     }
     let key = (span.partition, span.start);
-    {
-        let mut leases = lessee.leases.lock().unwrap_or_else(|e| e.into_inner());
-        let Some((leased, expires)) = leases.get_mut(&key) else {
-            return Err(unknown(handle));
-        };
-        // An earlier lease of a record leased again since: its holder's time ran out (the
-        // later lease stays).
-        let replaced = *leased != count;
-        if replaced || *expires <= Instant::now() {
-            if !replaced {
-                leases.remove(&key);
-            }
-            return Err(HttpError::bad_request(format!(
-                "the lease of {handle:?} ran out; the record went back to the group"
-            )));
+    let mut leases = lessee.leases.lock().unwrap_or_else(|e| e.into_inner());
+    let Some((leased, expires)) = leases.get_mut(&key) else {
+        return Err(unknown(handle));
+    };
+    // An earlier lease of a record leased again since: its holder's time ran out (the
+    // later lease stays).
+    let replaced = *leased != count;
+    if replaced || *expires <= Instant::now() {
+        if !replaced {
+            leases.remove(&key);
         }
-        match kind {
-            Kind::Touch => {
-                let extend = match answer {
-                    Answer::Touch { extend: Some(d) } => *d,
-                    _ => lessee.ack_timeout,
-                };
-                *expires = Instant::now() + extend;
-            }
-            _ => {
-                leases.remove(&key);
-            }
+        return Err(HttpError::bad_request(format!(
+            "the lease of {handle:?} ran out; the record went back to the group"
+        )));
+    }
+    match kind {
+        Kind::Touch => {
+            let extend = match answer {
+                Answer::Touch { extend: Some(d) } => *d,
+                _ => lessee.ack_timeout,
+            };
+            *expires = Instant::now() + extend;
+        }
+        _ => {
+            leases.remove(&key);
         }
     }
-    gateway
-        .core
-        .answer(&lessee.caller, sub, vec![span], answer.clone())
-        .await
-        .map_err(HttpError::from)
+    Ok((sub, span))
 }
 
 macro_rules! answer_route {

@@ -4,6 +4,8 @@
 //! Routes (JSON everywhere; errors are a fitting status and `{"error": {"code", "number",
 //! "message"}}` with the broker's error codes, see [`json`]):
 //!
+//! - `GET /v1/topics` and `GET /v1/topics/{topic}`: the topics, and one topic's partitions
+//!   with their first and next offsets (see `topics`).
 //! - `POST /v1/topics/{topic}/records` with `{"records": [...]}`: publishes, answering once
 //!   the records are confirmed under the fsync policy.
 //! - `GET /v1/topics/{topic}/partitions/{p}/records?offset=N&max_records=M&wait_ms=W`: reads,
@@ -17,11 +19,13 @@
 //!
 //! `--http-allow-origin` turns on CORS for the origins it names (`*` for any).
 
+mod answers;
 mod counted;
 mod events;
 pub mod json;
 mod leases;
 mod records;
+mod topics;
 mod ws;
 
 use axum::extract::{DefaultBodyLimit, FromRequestParts};
@@ -54,6 +58,8 @@ pub fn router(core: Core, origins: &[String]) -> (Router, TaskTracker) {
     let tasks = TaskTracker::new();
     let limit = core.config().max_frame_bytes as usize;
     let router = Router::new()
+        .route("/v1/topics", get(topics::list))
+        .route("/v1/topics/{topic}", get(topics::describe))
         .route("/v1/topics/{topic}/records", post(records::publish))
         .route(
             "/v1/topics/{topic}/partitions/{partition}/records",

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use super::json::{ok, out_record, HttpError, InRecord, JsonBody};
+use super::json::{ok, HttpError, InRecord, JsonBody, OutRecord};
 use super::{Gateway, PathArgs, QueryArgs};
 use crate::core::{Core, FetchArgs};
 use crate::storage::Durability;
@@ -101,7 +101,7 @@ pub async fn read(
     };
     // A client that goes away drops this future, and the wait with it.
     let fetched = gateway.core.fetch(args, &CancellationToken::new()).await?;
-    let mut records = Vec::new();
+    let mut stored_records = Vec::new();
     let mut next_offset = query.offset;
     let batches = read_batches(fetched.batches)
         .map_err(|err| HttpError::from(crate::error::BrokerError::BadBatch(err)))?;
@@ -112,12 +112,24 @@ pub async fn read(
             if stored.offset < query.offset {
                 continue;
             }
-            if records.len() as u32 >= max_records {
+            if stored_records.len() as u32 >= max_records {
                 break;
             }
             next_offset = stored.offset + 1;
-            records.push(Value::Object(out_record(&topic, partition, &stored)));
+            stored_records.push(stored);
         }
     }
-    Ok(ok(json!({"records": records, "next_offset": next_offset})))
+    #[derive(serde::Serialize)]
+    struct Answer<'a> {
+        records: Vec<OutRecord<'a>>,
+        next_offset: u64,
+    }
+    let records = stored_records
+        .iter()
+        .map(|stored| OutRecord::new(&topic, partition, stored))
+        .collect();
+    Ok(ok(Answer {
+        records,
+        next_offset,
+    }))
 }

@@ -38,7 +38,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::events::{cursor_text, fill_cursor, follow, parse_cursor, Item};
-use super::json::{out_record, HttpError, InRecord};
+use super::json::{HttpError, InRecord, OutRecord};
 use super::Gateway;
 use crate::core::Caller;
 use crate::domain::group::Start;
@@ -135,8 +135,10 @@ async fn session(gateway: Gateway, socket: WebSocket, peer: SocketAddr) {
     let (out, mut queued) = mpsc::channel::<Message>(OUTBOUND);
     let closing = CancellationToken::new();
     // The writer: queued messages, and a ping whenever nothing else went out for a heartbeat.
-    // A peer that stops reading stalls the writer for at most the session timeout: then the
-    // socket is dropped, its queue closes, and everyone waiting to send to it stops.
+    // What is queued together goes out in one write (one flush for all of it, not one
+    // system call per delivery). A peer that stops reading stalls the writer for at most
+    // the session timeout: then the socket is dropped, its queue closes, and everyone
+    // waiting to send to it stops.
     let writer = gateway.tasks.spawn(async move {
         loop {
             let message = match tokio::time::timeout(heartbeat, queued.recv()).await {
@@ -144,7 +146,14 @@ async fn session(gateway: Gateway, socket: WebSocket, peer: SocketAddr) {
                 Ok(None) => break,
                 Err(_) => Message::Ping(Default::default()),
             };
-            match tokio::time::timeout(timeout, sink.send(message)).await {
+            let write = async {
+                sink.feed(message).await?;
+                while let Ok(more) = queued.try_recv() {
+                    sink.feed(more).await?;
+                }
+                sink.flush().await
+            };
+            match tokio::time::timeout(timeout, write).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) | Err(_) => return,
             }
@@ -319,16 +328,13 @@ impl Session {
                 for (i, stored) in batch.iter().enumerate() {
                     let Ok(stored) = stored else { return };
                     let count = deliver.delivery_counts.get(i).copied().unwrap_or(1);
-                    let mut record = out_record(&topic, deliver.partition, &stored);
-                    record.insert("op".into(), json!("delivery"));
-                    record.insert("sub".into(), json!(id));
-                    record.insert(
-                        "handle".into(),
-                        json!(handle(sub, deliver.partition, stored.offset, count)),
-                    );
-                    record.insert("delivery_count".into(), json!(count));
-                    record.insert("redelivered".into(), json!(count > 1));
-                    let text = Value::Object(record).to_string();
+                    let handle = handle(sub, deliver.partition, stored.offset, count);
+                    let text = OutRecord {
+                        message: Some(("delivery", &id)),
+                        delivery: Some((&handle, count)),
+                        ..OutRecord::new(&topic, deliver.partition, &stored)
+                    }
+                    .to_text();
                     if out
                         .send(Message::Text(Utf8Bytes::from(text)))
                         .await
@@ -395,28 +401,29 @@ impl Session {
                 item = rx.recv() => item,
                 _ = stop.cancelled() => None,
             } {
-                let messages: Vec<Value> = match item {
+                let messages: Vec<String> = match item {
                     Item::Records(p, records) => records
                         .iter()
                         .map(|stored| {
                             cursor.insert(p, stored.offset + 1);
-                            let mut record = out_record(&topic, p, stored);
-                            record.insert("op".into(), json!("record"));
-                            record.insert("sub".into(), json!(id));
-                            record.insert("cursor".into(), json!(cursor_text(&cursor)));
-                            Value::Object(record)
+                            OutRecord {
+                                message: Some(("record", &id)),
+                                cursor: Some(&cursor_text(&cursor)),
+                                ..OutRecord::new(&topic, p, stored)
+                            }
+                            .to_text()
                         })
                         .collect(),
                     Item::Reset(p, offset) => {
                         cursor.insert(p, offset);
-                        vec![json!({"op": "reset", "sub": id, "partition": p, "offset": offset, "cursor": cursor_text(&cursor)})]
+                        vec![json!({"op": "reset", "sub": id, "partition": p, "offset": offset, "cursor": cursor_text(&cursor)}).to_string()]
                     }
                     Item::Failed(err) => {
-                        vec![json!({"op": "error", "id": id, "error": HttpError::from(err).body()["error"]})]
+                        vec![json!({"op": "error", "id": id, "error": HttpError::from(err).body()["error"]}).to_string()]
                     }
                 };
                 for message in messages {
-                    if out.send(Message::Text(Utf8Bytes::from(message.to_string()))).await.is_err() {
+                    if out.send(Message::Text(Utf8Bytes::from(message))).await.is_err() {
                         return;
                     }
                 }
@@ -444,15 +451,19 @@ impl Session {
 
     /// Answers each handle on its own, so one stale handle fails alone.
     async fn answer(&self, handles: Vec<String>, answer: Answer, req: Option<Value>) {
+        let parsed: Vec<Option<(u64, Span)>> = handles
+            .iter()
+            .map(|handle| parse_handle(handle).map(|(sub, span, _)| (sub, span)))
+            .collect();
+        let valid: Vec<(u64, Span)> = parsed.iter().flatten().copied().collect();
+        let mut answered =
+            super::answers::answer_records(&self.gateway.core, &self.caller, &valid, &answer)
+                .await
+                .into_iter();
         let mut results = Vec::with_capacity(handles.len());
-        for handle in handles {
-            let result = match parse_handle(&handle) {
-                Some((sub, span, _)) => self
-                    .gateway
-                    .core
-                    .answer(&self.caller, sub, vec![span], answer.clone())
-                    .await
-                    .map_err(HttpError::from),
+        for (handle, parsed) in handles.into_iter().zip(parsed) {
+            let result = match parsed {
+                Some(_) => answered.next().unwrap_or(Ok(())),
                 None => Err(HttpError::bad_request(format!(
                     "{handle:?} is not a handle"
                 ))),

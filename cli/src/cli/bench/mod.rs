@@ -2,27 +2,37 @@
 //!
 //! Scenarios: `publish` (throughput and publish→confirm latency), `consume` (read back what
 //! a publish phase wrote, committing as it goes), `pubsub` (publish and consume at once,
-//! publish→delivery latency), `fanout` (`--groups N` groups each reading everything).
+//! publish→delivery latency), `fanout` (`--groups N` groups each reading everything), and
+//! `idle` (`--connections N` open SSE streams or long-polls with nothing to deliver, and
+//! what they cost the broker).
 //! Every run checks on the consuming side that each published message arrived exactly once
 //! (a `publish` run reads its messages back after the timed phase); a run that fails the
 //! check exits non-zero and reports no figures.
+//!
+//! `--via` picks the way in the timed side takes: the TCP protocol with the Rust client
+//! (`tcp`), or the web front door: `http` (publishing by POST; long-polls for `idle`),
+//! `websocket` (push consumers that ack) or `sse` (one event stream per group). Whatever
+//! side is not timed (filling the topic, reading it back to verify) goes over TCP.
 
 mod pacer;
 mod payload;
 mod report;
 mod verify;
+mod web;
 mod workload;
 
 use std::io::IsTerminal;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use hdrhistogram::Histogram;
 use herald_client::{Client, Durability, ErrorCode};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use report::{Latencies, Machine, Percentiles, Report, Throughput};
 use verify::Expected;
-use workload::{ConsumePlan, PublishPlan};
+use workload::{ConsumePlan, ConsumeVia, PublishPlan};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Scenario {
@@ -30,6 +40,16 @@ pub enum Scenario {
     Consume,
     Pubsub,
     Fanout,
+    Idle,
+}
+
+/// The way in the timed side of a run takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Via {
+    Tcp,
+    Http,
+    Websocket,
+    Sse,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -56,9 +76,16 @@ pub struct BenchArgs {
     /// What to measure.
     #[arg(long, value_enum, default_value = "publish")]
     pub scenario: Scenario,
-    /// How consumers read.
+    /// How consumers read (`--via websocket` consumes as a push group).
     #[arg(long, value_enum, default_value = "pull")]
     pub mode: Mode,
+    /// The way in: tcp (the Rust client), or the web front door: http (publish; idle
+    /// long-polls), websocket (push consumers), sse (event streams, one per group).
+    #[arg(long, value_enum, default_value = "tcp")]
+    pub via: Via,
+    /// The broker's HTTP gateway, for --via other than tcp (ignored with --embedded).
+    #[arg(long, default_value = "127.0.0.1:7421")]
+    pub http: String,
     /// Producers, each on its own connection.
     #[arg(long, default_value_t = 1)]
     pub producers: usize,
@@ -71,7 +98,7 @@ pub struct BenchArgs {
     /// Messages published in all.
     #[arg(long, default_value_t = 100_000)]
     pub messages: u64,
-    /// Payload bytes per message (at least 20).
+    /// Payload bytes per message (at least 40: the bench's header, as text).
     #[arg(long, default_value_t = 100)]
     pub size: usize,
     /// Most records per published batch.
@@ -89,6 +116,16 @@ pub struct BenchArgs {
     /// Groups for the fanout scenario.
     #[arg(long, default_value_t = 4)]
     pub groups: usize,
+    /// Open connections for the idle scenario.
+    #[arg(long, default_value_t = 10_000)]
+    pub connections: usize,
+    /// How long the idle scenario holds its connections open while measuring.
+    #[arg(long, default_value_t = 10_000)]
+    pub hold_ms: u64,
+    /// The broker's process id for the idle scenario's CPU and memory figures; by default
+    /// the process listening on the --http port of this machine.
+    #[arg(long)]
+    pub broker_pid: Option<u32>,
     /// Fail when consumers receive nothing new for this long.
     #[arg(long, default_value_t = 10_000)]
     pub timeout_ms: u64,
@@ -113,19 +150,64 @@ impl BenchArgs {
             ("--groups", self.groups as u64),
             ("--batch", self.batch as u64),
             ("--prefetch", u64::from(self.prefetch)),
+            ("--connections", self.connections as u64),
         ] {
             if value == 0 {
                 anyhow::bail!("{name} must be at least 1");
             }
         }
+        let supported = match self.scenario {
+            Scenario::Publish => matches!(self.via, Via::Tcp | Via::Http),
+            Scenario::Consume | Scenario::Pubsub | Scenario::Fanout => {
+                matches!(self.via, Via::Tcp | Via::Websocket | Via::Sse)
+            }
+            Scenario::Idle => matches!(self.via, Via::Http | Via::Sse),
+        };
+        if !supported {
+            anyhow::bail!(
+                "--scenario {} does not run --via {}: publish runs via tcp or http; consume, \
+                 pubsub and fanout via tcp, websocket or sse; idle via sse or http (long-polls)",
+                self.scenario_name(),
+                self.via_name()
+            );
+        }
+        if self.scenario == Scenario::Idle && !cfg!(target_os = "linux") {
+            anyhow::bail!("--scenario idle reads the broker's figures from /proc: Linux only");
+        }
         Ok(())
+    }
+
+    fn scenario_name(&self) -> &'static str {
+        match self.scenario {
+            Scenario::Publish => "publish",
+            Scenario::Consume => "consume",
+            Scenario::Pubsub => "pubsub",
+            Scenario::Fanout => "fanout",
+            Scenario::Idle => "idle",
+        }
+    }
+
+    fn via_name(&self) -> &'static str {
+        match self.via {
+            Via::Tcp => "tcp",
+            Via::Http => "http",
+            Via::Websocket => "websocket",
+            Via::Sse => "sse",
+        }
+    }
+
+    /// Whether consumers are push-group members: `--mode push`, or WebSockets.
+    fn push(&self) -> bool {
+        self.mode == Mode::Push || self.via == Via::Websocket
     }
 }
 
 pub async fn run(broker: &str, args: BenchArgs) -> anyhow::Result<()> {
     args.validate()?;
     let target = Target::start(broker, &args).await?;
-    let result = Bench::new(&args, target.addr()).run().await;
+    let result = Bench::new(&args, target.addr(), target.http(&args))
+        .run()
+        .await;
     let fsync = result
         .as_ref()
         .ok()
@@ -148,6 +230,7 @@ enum Target {
     Embedded {
         broker: herald_broker::Broker,
         addr: String,
+        http: Option<String>,
         _dir: tempfile::TempDir,
     },
 }
@@ -166,11 +249,22 @@ impl Target {
                 Fsync::Interval => herald_broker::Fsync::Interval,
                 Fsync::Never => herald_broker::Fsync::Never,
             };
+            if args.via != Via::Tcp {
+                config.http_listen = herald_broker::config::Listen::At(std::net::SocketAddr::from(
+                    ([127, 0, 0, 1], 0),
+                ));
+            }
+            if args.scenario == Scenario::Idle {
+                // Room for every idle connection and the bench's own.
+                config.max_connections = config.max_connections.max(args.connections + 64);
+            }
             let broker = herald_broker::Broker::start(config).await?;
             let addr = broker.local_addr().to_string();
+            let http = broker.http_addr().map(|a| a.to_string());
             Ok(Target::Embedded {
                 broker,
                 addr,
+                http,
                 _dir: dir,
             })
         }
@@ -183,6 +277,17 @@ impl Target {
             Target::Remote(addr) => addr,
             #[cfg(feature = "embedded-broker")]
             Target::Embedded { addr, .. } => addr,
+        }
+    }
+
+    /// The HTTP gateway: the embedded broker's, or `--http`.
+    fn http(&self, args: &BenchArgs) -> String {
+        match self {
+            #[cfg(feature = "embedded-broker")]
+            Target::Embedded {
+                http: Some(http), ..
+            } => http.clone(),
+            _ => args.http.clone(),
         }
     }
 
@@ -208,6 +313,8 @@ impl Target {
 struct Bench<'a> {
     args: &'a BenchArgs,
     addr: String,
+    /// The broker's HTTP gateway, for `--via` other than tcp.
+    http: String,
     /// Names this run's groups, so a run never resumes another run's committed position.
     run_id: String,
     topic: String,
@@ -216,7 +323,7 @@ struct Bench<'a> {
 }
 
 impl<'a> Bench<'a> {
-    fn new(args: &'a BenchArgs, addr: &str) -> Self {
+    fn new(args: &'a BenchArgs, addr: &str, http: String) -> Self {
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
@@ -233,6 +340,7 @@ impl<'a> Bench<'a> {
         Bench {
             args,
             addr: addr.to_string(),
+            http,
             run_id,
             topic,
             expected: Expected {
@@ -258,20 +366,39 @@ impl<'a> Bench<'a> {
             size: self.args.size,
             batch: self.args.batch,
             rate: self.args.rate,
+            http: (self.args.via == Via::Http).then(|| self.http.clone()),
         }
     }
 
-    fn consume_plan(&self, group: String, measure_delivery: bool) -> ConsumePlan {
+    /// How a group's consumers read. Reading back to verify (`timed` false) always goes
+    /// over TCP.
+    fn consume_plan(
+        &self,
+        group: String,
+        delivery: Option<Arc<Mutex<Histogram<u64>>>>,
+        timed: bool,
+    ) -> ConsumePlan {
+        let via = match self.args.via {
+            Via::Websocket if timed => ConsumeVia::WebSocket(self.http.clone()),
+            Via::Sse if timed => ConsumeVia::Sse(self.http.clone()),
+            _ => ConsumeVia::Tcp,
+        };
         ConsumePlan {
             addr: self.addr.clone(),
             topic: self.topic.clone(),
             group,
-            consumers: self.args.consumers,
             expected: self.expected,
             max_messages: self.args.prefetch,
             stall_timeout: Duration::from_millis(self.args.timeout_ms),
-            measure_delivery,
-            push: self.args.mode == Mode::Push,
+            delivery,
+            push: timed && self.args.push(),
+            consumers: if matches!(via, ConsumeVia::Sse(_)) {
+                1
+            } else {
+                self.args.consumers
+            },
+            via,
+            ready: None,
         }
     }
 
@@ -294,13 +421,14 @@ impl<'a> Bench<'a> {
         }
         let mut report = self.empty_report();
         match self.args.scenario {
+            Scenario::Idle => {
+                report.idle = Some(self.idle().await?);
+                return Ok(report);
+            }
             Scenario::Publish => {
                 self.publish(&mut report).await?;
                 // Not timed: read everything back, so a fast wrong run is a failure.
-                let plan = ConsumePlan {
-                    push: false,
-                    ..self.consume_plan(self.group(0), false)
-                };
+                let plan = self.consume_plan(self.group(0), None, false);
                 let check = workload::consume(&plan, &ProgressBar::hidden()).await?;
                 check
                     .verifier
@@ -313,7 +441,7 @@ impl<'a> Bench<'a> {
                 }
                 let bar = self.bar("consumed", self.args.messages);
                 let consumed =
-                    workload::consume(&self.consume_plan(self.group(0), false), &bar).await?;
+                    workload::consume(&self.consume_plan(self.group(0), None, true), &bar).await?;
                 bar.finish();
                 consumed
                     .verifier
@@ -331,17 +459,43 @@ impl<'a> Bench<'a> {
                 } else {
                     1
                 };
-                let delivery = self.args.scenario == Scenario::Pubsub;
                 let bar = self.bar("consumed", self.args.messages * groups as u64);
+                let (ready_tx, mut ready) = tokio::sync::mpsc::unbounded_channel();
+                let mut members = 0;
+                let latency = Arc::new(Mutex::new(report::histogram()));
                 let consumers: Vec<_> = (0..groups)
                     .map(|g| {
-                        let (plan, bar) = (self.consume_plan(self.group(g), delivery), bar.clone());
+                        let plan = ConsumePlan {
+                            ready: Some(ready_tx.clone()),
+                            ..self.consume_plan(self.group(g), Some(Arc::clone(&latency)), true)
+                        };
+                        members += plan.consumers;
+                        let bar = bar.clone();
                         tokio::spawn(async move { workload::consume(&plan, &bar).await })
                     })
                     .collect();
+                drop(ready_tx);
+                // Publishing starts once every consumer is reading, so that latency is not
+                // the time it took to connect.
+                let all_ready = async {
+                    for _ in 0..members {
+                        if ready.recv().await.is_none() {
+                            return false;
+                        }
+                    }
+                    true
+                };
+                if !tokio::time::timeout(Duration::from_secs(60), all_ready)
+                    .await
+                    .unwrap_or(false)
+                {
+                    for consumer in consumers {
+                        consumer.await??;
+                    }
+                    anyhow::bail!("the consumers did not all start reading within 60 s");
+                }
                 self.publish(&mut report).await?;
                 let mut slowest = Duration::ZERO;
-                let mut latency = report::histogram();
                 for consumer in consumers {
                     let consumed = consumer.await??;
                     consumed
@@ -349,11 +503,11 @@ impl<'a> Bench<'a> {
                         .check()
                         .map_err(|m| anyhow::anyhow!("verification failed: {m}"))?;
                     slowest = slowest.max(consumed.elapsed);
-                    latency.add(&consumed.delivery)?;
                 }
                 bar.finish();
                 let deliveries = self.args.messages * groups as u64;
                 report.consume = Some(Throughput::new(deliveries, self.args.size, slowest));
+                let latency = latency.lock().unwrap_or_else(|e| e.into_inner());
                 report.latency_us.delivery = Percentiles::of(&latency);
             }
         }
@@ -368,6 +522,25 @@ impl<'a> Bench<'a> {
         }
         report.verified = true;
         Ok(report)
+    }
+
+    #[cfg(target_os = "linux")]
+    async fn idle(&self) -> anyhow::Result<report::Idle> {
+        let plan = web::idle::IdlePlan {
+            http: self.http.clone(),
+            topic: self.topic.clone(),
+            connections: self.args.connections,
+            hold: Duration::from_millis(self.args.hold_ms),
+            long_poll: self.args.via == Via::Http,
+            pid: self.args.broker_pid,
+            embedded: self.args.embedded,
+        };
+        web::idle::run(&plan).await
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    async fn idle(&self) -> anyhow::Result<report::Idle> {
+        anyhow::bail!("--scenario idle reads the broker's figures from /proc: Linux only")
     }
 
     /// Runs the producers and puts their figures in the report.
@@ -393,12 +566,8 @@ impl<'a> Bench<'a> {
     fn empty_report(&self) -> Report {
         let a = self.args;
         Report {
-            scenario: match a.scenario {
-                Scenario::Publish => "publish",
-                Scenario::Consume => "consume",
-                Scenario::Pubsub => "pubsub",
-                Scenario::Fanout => "fanout",
-            },
+            scenario: a.scenario_name(),
+            via: a.via_name(),
             messages: a.messages,
             size: a.size,
             producers: a.producers,
@@ -418,12 +587,10 @@ impl<'a> Bench<'a> {
             } else {
                 1
             },
-            mode: match a.mode {
-                Mode::Pull => "pull",
-                Mode::Push => "push",
-            },
+            mode: if a.push() { "push" } else { "pull" },
             topic: self.topic.clone(),
             verified: false,
+            idle: None,
             machine: Machine::this(),
         }
     }

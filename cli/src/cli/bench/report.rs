@@ -90,10 +90,31 @@ impl Machine {
     }
 }
 
+/// What the idle scenario found: the broker's cost of connections that wait.
+#[derive(Debug, Clone, Serialize)]
+pub struct Idle {
+    pub connections: usize,
+    /// `SSE streams` or `long-polls`.
+    pub way: &'static str,
+    /// How long opening them all took.
+    pub open_ms: u64,
+    pub hold_ms: u64,
+    /// The broker's CPU time over the hold, as a share of one core.
+    pub broker_cpu_percent: f64,
+    pub rss_before_mb: f64,
+    pub rss_open_mb: f64,
+    /// The broker's resident memory growth divided by the connections.
+    pub bytes_per_connection: u64,
+    /// Whose `/proc` entry the figures come from.
+    pub measured: String,
+}
+
 /// Everything a run reports. The field order is the JSON's.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub scenario: &'static str,
+    /// The way in of the timed side: `tcp`, `http`, `websocket` or `sse`.
+    pub via: &'static str,
     pub messages: u64,
     pub size: usize,
     pub producers: usize,
@@ -109,6 +130,8 @@ pub struct Report {
     pub mode: &'static str,
     pub topic: String,
     pub verified: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle: Option<Idle>,
     pub machine: Machine,
 }
 
@@ -120,10 +143,13 @@ impl Report {
     }
 
     pub fn print_table(&self, out: &mut impl Write) -> std::io::Result<()> {
+        if let Some(idle) = &self.idle {
+            return self.print_idle(idle, out);
+        }
         writeln!(
             out,
-            "scenario {}  topic {}  mode {}",
-            self.scenario, self.topic, self.mode
+            "scenario {}  via {}  topic {}  mode {}",
+            self.scenario, self.via, self.topic, self.mode
         )?;
         writeln!(
             out,
@@ -176,5 +202,37 @@ impl Report {
             }
         }
         Ok(())
+    }
+
+    fn print_idle(&self, idle: &Idle, out: &mut impl Write) -> std::io::Result<()> {
+        writeln!(out, "scenario idle  via {}  topic {}", self.via, self.topic)?;
+        writeln!(
+            out,
+            "settings: {} idle {}, held {} ms (opened in {} ms)",
+            idle.connections, idle.way, idle.hold_ms, idle.open_ms
+        )?;
+        let m = &self.machine;
+        writeln!(
+            out,
+            "machine: {} cores, {} MiB memory, kernel {}",
+            m.cores, m.memory_mb, m.kernel
+        )?;
+        writeln!(out, "measured: {}", idle.measured)?;
+        writeln!(out)?;
+        writeln!(
+            out,
+            "broker CPU while held   {:>8.2} % of a core",
+            idle.broker_cpu_percent
+        )?;
+        writeln!(
+            out,
+            "broker RSS              {:>8.1} MB before, {:.1} MB with them open",
+            idle.rss_before_mb, idle.rss_open_mb
+        )?;
+        writeln!(
+            out,
+            "memory per connection   {:>8} bytes",
+            idle.bytes_per_connection
+        )
     }
 }

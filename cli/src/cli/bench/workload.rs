@@ -1,5 +1,6 @@
 //! The two halves of every scenario: producers that publish numbered messages and record
-//! publish→confirm latency, and pull consumers that read, verify and commit everything.
+//! publish→confirm latency, and consumers that read, verify and answer everything — over
+//! the TCP protocol with the Rust client, or through the web front door ([`super::web`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,6 +21,7 @@ use super::pacer::Pacer;
 use super::payload;
 use super::report::histogram;
 use super::verify::{Expected, Verifier};
+use super::web;
 
 /// How producers publish.
 #[derive(Debug, Clone)]
@@ -31,6 +33,8 @@ pub struct PublishPlan {
     pub batch: usize,
     /// Messages per second over all producers; 0 = as fast as possible.
     pub rate: u64,
+    /// Publish by HTTP to this gateway instead of over TCP.
+    pub http: Option<String>,
 }
 
 /// What the producers measured.
@@ -60,13 +64,14 @@ pub async fn publish(plan: &PublishPlan, progress: &ProgressBar) -> anyhow::Resu
     let start = Instant::now();
     let mut producers = Vec::new();
     for p in 0..plan.expected.producers {
-        let client = connect(&plan.addr).await?;
-        producers.push(tokio::spawn(run_producer(
-            client,
-            plan.clone(),
-            p,
-            progress.clone(),
-        )));
+        let (plan, progress) = (plan.clone(), progress.clone());
+        producers.push(match plan.http.clone() {
+            Some(http) => tokio::spawn(web::publish::run_producer(http, plan, p, progress)),
+            None => {
+                let client = connect(&plan.addr).await?;
+                tokio::spawn(run_producer(client, plan, p, progress))
+            }
+        });
     }
     let mut confirm = histogram();
     let mut durability = None;
@@ -148,24 +153,40 @@ pub struct ConsumePlan {
     pub max_messages: u32,
     /// Give up when nothing new arrived for this long.
     pub stall_timeout: Duration,
-    /// Measure publish→delivery latency from the timestamps in the payloads.
-    pub measure_delivery: bool,
+    /// Where to record publish→delivery latency (from the payloads' stamps), if at all:
+    /// one histogram for the whole run, whatever the number of groups and consumers.
+    pub delivery: Option<Arc<Mutex<Histogram<u64>>>>,
     /// Pull members or push subscribers.
     pub push: bool,
+    /// How the consumers reach the broker.
+    pub via: ConsumeVia,
+    /// Told once by each consumer when it is subscribed and reading, so that publishing
+    /// can wait for all of them.
+    pub ready: Option<mpsc::UnboundedSender<()>>,
+}
+
+/// How a group's consumers reach the broker.
+#[derive(Debug, Clone)]
+pub enum ConsumeVia {
+    /// The Rust client over the TCP protocol.
+    Tcp,
+    /// Push subscribers on WebSockets at this HTTP gateway.
+    WebSocket(String),
+    /// One Server-Sent Events stream per group at this HTTP gateway.
+    Sse(String),
 }
 
 /// What one group's consumers measured.
 pub struct Consumed {
     pub elapsed: Duration,
     pub verifier: Verifier,
-    pub delivery: Histogram<u64>,
 }
 
-struct Shared {
+pub(super) struct Shared {
     verifier: Mutex<Verifier>,
-    delivery: Mutex<Histogram<u64>>,
     received: AtomicU64,
-    done: tokio_util::sync::CancellationToken,
+    /// Cancelled once every message arrived, or the run stalled.
+    pub(super) done: tokio_util::sync::CancellationToken,
 }
 
 /// Runs `plan.consumers` members of one group, each on its own connection, until every
@@ -176,22 +197,31 @@ struct Shared {
 pub async fn consume(plan: &ConsumePlan, progress: &ProgressBar) -> anyhow::Result<Consumed> {
     let shared = Arc::new(Shared {
         verifier: Mutex::new(Verifier::new(plan.expected)),
-        delivery: Mutex::new(histogram()),
         received: AtomicU64::new(0),
         done: tokio_util::sync::CancellationToken::new(),
     });
     let start = Instant::now();
     let mut members = Vec::new();
     for _ in 0..plan.consumers {
-        let client = connect(&plan.addr).await?;
         let (plan, shared, progress) = (plan.clone(), Arc::clone(&shared), progress.clone());
-        members.push(tokio::spawn(async move {
-            if plan.push {
-                run_subscriber(client, plan, shared, progress).await
-            } else {
-                run_member(client, plan, shared, progress).await
+        members.push(match plan.via.clone() {
+            ConsumeVia::WebSocket(http) => tokio::spawn(web::consume::run_ws_subscriber(
+                http, plan, shared, progress,
+            )),
+            ConsumeVia::Sse(http) => {
+                tokio::spawn(web::consume::run_sse_stream(http, plan, shared, progress))
             }
-        }));
+            ConsumeVia::Tcp => {
+                let client = connect(&plan.addr).await?;
+                tokio::spawn(async move {
+                    if plan.push {
+                        run_subscriber(client, plan, shared, progress).await
+                    } else {
+                        run_member(client, plan, shared, progress).await
+                    }
+                })
+            }
+        });
     }
     let watchdog = tokio::spawn(watch_for_stall(Arc::clone(&shared), plan.stall_timeout));
     for member in members {
@@ -206,10 +236,6 @@ pub async fn consume(plan: &ConsumePlan, progress: &ProgressBar) -> anyhow::Resu
         elapsed,
         verifier: shared
             .verifier
-            .into_inner()
-            .map_err(|_| anyhow::anyhow!("a consumer panicked"))?,
-        delivery: shared
-            .delivery
             .into_inner()
             .map_err(|_| anyhow::anyhow!("a consumer panicked"))?,
     })
@@ -244,6 +270,9 @@ async fn run_member(
     let mut consumer = client
         .pull_consumer_with(&plan.topic, &plan.group, config)
         .await?;
+    if let Some(ready) = &plan.ready {
+        let _ = ready.send(());
+    }
     let take = |record: herald_client::PulledRecord| record.record.payload;
     let read = verify(
         &mut consumer,
@@ -271,6 +300,9 @@ async fn run_subscriber(
     let mut consumer = client
         .push_consumer_with(&plan.topic, &plan.group, config)
         .await?;
+    if let Some(ready) = &plan.ready {
+        let _ = ready.send(());
+    }
     let take = |delivery: herald_client::Delivery| {
         let payload = delivery.record.payload.clone();
         delivery.ack();
@@ -330,18 +362,26 @@ where
 const CHECK_EVERY: usize = 1024;
 
 /// Verifies and counts handed-out records.
-fn check(plan: &ConsumePlan, shared: &Shared, payloads: &[Bytes], progress: &ProgressBar) {
+pub(super) fn check(
+    plan: &ConsumePlan,
+    shared: &Shared,
+    payloads: &[Bytes],
+    progress: &ProgressBar,
+) {
     if payloads.is_empty() {
         return;
     }
     let now = payload::now_ns();
-    let mut delivery = shared.delivery.lock().unwrap_or_else(|e| e.into_inner());
+    let mut delivery = plan
+        .delivery
+        .as_ref()
+        .map(|d| d.lock().unwrap_or_else(|e| e.into_inner()));
     let mut verifier = shared.verifier.lock().unwrap_or_else(|e| e.into_inner());
     for body in payloads {
         match payload::decode(body) {
             Some((producer, sequence, sent_ns)) => {
                 verifier.record(producer, sequence);
-                if plan.measure_delivery {
+                if let Some(delivery) = &mut delivery {
                     delivery.saturating_record((now.saturating_sub(sent_ns) / 1000).max(1));
                 }
             }
