@@ -255,3 +255,122 @@ async fn an_open_stream_does_not_hold_up_a_shutdown() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("event: hello"));
 }
+
+/// A `curl -N` reading the stream at `path` in the background, until it has seen a record
+/// whose value starts with `last` (then it is killed) or 30 s pass.
+struct Reader {
+    pid: u32,
+    events: tokio::task::JoinHandle<Vec<Sse>>,
+}
+
+impl Reader {
+    fn start(broker: &TestBroker, path: &str, last: &str) -> Reader {
+        use tokio::io::AsyncReadExt;
+        let mut child = Command::new("curl")
+            .args(["-sN", "--max-time", "30"])
+            .arg(format!("http://{}{path}", broker.http_addr()))
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("curl runs");
+        let pid = child.id().unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let last = format!("\"value\":\"{last}");
+        let events = tokio::spawn(async move {
+            let mut text = Vec::new();
+            let mut chunk = vec![0; 64 * 1024];
+            loop {
+                let n = stdout.read(&mut chunk).await.unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                text.extend_from_slice(&chunk[..n]);
+                // Done once the last record's event is whole.
+                let seen = String::from_utf8_lossy(&text[text.len().saturating_sub(128 * 1024)..]);
+                if seen
+                    .rfind(&last)
+                    .is_some_and(|at| seen[at..].contains("\n\n"))
+                {
+                    break;
+                }
+            }
+            let _ = child.kill().await;
+            parse_events(&String::from_utf8_lossy(&text))
+        });
+        Reader { pid, events }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .args([name, &self.pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+fn parse_events(text: &str) -> Vec<Sse> {
+    text.split("\n\n")
+        .filter_map(|block| {
+            let mut event = Sse::default();
+            for line in block.lines() {
+                match line.split_once(':') {
+                    Some(("event", v)) => event.event = v.trim().to_string(),
+                    Some(("id", v)) => event.id = v.trim().to_string(),
+                    Some(("data", v)) => event.data = v.trim().to_string(),
+                    _ => {}
+                }
+            }
+            (!event.event.is_empty()).then_some(event)
+        })
+        .collect()
+}
+
+/// The records' values up to their first `-`, and whether each cursor names the offset
+/// after its record.
+fn numbered(events: &[Sse]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e.event == "record")
+        .map(|e| {
+            let record: Value = serde_json::from_str(&e.data).unwrap();
+            let offset = record["offset"].as_u64().unwrap();
+            assert_eq!(
+                e.id,
+                format!("0:{}", offset + 1),
+                "the cursor after the record"
+            );
+            let value = record["value"].as_str().unwrap();
+            value.split('-').next().unwrap().to_string()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_on_one_partition_share_its_reads_and_a_stalled_one_catches_up() {
+    let broker = gateway().await;
+    let client = broker.client().await;
+    client.create_topic("wide", 1).await.unwrap();
+    publish(&client, "wide", 0, 5).await;
+    // Enough bytes to fill a stalled reader's socket buffers many times over, each record
+    // its own append (and so its own read for the streams that follow the tail).
+    let (records, padding) = (600, "x".repeat(32 * 1024));
+    let last = format!("e{}-", 5 + records - 1);
+    let old = Reader::start(&broker, "/v1/topics/wide/events", &last);
+    let stalled = Reader::start(&broker, "/v1/topics/wide/events", &last);
+    let new = Reader::start(&broker, "/v1/topics/wide/events?from=latest", &last);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stalled.signal("-STOP");
+    let producer = client.producer();
+    for i in 5..5 + records {
+        let record = Record::new(format!("e{i}-{padding}"));
+        producer.send("wide", record).await.unwrap();
+    }
+    stalled.signal("-CONT");
+
+    let every: Vec<String> = (0..5 + records).map(|i| format!("e{i}")).collect();
+    assert_eq!(numbered(&old.events.await.unwrap()), every);
+    assert_eq!(numbered(&stalled.events.await.unwrap()), every);
+    assert_eq!(numbered(&new.events.await.unwrap()), every[5..].to_vec());
+    broker.stop().await;
+}

@@ -20,6 +20,7 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -35,14 +36,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::json::{HttpError, OutRecord};
+use super::tails::Rendered;
 use super::{Gateway, PathArgs, QueryArgs};
-use crate::core::{Core, FetchArgs};
 use crate::error::BrokerError;
 
 /// Records one read of a partition takes.
-const READ_RECORDS: u32 = 500;
-/// How long one long-poll waits before looking again (the stream's end is noticed sooner).
-const POLL_WAIT: Duration = Duration::from_secs(15);
+pub(super) const READ_RECORDS: u32 = 500;
 /// Reads handed to the stream and not yet sent, per partition.
 const QUEUE: usize = 4;
 /// Longest a stream goes without sending anything: then a comment goes out, so proxies
@@ -60,6 +59,8 @@ pub struct EventsQuery {
 /// What a partition's task hands the stream.
 pub(super) enum Item {
     Records(u32, Vec<StoredRecord>),
+    /// Records the partition's hub rendered, from the offset given on.
+    Rendered(u32, Arc<Rendered>, u64),
     /// The cursor was older than retention: reading restarts at `first`.
     Reset(u32, u64),
     Failed(BrokerError),
@@ -106,16 +107,12 @@ pub async fn events(
     let stop = CancellationToken::new();
     let (tx, rx) = mpsc::channel(QUEUE * partitions.len().max(1));
     for (&partition, &offset) in &cursor {
-        let (core, topic, tx, stop) = (
-            gateway.core.clone(),
-            topic.clone(),
-            tx.clone(),
-            stop.clone(),
-        );
+        let follow = gateway.follow(&topic, partition);
         gateway
             .tasks
-            .spawn(follow(core, topic, partition, offset, tx, stop));
+            .spawn(follow.run(offset, tx.clone(), stop.clone()));
     }
+    drop(tx);
     let stream = stream_of(
         topic,
         cursor,
@@ -172,58 +169,11 @@ pub(super) fn cursor_text(cursor: &BTreeMap<u32, u64>) -> String {
         .join(",")
 }
 
-/// Long-polls one partition from `offset`, handing what it reads to the stream, until the
-/// stream goes (`stop`) or the broker stops.
-pub(super) async fn follow(
-    core: Core,
-    topic: String,
-    partition: u32,
-    mut offset: u64,
-    tx: mpsc::Sender<Item>,
-    stop: CancellationToken,
-) {
-    loop {
-        let args = FetchArgs {
-            topic: topic.clone(),
-            partition,
-            offset,
-            max_messages: READ_RECORDS,
-            max_bytes: core.config().max_frame_bytes,
-            min_bytes: 1,
-            max_wait: POLL_WAIT,
-        };
-        let item = match core.fetch(args, &stop).await {
-            Ok(fetched) => match records_from(fetched.batches, offset) {
-                Ok(records) => {
-                    let Some(last) = records.last() else {
-                        if stop.is_cancelled() || core.stopping().is_cancelled() {
-                            return;
-                        }
-                        continue;
-                    };
-                    offset = last.offset + 1;
-                    Item::Records(partition, records)
-                }
-                Err(err) => Item::Failed(err),
-            },
-            Err(BrokerError::OffsetOutOfRange { first, next, .. }) => {
-                offset = if offset < first { first } else { next };
-                Item::Reset(partition, offset)
-            }
-            Err(err) => Item::Failed(err),
-        };
-        let failed = matches!(item, Item::Failed(_));
-        tokio::select! {
-            sent = tx.send(item) => if sent.is_err() { return },
-            _ = stop.cancelled() => return,
-        }
-        if failed {
-            return;
-        }
-    }
-}
-
-fn records_from(batches: bytes::Bytes, from: u64) -> Result<Vec<StoredRecord>, BrokerError> {
+/// The records of `batches` from offset `from` on.
+pub(super) fn read_records(
+    batches: bytes::Bytes,
+    from: u64,
+) -> Result<Vec<StoredRecord>, BrokerError> {
     let mut out = Vec::new();
     for batch in read_batches(batches).map_err(BrokerError::BadBatch)? {
         for stored in batch.iter() {
@@ -294,6 +244,15 @@ fn stream_of(
                     let record = OutRecord::new(&state.topic, partition, &stored);
                     write_event(&mut frame, "record", Some(&id), None, |out| {
                         serde_json::to_writer(out.writer(), &record).expect("a record serializes")
+                    });
+                }
+            }
+            Item::Rendered(partition, rendered, from) => {
+                for (offset, json) in rendered.since(from) {
+                    state.cursor.insert(partition, offset + 1);
+                    let id = cursor_text(&state.cursor);
+                    write_event(&mut frame, "record", Some(&id), None, |out| {
+                        out.put_slice(json)
                     });
                 }
             }

@@ -25,6 +25,7 @@ mod events;
 pub mod json;
 mod leases;
 mod records;
+mod tails;
 mod topics;
 mod ws;
 
@@ -50,6 +51,21 @@ pub struct Gateway {
     /// The tasks streams start (an SSE stream's partition readers); [`serve`] waits for
     /// them after the last connection closed.
     tasks: TaskTracker,
+    /// One reader per partition for the streams following its tail.
+    tails: std::sync::Arc<tails::Tails>,
+}
+
+impl Gateway {
+    /// A follower of `topic`'s `partition` for one stream.
+    fn follow(&self, topic: &str, partition: u32) -> tails::Follow {
+        tails::Follow {
+            core: self.core.clone(),
+            tails: std::sync::Arc::clone(&self.tails),
+            tasks: self.tasks.clone(),
+            topic: topic.to_string(),
+            partition,
+        }
+    }
 }
 
 /// The gateway's routes over `core`, with CORS for `origins` (none: no CORS headers), and
@@ -90,6 +106,7 @@ pub fn router(core: Core, origins: &[String]) -> (Router, TaskTracker) {
             core,
             lessees: Default::default(),
             tasks: tasks.clone(),
+            tails: Default::default(),
         });
     if origins.is_empty() {
         return (router, tasks);

@@ -37,7 +37,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::events::{cursor_text, fill_cursor, follow, parse_cursor, Item};
+use super::events::{cursor_text, fill_cursor, parse_cursor, Item};
 use super::json::{HttpError, InRecord, OutRecord};
 use super::Gateway;
 use crate::core::Caller;
@@ -390,11 +390,12 @@ impl Session {
             .await;
         let (tx, mut rx) = mpsc::channel(4 * partitions.len().max(1));
         for (&p, &offset) in &cursor {
-            let (core, topic, tx, stop) = (core.clone(), topic.clone(), tx.clone(), stop.clone());
+            let follow = self.gateway.follow(&topic, p);
             self.gateway
                 .tasks
-                .spawn(follow(core, topic, p, offset, tx, stop));
+                .spawn(follow.run(offset, tx.clone(), stop.clone()));
         }
+        drop(tx);
         let out = self.out.clone();
         self.gateway.tasks.spawn(async move {
             while let Some(item) = tokio::select! {
@@ -412,6 +413,13 @@ impl Session {
                                 ..OutRecord::new(&topic, p, stored)
                             }
                             .to_text()
+                        })
+                        .collect(),
+                    Item::Rendered(p, rendered, from) => rendered
+                        .since(from)
+                        .map(|(offset, json)| {
+                            cursor.insert(p, offset + 1);
+                            tail_message(&id, &cursor_text(&cursor), json)
                         })
                         .collect(),
                     Item::Reset(p, offset) => {
@@ -496,6 +504,15 @@ impl Session {
             Err(err) => self.error(json!({"req": req}), err).await,
         }
     }
+}
+
+/// A tail's message for a record its hub rendered: the record's JSON object with `op`,
+/// `sub` and `cursor` put in front.
+fn tail_message(sub: &str, cursor: &str, record: &[u8]) -> String {
+    let head = json!({"op": "record", "sub": sub, "cursor": cursor}).to_string();
+    let body = String::from_utf8_lossy(record.get(1..).unwrap_or_default());
+    // `{"op":...,"cursor":"..."}` + `"topic":...}` → one object.
+    format!("{},{body}", &head[..head.len() - 1])
 }
 
 /// A delivery's handle: `SUB.PARTITION.OFFSET.COUNT`. The delivery count tells this

@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::{EventReader, Http, JsonRecord};
+use crate::cli::bench::payload;
 use crate::cli::bench::workload::{check, ConsumePlan, Shared};
 
 /// One WebSocket push consumer of `plan.group`, acking everything it receives.
@@ -42,7 +43,7 @@ pub async fn run_ws_subscriber(
     });
     ws.send(Message::text(subscribe.to_string())).await?;
     let ack_every = (plan.max_messages as usize / 2).max(1);
-    let mut payloads: Vec<Bytes> = Vec::with_capacity(ack_every);
+    let mut headers = Vec::with_capacity(ack_every);
     let mut handles: Vec<String> = Vec::with_capacity(ack_every);
     let mut subscribed = false;
     loop {
@@ -61,7 +62,7 @@ pub async fn run_ws_subscriber(
                     .map_err(|e| anyhow::anyhow!("a WebSocket message that is not JSON: {e}"))?;
                 match message.op.as_deref() {
                     Some("delivery") => {
-                        payloads.push(message.payload()?);
+                        headers.push(payload::decode(&message.payload()?));
                         let handle = message.handle.ok_or_else(|| {
                             anyhow::anyhow!("a delivery without a handle: {text}")
                         })?;
@@ -90,8 +91,8 @@ pub async fn run_ws_subscriber(
             ws.send(Message::text(ack.to_string())).await?;
             handles.clear();
         }
-        check(&plan, &shared, &payloads, &progress);
-        payloads.clear();
+        check(&plan, &shared, &headers, &progress);
+        headers.clear();
     }
     let _ = ws.close(None).await;
     Ok(())
@@ -123,32 +124,28 @@ pub async fn run_sse_stream(
     if let Some(ready) = &plan.ready {
         let _ = ready.send(());
     }
-    let mut payloads: Vec<Bytes> = Vec::new();
+    let mut headers = Vec::new();
     loop {
-        let first = tokio::select! {
-            next = events.next() => next?,
-            _ = shared.done.cancelled() => break,
-        };
-        let mut next = first;
-        loop {
-            let Some(event) = next else {
-                anyhow::bail!("the broker ended the event stream");
-            };
-            if !event.is("record") {
+        events.drain(|name, data| {
+            if name != b"record" {
                 anyhow::bail!(
                     "unexpected {} event: {}",
-                    event.name(),
-                    String::from_utf8_lossy(&event.data)
+                    String::from_utf8_lossy(name),
+                    String::from_utf8_lossy(data)
                 );
             }
-            payloads.push(super::record_value(&event.data)?);
-            next = events.buffered();
-            if next.is_none() {
-                break;
-            }
+            headers.push(payload::decode(&super::record_value(data)?));
+            Ok(())
+        })?;
+        check(&plan, &shared, &headers, &progress);
+        headers.clear();
+        let more = tokio::select! {
+            more = events.fill() => more?,
+            _ = shared.done.cancelled() => break,
+        };
+        if !more {
+            anyhow::bail!("the broker ended the event stream");
         }
-        check(&plan, &shared, &payloads, &progress);
-        payloads.clear();
     }
     drop(connection);
     Ok(())

@@ -108,7 +108,7 @@ pub async fn run(plan: &IdlePlan) -> anyhow::Result<Idle> {
 
 /// One open connection and what it waits on.
 enum Held {
-    Stream(Http, EventReader),
+    Stream(Http, Box<EventReader>),
     Poll(Http, String),
 }
 
@@ -136,7 +136,7 @@ async fn open(plan: &IdlePlan) -> anyhow::Result<Held> {
         .await?;
     let mut events = EventReader::new(response)?;
     match events.next().await? {
-        Some(event) if event.is("hello") => Ok(Held::Stream(http, events)),
+        Some(event) if event.is("hello") => Ok(Held::Stream(http, Box::new(events))),
         _ => anyhow::bail!("the event stream did not start with its hello event"),
     }
 }
@@ -153,7 +153,11 @@ impl Held {
                 };
                 match event {
                     Some(event) => {
-                        anyhow::bail!("an idle stream received a {} event", event.name())
+                        anyhow::bail!(
+                            "an idle stream received a {} event: {}",
+                            event.name(),
+                            String::from_utf8_lossy(&event.data)
+                        )
                     }
                     None => anyhow::bail!("the broker ended an idle stream"),
                 }

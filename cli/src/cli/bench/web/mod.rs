@@ -16,7 +16,7 @@ pub mod publish;
 use std::borrow::Cow;
 
 use base64::Engine;
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
@@ -107,6 +107,7 @@ pub struct EventReader {
     buf: BytesMut,
     /// How far `buf` is known to hold no event's end.
     scanned: usize,
+    blank_line: memchr::memmem::Finder<'static>,
 }
 
 /// One event: its name (`message` when it has none) and its data lines joined.
@@ -134,74 +135,123 @@ impl EventReader {
             body: response.into_body(),
             buf: BytesMut::new(),
             scanned: 0,
+            blank_line: memchr::memmem::Finder::new(b"\n\n"),
         })
     }
 
     /// The next event; `None` when the stream ends. Comments (keep-alives) are skipped.
     pub async fn next(&mut self) -> anyhow::Result<Option<Event>> {
         loop {
-            if let Some(event) = self.buffered() {
-                return Ok(Some(event));
+            let mut event = None;
+            self.drain_while(|name, data| {
+                event = Some(Event {
+                    name: Bytes::copy_from_slice(name),
+                    data: Bytes::copy_from_slice(data),
+                });
+                Ok(false)
+            })?;
+            if event.is_some() {
+                return Ok(event);
             }
+            if !self.fill().await? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Reads what the broker sent next into the buffer; false when the stream ended.
+    pub async fn fill(&mut self) -> anyhow::Result<bool> {
+        loop {
             match self.body.frame().await {
-                None => return Ok(None),
+                None => return Ok(false),
                 Some(frame) => {
                     if let Ok(data) = frame?.into_data() {
                         self.buf.extend_from_slice(&data);
+                        return Ok(true);
                     }
                 }
             }
         }
     }
 
-    /// The next event if it has already arrived whole, without waiting.
-    pub fn buffered(&mut self) -> Option<Event> {
+    /// Hands every whole event already read to `each` (its name and data, in place), and
+    /// returns how many there were.
+    pub fn drain(
+        &mut self,
+        mut each: impl FnMut(&[u8], &[u8]) -> anyhow::Result<()>,
+    ) -> anyhow::Result<usize> {
+        let mut count = 0;
+        self.drain_while(|name, data| {
+            count += 1;
+            each(name, data).map(|()| true)
+        })?;
+        Ok(count)
+    }
+
+    /// Hands whole events to `each` while it returns true.
+    fn drain_while(
+        &mut self,
+        mut each: impl FnMut(&[u8], &[u8]) -> anyhow::Result<bool>,
+    ) -> anyhow::Result<()> {
+        let mut at = 0;
         loop {
-            let Some(found) = memchr::memmem::find(&self.buf[self.scanned..], b"\n\n") else {
+            let from = at.max(self.scanned);
+            let Some(found) = self.blank_line.find(&self.buf[from..]) else {
+                // Nothing more is whole: next time, look at what arrives (and the last byte).
+                self.buf.advance(at);
                 self.scanned = self.buf.len().saturating_sub(1);
-                return None;
+                return Ok(());
             };
-            let end = self.scanned + found;
-            self.scanned = 0;
-            let block = self.buf.split_to(end + 2).freeze();
-            let mut name = Bytes::from_static(b"message");
-            let mut data: Option<Bytes> = None;
-            let mut at = 0;
-            while at < end {
-                let line_end = memchr::memchr(b'\n', &block[at..end]).map_or(end, |i| at + i);
-                let line = at..line_end;
-                at = line_end + 1;
-                let (field, value) = match memchr::memchr(b':', &block[line.clone()]) {
-                    Some(0) => continue, // a comment
-                    Some(i) => {
-                        let colon = line.start + i;
-                        let skip = usize::from(block.get(colon + 1) == Some(&b' '));
-                        (
-                            line.start..colon,
-                            (colon + 1 + skip).min(line.end)..line.end,
-                        )
-                    }
-                    None => (line.clone(), line.end..line.end),
-                };
-                match &block[field] {
-                    b"event" => name = block.slice(value),
-                    b"data" => {
-                        data = Some(match data.take() {
-                            None => block.slice(value),
-                            Some(before) => [&before[..], b"\n", &block[value]].concat().into(),
-                        })
-                    }
-                    _ => {}
+            let end = from + found;
+            let block = &self.buf[at..end];
+            at = end + 2;
+            if let Some((name, data)) = fields(block) {
+                if !each(name, &data)? {
+                    self.buf.advance(at);
+                    self.scanned = 0;
+                    return Ok(());
                 }
-            }
-            if data.is_some() || name != "message".as_bytes() {
-                return Some(Event {
-                    name,
-                    data: data.unwrap_or_default(),
-                });
             }
         }
     }
+}
+
+/// An event's name (`message` when it has none) and its data lines joined; `None` for a
+/// block of comments only.
+fn fields(block: &[u8]) -> Option<(&[u8], Cow<'_, [u8]>)> {
+    let mut name: &[u8] = b"message";
+    let mut data: Option<Cow<'_, [u8]>> = None;
+    for line in memchr::memchr_iter(b'\n', block)
+        .chain([block.len()])
+        .scan(0, |start, end| {
+            let line = &block[*start..end];
+            *start = end + 1;
+            Some(line)
+        })
+    {
+        let (field, value) = match memchr::memchr(b':', line) {
+            Some(0) => continue, // a comment
+            Some(i) => (
+                &line[..i],
+                line[i + 1..].strip_prefix(b" ").unwrap_or(&line[i + 1..]),
+            ),
+            None => (line, &b""[..]),
+        };
+        match field {
+            b"event" => name = value,
+            b"data" => {
+                data = Some(match data.take() {
+                    None => Cow::Borrowed(value),
+                    Some(before) => Cow::Owned([&before[..], b"\n", value].concat()),
+                })
+            }
+            _ => {}
+        }
+    }
+    if data.is_none() && name == b"message" {
+        return None;
+    }
+    Some((name, data.unwrap_or_default()))
 }
 
 /// The parts of a record in the gateway's JSON that the bench reads.
@@ -234,19 +284,22 @@ impl JsonRecord<'_> {
 /// A record's value from its JSON text. The bench's payloads are plain text, so the value
 /// is found without parsing the whole record; anything else (escapes, base64) takes the
 /// full parse.
-pub fn record_value(json: &[u8]) -> anyhow::Result<Bytes> {
+pub fn record_value(json: &[u8]) -> anyhow::Result<Cow<'_, [u8]>> {
     const FIELD: &[u8] = b"\"value\":\"";
-    if let Some(at) = memchr::memmem::find(json, FIELD) {
+    static FINDER: std::sync::OnceLock<memchr::memmem::Finder<'static>> =
+        std::sync::OnceLock::new();
+    let finder = FINDER.get_or_init(|| memchr::memmem::Finder::new(FIELD));
+    if let Some(at) = finder.find(json) {
         let start = at + FIELD.len();
         if let Some(len) = memchr::memchr2(b'"', b'\\', &json[start..]) {
             if json[start + len] == b'"' {
-                return Ok(Bytes::copy_from_slice(&json[start..start + len]));
+                return Ok(Cow::Borrowed(&json[start..start + len]));
             }
         }
     }
     let record: JsonRecord = serde_json::from_slice(json)
         .map_err(|e| anyhow::anyhow!("an event that is not a record: {e}"))?;
-    record.payload()
+    Ok(Cow::Owned(record.payload()?.to_vec()))
 }
 
 /// A record of a request body: the value as text where it is UTF-8, else in base64, as a
