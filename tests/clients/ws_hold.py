@@ -1,7 +1,8 @@
-"""Subscribes to push group GROUP of TOPIC over a WebSocket, takes COUNT deliveries without
-answering them, says so on stdout, and waits to be killed.
+"""Subscribes to push group GROUP of TOPIC over a WebSocket with a window of PREFETCH
+(default COUNT), takes COUNT deliveries without answering them, says so on stdout, and
+waits to be killed.
 
-Usage: ws_hold.py URL TOPIC GROUP COUNT
+Usage: ws_hold.py URL TOPIC GROUP COUNT [PREFETCH]
 """
 
 import asyncio
@@ -11,10 +12,10 @@ import sys
 import websockets
 
 
-async def main(url, topic, group, count):
+async def main(url, topic, group, count, prefetch):
     async with websockets.connect(url) as ws:
         await ws.send(json.dumps({"op": "subscribe", "id": "s", "topic": topic,
-                                  "group": group, "prefetch": count}))
+                                  "group": group, "prefetch": prefetch}))
         held = 0
         while held < count:
             message = json.loads(await ws.recv())
@@ -24,4 +25,6 @@ async def main(url, topic, group, count):
         await asyncio.sleep(3600)
 
 
-asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])))
+count = int(sys.argv[4])
+prefetch = int(sys.argv[5]) if len(sys.argv) > 5 else count
+asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], count, prefetch))

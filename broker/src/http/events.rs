@@ -298,3 +298,44 @@ fn write_event(
     data(out);
     out.put_slice(b"\n\n");
 }
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+    use tokio::time::Instant;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_stream_sends_a_comment_every_keep_alive_interval() {
+        let (tx, rx) = mpsc::channel(1);
+        let stop = CancellationToken::new();
+        let cursor = BTreeMap::from([(0, 7)]);
+        let stream = stream_of(
+            "orders".into(),
+            cursor,
+            rx,
+            stop.clone().drop_guard(),
+            CancellationToken::new(),
+        );
+        futures::pin_mut!(stream);
+        let hello = stream.next().await.unwrap().unwrap();
+        let hello = String::from_utf8(hello.to_vec()).unwrap();
+        assert!(
+            hello.starts_with("event: hello\nid: 0:7\nretry: ") && hello.ends_with("\n\n"),
+            "{hello:?}"
+        );
+        for _ in 0..2 {
+            let quiet = Instant::now();
+            let comment = stream.next().await.unwrap().unwrap();
+            assert_eq!(&comment[..], b":\n\n");
+            assert_eq!(quiet.elapsed(), KEEP_ALIVE);
+        }
+        // Once its readers are gone the stream ends, and a stream that ends tells its
+        // readers to stop.
+        assert!(!stop.is_cancelled());
+        drop(tx);
+        assert!(stream.next().await.is_none());
+        assert!(stop.is_cancelled());
+    }
+}
