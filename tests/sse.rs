@@ -39,22 +39,7 @@ async fn listen(broker: &TestBroker, path: &str, headers: &[&str], seconds: u32)
         .await
         .expect("curl runs");
     // curl ends with "operation timed out" (28): the stream itself never ends.
-    let text = String::from_utf8(out.stdout).unwrap();
-    text.split("\n\n")
-        .filter_map(|block| {
-            let mut event = Sse::default();
-            for line in block.lines() {
-                match line.split_once(':') {
-                    Some(("event", v)) => event.event = v.trim().to_string(),
-                    Some(("id", v)) => event.id = v.trim().to_string(),
-                    Some(("data", v)) => event.data = v.trim().to_string(),
-                    Some(("retry", v)) => event.retry = v.trim().parse().ok(),
-                    _ => {}
-                }
-            }
-            (!event.event.is_empty()).then_some(event)
-        })
-        .collect()
+    parse_events(&String::from_utf8(out.stdout).unwrap())
 }
 
 async fn publish(client: &Client, topic: &str, from: usize, count: usize) {
@@ -318,6 +303,7 @@ fn parse_events(text: &str) -> Vec<Sse> {
                     Some(("event", v)) => event.event = v.trim().to_string(),
                     Some(("id", v)) => event.id = v.trim().to_string(),
                     Some(("data", v)) => event.data = v.trim().to_string(),
+                    Some(("retry", v)) => event.retry = v.trim().parse().ok(),
                     _ => {}
                 }
             }
@@ -326,23 +312,21 @@ fn parse_events(text: &str) -> Vec<Sse> {
         .collect()
 }
 
-/// The records' values up to their first `-`, and whether each cursor names the offset
-/// after its record.
+/// The records' values up to their first `-`, each event's cursor checked to name the
+/// offset after its record.
 fn numbered(events: &[Sse]) -> Vec<String> {
-    events
+    for e in events.iter().filter(|e| e.event == "record") {
+        let record: Value = serde_json::from_str(&e.data).unwrap();
+        let offset = record["offset"].as_u64().unwrap();
+        assert_eq!(
+            e.id,
+            format!("0:{}", offset + 1),
+            "the cursor after the record"
+        );
+    }
+    values(events)
         .iter()
-        .filter(|e| e.event == "record")
-        .map(|e| {
-            let record: Value = serde_json::from_str(&e.data).unwrap();
-            let offset = record["offset"].as_u64().unwrap();
-            assert_eq!(
-                e.id,
-                format!("0:{}", offset + 1),
-                "the cursor after the record"
-            );
-            let value = record["value"].as_str().unwrap();
-            value.split('-').next().unwrap().to_string()
-        })
+        .map(|v| v.split('-').next().unwrap().to_string())
         .collect()
 }
 

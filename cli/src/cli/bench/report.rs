@@ -109,6 +109,16 @@ pub struct Idle {
     pub measured: String,
 }
 
+impl std::fmt::Display for Machine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "machine: {} cores, {} MiB memory, kernel {}",
+            self.cores, self.memory_mb, self.kernel
+        )
+    }
+}
+
 /// Everything a run reports. The field order is the JSON's.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -164,12 +174,7 @@ impl Report {
             self.groups,
             self.fsync
         )?;
-        let m = &self.machine;
-        writeln!(
-            out,
-            "machine: {} cores, {} MiB memory, kernel {}",
-            m.cores, m.memory_mb, m.kernel
-        )?;
+        writeln!(out, "{}", self.machine)?;
         writeln!(out, "verified: every message delivered exactly once")?;
         writeln!(out)?;
         writeln!(out, "{:<10} {:>14} {:>10}", "", "msgs/s", "MB/s")?;
@@ -211,12 +216,7 @@ impl Report {
             "settings: {} idle {}, held {} ms (opened in {} ms)",
             idle.connections, idle.way, idle.hold_ms, idle.open_ms
         )?;
-        let m = &self.machine;
-        writeln!(
-            out,
-            "machine: {} cores, {} MiB memory, kernel {}",
-            m.cores, m.memory_mb, m.kernel
-        )?;
+        writeln!(out, "{}", self.machine)?;
         writeln!(out, "measured: {}", idle.measured)?;
         writeln!(out)?;
         writeln!(

@@ -9,7 +9,6 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use futures::{FutureExt, SinkExt, StreamExt};
 use indicatif::ProgressBar;
 use serde_json::json;
@@ -108,19 +107,7 @@ pub async fn run_sse_stream(
     // Dropping the connection ends the stream, so it lives as long as the reading.
     let mut connection = Http::connect(&http).await?;
     let path = format!("/v1/topics/{}/events?from=earliest", plan.topic);
-    let response = connection
-        .send(
-            "GET",
-            &path,
-            &[("accept", "text/event-stream")],
-            Bytes::new(),
-        )
-        .await?;
-    let mut events = EventReader::new(response)?;
-    match events.next().await? {
-        Some(event) if event.is("hello") => {}
-        _ => anyhow::bail!("the event stream did not start with its hello event"),
-    }
+    let mut events = EventReader::open(&mut connection, &path).await?;
     if let Some(ready) = &plan.ready {
         let _ = ready.send(());
     }

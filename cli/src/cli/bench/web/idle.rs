@@ -126,19 +126,8 @@ async fn open(plan: &IdlePlan) -> anyhow::Result<Held> {
         return Ok(Held::Poll(http, path));
     }
     let path = format!("/v1/topics/{}/events?from=latest", plan.topic);
-    let response = http
-        .send(
-            "GET",
-            &path,
-            &[("accept", "text/event-stream")],
-            Bytes::new(),
-        )
-        .await?;
-    let mut events = EventReader::new(response)?;
-    match events.next().await? {
-        Some(event) if event.is("hello") => Ok(Held::Stream(http, Box::new(events))),
-        _ => anyhow::bail!("the event stream did not start with its hello event"),
-    }
+    let events = EventReader::open(&mut http, &path).await?;
+    Ok(Held::Stream(http, Box::new(events)))
 }
 
 impl Held {

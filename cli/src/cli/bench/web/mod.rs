@@ -127,7 +127,25 @@ impl Event {
 }
 
 impl EventReader {
-    pub fn new(response: Response<Incoming>) -> anyhow::Result<EventReader> {
+    /// Opens the event stream at `path` on `http` and reads its first event, which must
+    /// be the broker's `hello`.
+    pub async fn open(http: &mut Http, path: &str) -> anyhow::Result<EventReader> {
+        let response = http
+            .send(
+                "GET",
+                path,
+                &[("accept", "text/event-stream")],
+                Bytes::new(),
+            )
+            .await?;
+        let mut events = EventReader::new(response)?;
+        match events.next().await? {
+            Some(event) if event.is("hello") => Ok(events),
+            _ => anyhow::bail!("the event stream did not start with its hello event"),
+        }
+    }
+
+    fn new(response: Response<Incoming>) -> anyhow::Result<EventReader> {
         if response.status() != StatusCode::OK {
             anyhow::bail!("the event stream answered {}", response.status());
         }
