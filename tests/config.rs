@@ -6,7 +6,8 @@ use std::process::{Command, Stdio};
 
 use herald_suite::binary;
 
-/// Starts `herald-broker` with `args` and `env` (and no other `HERALD_*` variable), and
+/// Starts `herald-broker` with `args` and `env` (and no other `HERALD_*` variable but the
+/// HTTP gateway's address), and
 /// returns its "listening on" log line, or its error output if it exits.
 fn started(args: &[&str], env: &[(&str, &str)]) -> String {
     let mut command = Command::new(binary("herald-broker"));
@@ -17,7 +18,11 @@ fn started(args: &[&str], env: &[(&str, &str)]) -> String {
     for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("HERALD_")) {
         command.env_remove(name);
     }
-    command.env("RUST_LOG", "info").envs(env.iter().copied());
+    // Its HTTP gateway on a free port: a broker already running here must not matter.
+    command
+        .env("RUST_LOG", "info")
+        .env("HERALD_HTTP_LISTEN", "127.0.0.1:0")
+        .envs(env.iter().copied());
     let mut child = command.spawn().expect("herald-broker runs");
     let stderr = BufReader::new(child.stderr.take().unwrap());
     let mut seen = String::new();
