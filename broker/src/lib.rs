@@ -38,6 +38,7 @@ pub mod server;
 pub mod shared;
 pub mod storage;
 pub mod tasks;
+pub mod tls;
 
 pub use config::{Config, Fsync, EPHEMERAL_DISK_RESERVE};
 pub use error::BrokerError;

@@ -36,6 +36,8 @@ pub enum ServerError {
     },
     #[error("flushing the store: {0}")]
     Flush(StorageError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A running broker.
@@ -51,6 +53,11 @@ pub struct Broker {
 impl Broker {
     /// Opens the store, binds `config.listen` and starts serving.
     pub async fn start(config: Config) -> Result<Broker, ServerError> {
+        let tls = crate::tls::Tls::from_files(
+            config.tls_cert.as_deref(),
+            config.tls_key.as_deref(),
+            config.tls_client_ca.as_deref(),
+        )?;
         let store_config = config.store();
         let dir = config.data_dir.clone();
         let store = blocking(move || Store::open(&dir, store_config))
@@ -83,7 +90,7 @@ impl Broker {
                 Some((http, bound))
             }
         };
-        tracing::info!(fsync = config.store().fsync.name(), data_dir = %config.data_dir.display(), "listening on {local_addr}");
+        tracing::info!(fsync = config.store().fsync.name(), data_dir = %config.data_dir.display(), tls = tls.is_some(), "listening on {local_addr}");
         let shutdown = CancellationToken::new();
         let topics = Arc::new(topics);
         let connections = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
@@ -101,6 +108,7 @@ impl Broker {
             connections,
             shutdown: shutdown.clone(),
             outbound_bytes: Arc::new(AtomicU64::new(0)),
+            tls,
         });
         let tracker = TaskTracker::new();
         let every = Duration::from_millis(shared.config.retention_check_ms.max(1));
@@ -120,6 +128,10 @@ impl Broker {
             );
             tracker.spawn(crate::http::serve(
                 http,
+                shared.tls.clone().map(|tls| {
+                    let within = Duration::from_millis(shared.config.hello_timeout_ms.max(1));
+                    (tls, within)
+                }),
                 connections,
                 router,
                 tasks,

@@ -27,4 +27,6 @@ pub struct Shared {
     pub connections: Arc<tokio::sync::Semaphore>,
     /// Bytes of frames queued for clients, over every session (see `net::outbound`).
     pub outbound_bytes: Arc<AtomicU64>,
+    /// TLS for every listener, when `--tls-cert` and `--tls-key` are set.
+    pub tls: Option<crate::tls::Tls>,
 }

@@ -34,6 +34,7 @@ use herald_protocol::{
     Deliver, ErrorCode, Frame, FrameCodec, Heartbeat, Hello, HelloOk, Message,
     MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -85,6 +86,8 @@ pub struct ConnectOptions {
     /// How to connect again after the connection breaks; `None` ends the client instead
     /// (every later call fails with [`Error::Closed`]).
     pub reconnect: Option<Reconnect>,
+    /// TLS towards the broker (started with `--tls-cert`); `None` speaks plaintext.
+    pub tls: Option<crate::TlsOptions>,
 }
 
 impl Default for ConnectOptions {
@@ -96,6 +99,7 @@ impl Default for ConnectOptions {
             queue: 1024,
             connect_timeout: Duration::from_secs(10),
             reconnect: Some(Reconnect::default()),
+            tls: None,
         }
     }
 }
@@ -166,8 +170,8 @@ pub(crate) struct Handle {
     pub events: broadcast::Sender<ConnectionEvent>,
 }
 
-type Reader = FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>;
-type Writer = FramedWrite<tokio::net::tcp::OwnedWriteHalf, FrameCodec>;
+type Reader = FramedRead<Box<dyn AsyncRead + Send + Unpin>, FrameCodec>;
+type Writer = FramedWrite<Box<dyn AsyncWrite + Send + Unpin>, FrameCodec>;
 
 /// Connects, says `Hello`, and starts the connection task. The first connection must
 /// succeed; later ones are the task's business.
@@ -225,7 +229,20 @@ async fn handshake(
 ) -> Result<(Connection, HelloOk)> {
     let stream = TcpStream::connect(addrs).await?;
     stream.set_nodelay(true)?;
-    let (read, write) = stream.into_split();
+    let (read, write): (
+        Box<dyn AsyncRead + Send + Unpin>,
+        Box<dyn AsyncWrite + Send + Unpin>,
+    ) = match &options.tls {
+        None => {
+            let (read, write) = stream.into_split();
+            (Box::new(read), Box::new(write))
+        }
+        Some(tls) => {
+            let addr = stream.peer_addr()?;
+            let (read, write) = tokio::io::split(tls.connect(stream, addr).await?);
+            (Box::new(read), Box::new(write))
+        }
+    };
     let codec = FrameCodec::new(options.max_frame_bytes);
     let (mut reader, mut writer) = (FramedRead::new(read, codec), FramedWrite::new(write, codec));
     let hello = Hello {

@@ -33,6 +33,7 @@ mod error;
 mod producer;
 mod pull;
 mod push;
+mod tls;
 
 pub use admin::{PushGroupSettings, DEFAULT_MAX_DELIVERIES};
 pub use client::Client;
@@ -46,3 +47,4 @@ pub use herald_protocol::{
 pub use producer::{Confirm, PendingConfirm, Producer, ProducerConfig};
 pub use pull::{FetchRequest, Fetched};
 pub use push::{Delivery, PushConsumer, PushConsumerConfig, DEFAULT_ACK_LINGER};
+pub use tls::TlsOptions;

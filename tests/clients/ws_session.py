@@ -1,12 +1,13 @@
 """A WebSocket session against Herald's gateway with the `websockets` package.
 
-Usage: ws_session.py URL   (ws://HOST:PORT/v1/ws)
+Usage: ws_session.py URL [CA_FILE]   (ws://HOST:PORT/v1/ws, or wss:// trusting CA_FILE)
 Publishes, tails, consumes as a push-group member with handles, answers, and checks the
 errors; prints one JSON line of what it saw and exits 0, or raises.
 """
 
 import asyncio
 import json
+import ssl
 import sys
 
 import websockets
@@ -27,9 +28,10 @@ async def recv(ws, op, timeout=10):
         PENDING.append(message)
 
 
-async def main(url):
+async def main(url, ca_file):
     seen = {}
-    async with websockets.connect(url) as ws:
+    tls = ssl.create_default_context(cafile=ca_file) if ca_file else None
+    async with websockets.connect(url, ssl=tls) as ws:
         await ws.send(json.dumps({"op": "publish", "req": "p1", "topic": "jobs",
                                   "records": [{"value": f"job {i}"} for i in range(6)]}))
         published = await recv(ws, "published")
@@ -96,4 +98,4 @@ async def main(url):
     print(json.dumps(seen))
 
 
-asyncio.run(main(sys.argv[1]))
+asyncio.run(main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None))

@@ -152,6 +152,19 @@ pub struct Flags {
     /// How long shutdown waits for requests in flight before closing anyway.
     #[arg(long, env = "HERALD_SHUTDOWN_TIMEOUT_MS")]
     pub shutdown_timeout_ms: Option<u64>,
+
+    /// TLS on every listener (TCP, and HTTPS/WSS): the certificate chain, PEM, leaf first.
+    #[arg(long, env = "HERALD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert, PEM.
+    #[arg(long, env = "HERALD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Clients must present a certificate signed by this CA (PEM); its common name names
+    /// the client.
+    #[arg(long, env = "HERALD_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 impl Flags {
@@ -221,6 +234,15 @@ impl Flags {
         base.repair_store |= self.repair_store;
         set(&mut base.storage_timeout_ms, self.storage_timeout_ms);
         set(&mut base.shutdown_timeout_ms, self.shutdown_timeout_ms);
+        for (setting, flag) in [
+            (&mut base.tls_cert, self.tls_cert),
+            (&mut base.tls_key, self.tls_key),
+            (&mut base.tls_client_ca, self.tls_client_ca),
+        ] {
+            if flag.is_some() {
+                *setting = flag;
+            }
+        }
         base
     }
 }

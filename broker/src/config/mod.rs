@@ -120,6 +120,15 @@ pub struct Config {
     pub repair_store: bool,
     pub storage_timeout_ms: u64,
     pub shutdown_timeout_ms: u64,
+    /// The certificate chain (PEM) for TLS on every listener; with `tls_key`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `tls_cert`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// Clients must present a certificate signed by this CA (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -155,6 +164,9 @@ impl Default for Config {
             repair_store: false,
             storage_timeout_ms: 30_000,
             shutdown_timeout_ms: 10_000,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
         }
     }
 }

@@ -1,6 +1,10 @@
 //! The HTTP listener under the broker's connection limit: each accepted connection holds a
 //! slot of `--max-connections` (shared with the TCP listener) for as long as it is open; one
 //! over the limit is answered `429` with `TooManyConnections` and closed.
+//!
+//! With TLS, each connection's handshake runs in a task of its own (a client that connects
+//! and says nothing holds up no one), and the connection is handed to the server once it
+//! is done; a client speaking plaintext HTTP to the TLS port is answered `400`, saying so.
 
 use std::io;
 use std::net::SocketAddr;
@@ -14,28 +18,62 @@ use axum::serve::{IncomingStream, Listener};
 use herald_protocol::ErrorCode;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::server::TlsStream;
+use tokio_util::either::Either;
+use tokio_util::task::TaskTracker;
+
+use crate::tls::{Accepted, Tls};
 
 /// A TCP listener whose connections count against the broker's limit.
 pub struct Counted {
     listener: TcpListener,
     slots: Arc<Semaphore>,
     limit: usize,
+    tls: Option<Handshakes>,
+}
+
+/// Connections in their TLS handshake, and those done with it.
+struct Handshakes {
+    tls: Tls,
+    within: Duration,
+    done_tx: mpsc::Sender<(Slotted, SocketAddr)>,
+    done: mpsc::Receiver<(Slotted, SocketAddr)>,
+    tasks: TaskTracker,
 }
 
 impl Counted {
-    pub fn new(listener: TcpListener, slots: Arc<Semaphore>, limit: usize) -> Counted {
+    /// `tls` with the time a client has to finish its handshake; the handshakes run in
+    /// `tasks`.
+    pub fn new(
+        listener: TcpListener,
+        slots: Arc<Semaphore>,
+        limit: usize,
+        tls: Option<(Tls, Duration)>,
+        tasks: TaskTracker,
+    ) -> Counted {
+        let tls = tls.map(|(tls, within)| {
+            let (done_tx, done) = mpsc::channel(64);
+            Handshakes {
+                tls,
+                within,
+                done_tx,
+                done,
+                tasks,
+            }
+        });
         Counted {
             listener,
             slots,
             limit,
+            tls,
         }
     }
 }
 
 /// An accepted connection and the slot it holds.
 pub struct Slotted {
-    stream: TcpStream,
+    stream: Either<TcpStream, Box<TlsStream<TcpStream>>>,
     _slot: OwnedSemaphorePermit,
 }
 
@@ -56,7 +94,14 @@ impl Listener for Counted {
     async fn accept(&mut self) -> (Slotted, SocketAddr) {
         let mut backoff = Duration::from_millis(5);
         loop {
-            let (stream, peer) = match self.listener.accept().await {
+            let accepted = match &mut self.tls {
+                None => self.listener.accept().await,
+                Some(handshakes) => tokio::select! {
+                    accepted = self.listener.accept() => accepted,
+                    Some(done) = handshakes.done.recv() => return done,
+                },
+            };
+            let (stream, peer) = match accepted {
                 Ok(accepted) => accepted,
                 Err(err) => {
                     // Usually out of file descriptors: wait instead of spinning.
@@ -67,21 +112,50 @@ impl Listener for Counted {
                 }
             };
             let _ = stream.set_nodelay(true);
-            match Arc::clone(&self.slots).try_acquire_owned() {
-                Ok(slot) => {
-                    return (
-                        Slotted {
-                            stream,
-                            _slot: slot,
-                        },
-                        peer,
-                    )
-                }
+            let slot = match Arc::clone(&self.slots).try_acquire_owned() {
+                Ok(slot) => slot,
                 Err(_) => {
                     tracing::warn!(%peer, "http connection refused: limit of {} reached", self.limit);
                     tokio::spawn(refuse(stream, self.limit));
+                    continue;
                 }
-            }
+            };
+            let Some(handshakes) = &self.tls else {
+                let stream = Either::Left(stream);
+                return (
+                    Slotted {
+                        stream,
+                        _slot: slot,
+                    },
+                    peer,
+                );
+            };
+            let (tls, within, done) = (
+                handshakes.tls.clone(),
+                handshakes.within,
+                handshakes.done_tx.clone(),
+            );
+            handshakes.tasks.spawn(async move {
+                match tls.accept(stream, within).await {
+                    Ok(Accepted::Tls(stream, _)) => {
+                        let stream = Either::Right(stream);
+                        let _ = done
+                            .send((
+                                Slotted {
+                                    stream,
+                                    _slot: slot,
+                                },
+                                peer,
+                            ))
+                            .await;
+                    }
+                    Ok(Accepted::Plaintext(stream)) => {
+                        tracing::warn!(%peer, "plaintext HTTP at the TLS port; answered 400");
+                        plaintext_refused(stream).await;
+                    }
+                    Err(err) => tracing::warn!(%peer, %err, "TLS handshake failed"),
+                }
+            });
         }
     }
 
@@ -91,16 +165,33 @@ impl Listener for Counted {
 }
 
 /// Answers a connection over the limit with `429` and the error body, then closes it.
-async fn refuse(mut stream: TcpStream, limit: usize) {
-    let code = ErrorCode::TooManyConnections;
+async fn refuse(stream: TcpStream, limit: usize) {
+    let message = format!("the broker's limit of {limit} connections is reached");
+    answer_and_close(
+        stream,
+        "429 Too Many Requests",
+        ErrorCode::TooManyConnections,
+        message,
+    )
+    .await;
+}
+
+/// Answers plaintext HTTP at the TLS port with `400`, saying to use HTTPS.
+async fn plaintext_refused(stream: TcpStream) {
+    let message = "this port speaks HTTPS (TLS): use https:// and wss://".to_string();
+    answer_and_close(stream, "400 Bad Request", ErrorCode::NotSupported, message).await;
+}
+
+/// Writes one HTTP answer with the error body (giving up after a second), then closes.
+async fn answer_and_close(mut stream: TcpStream, status: &str, code: ErrorCode, message: String) {
     let body = serde_json::json!({"error": {
         "code": code.name(),
         "number": code as u16,
-        "message": format!("the broker's limit of {limit} connections is reached"),
+        "message": message,
     }})
     .to_string();
     let response = format!(
-        "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
     let _ = tokio::time::timeout(

@@ -19,8 +19,7 @@ use herald_protocol::{
     CodecError, DecodeError, ErrorCode, ErrorFrame, Frame, FrameCodec, GoingAway, Heartbeat, Hello,
     HelloOk, Message, RawFrame, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
@@ -32,29 +31,36 @@ use crate::core::Core;
 use crate::net::outbound::{Outbound, Queued, Ticket};
 use crate::shared::Shared;
 
-/// Serves one connection until the client leaves, the stream breaks, or shutdown.
-pub async fn serve(
-    stream: TcpStream,
+/// Serves one connection, given as its reading and writing halves (a TCP stream's own, or
+/// a TLS session's), until the client leaves, the stream breaks, or shutdown.
+pub async fn serve<R, W>(
+    (read, write): (R, W),
     peer: SocketAddr,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
-) {
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!("session", id, %peer);
-    serve_session(id, stream, peer, shared, shutdown)
+    serve_session(id, read, write, peer, shared, shutdown)
         .instrument(span)
         .await
 }
 
-async fn serve_session(
+async fn serve_session<R, W>(
     id: u64,
-    stream: TcpStream,
+    read: R,
+    write: W,
     peer: SocketAddr,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
-) {
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     tracing::debug!("connected");
-    let (read, write) = stream.into_split();
     let (out, outbound) = Outbound::new(
         shared.config.outbound_queue,
         shared.config.max_outbound_bytes,
@@ -128,7 +134,7 @@ struct Session {
 impl Session {
     async fn read_loop(
         &mut self,
-        read: tokio::net::tcp::OwnedReadHalf,
+        read: impl AsyncRead + Unpin,
         shutdown: &CancellationToken,
     ) -> &'static str {
         let mut frames = FramedRead::new(read, FrameCodec::new(self.shared.config.max_frame_bytes));
@@ -334,7 +340,7 @@ impl Session {
 /// Writes queued frames, gathering whatever is ready into one write, and sends a heartbeat
 /// whenever nothing else was sent for one interval.
 async fn write_loop(
-    write: OwnedWriteHalf,
+    write: impl AsyncWrite + Unpin,
     mut outbound: mpsc::Receiver<Queued>,
     max_frame_bytes: u32,
     heartbeat: Arc<AtomicU64>,

@@ -61,7 +61,7 @@ pub struct ConsumeArgs {
     pub output: Output,
 }
 
-pub async fn run(broker: &str, args: ConsumeArgs) -> anyhow::Result<()> {
+pub async fn run(broker: &super::Target, args: ConsumeArgs) -> anyhow::Result<()> {
     let options = ConnectOptions {
         session_timeout: args
             .session_timeout_ms

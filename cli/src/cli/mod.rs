@@ -8,7 +8,7 @@ mod topic;
 
 use clap::{Parser, Subcommand};
 
-use herald_client::{Client, ConnectOptions};
+use herald_client::{Client, ConnectOptions, TlsOptions};
 
 /// Herald's command-line client.
 #[derive(Debug, Parser)]
@@ -27,8 +27,61 @@ pub struct Cli {
     )]
     pub broker: String,
 
+    /// Connect with TLS, trusting the system's certificate store.
+    #[arg(long, global = true)]
+    pub tls: bool,
+
+    /// Connect with TLS, trusting the CA certificate(s) in this PEM file.
+    #[arg(long, global = true, env = "HERALD_TLS_CA")]
+    pub tls_ca: Option<std::path::PathBuf>,
+
+    /// Present this client certificate (PEM) to a broker that asks for one; with --tls-key.
+    #[arg(long, global = true, env = "HERALD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, global = true, env = "HERALD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The broker to talk to, and how.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub addr: String,
+    pub tls: Option<TlsOptions>,
+}
+
+impl Cli {
+    /// The broker and the TLS settings the flags ask for.
+    fn target(&self) -> anyhow::Result<Target> {
+        let tls = match (&self.tls_ca, self.tls || self.tls_cert.is_some()) {
+            (Some(ca), _) => Some(TlsOptions::ca_file(ca)?),
+            (None, true) => Some(TlsOptions::system_roots()?),
+            (None, false) => None,
+        };
+        let tls = match (tls, &self.tls_cert, &self.tls_key) {
+            (Some(tls), Some(cert), Some(key)) => Some(tls.client_cert_files(cert, key)?),
+            (tls, _, _) => tls,
+        };
+        // The certificate must carry the host name connected to (or its IP address).
+        let host = self
+            .broker
+            .rsplit_once(':')
+            .map_or(self.broker.as_str(), |(host, _)| host)
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let tls = match tls {
+            Some(tls) if host.parse::<std::net::IpAddr>().is_err() => Some(tls.server_name(host)),
+            tls => tls,
+        };
+        Ok(Target {
+            addr: self.broker.clone(),
+            tls,
+        })
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -49,21 +102,27 @@ pub enum Command {
 
 /// Runs one command against the broker.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let target = cli.target()?;
     match cli.command {
-        Command::Topic(command) => topic::run(&connect(&cli.broker).await?, command).await,
-        Command::Publish(args) => publish::run(&connect(&cli.broker).await?, args).await,
-        Command::Group(command) => group::run(&connect(&cli.broker).await?, command).await,
-        Command::Consume(args) => consume::run(&cli.broker, args).await,
-        Command::Bench(args) => bench::run(&cli.broker, args).await,
+        Command::Topic(command) => topic::run(&connect(&target).await?, command).await,
+        Command::Publish(args) => publish::run(&connect(&target).await?, args).await,
+        Command::Group(command) => group::run(&connect(&target).await?, command).await,
+        Command::Consume(args) => consume::run(&target, args).await,
+        Command::Bench(args) => bench::run(&target, args).await,
     }
 }
 
-async fn connect(broker: &str) -> anyhow::Result<Client> {
-    connect_with(broker, ConnectOptions::default()).await
+async fn connect(target: &Target) -> anyhow::Result<Client> {
+    connect_with(target, ConnectOptions::default()).await
 }
 
-async fn connect_with(broker: &str, options: ConnectOptions) -> anyhow::Result<Client> {
-    Client::connect_with(broker, options)
+/// Connects to `target` with `options` and the target's TLS settings.
+async fn connect_with(target: &Target, options: ConnectOptions) -> anyhow::Result<Client> {
+    let options = ConnectOptions {
+        tls: target.tls.clone(),
+        ..options
+    };
+    Client::connect_with(target.addr.as_str(), options)
         .await
-        .map_err(|err| anyhow::anyhow!("cannot connect to {broker}: {err}"))
+        .map_err(|err| anyhow::anyhow!("cannot connect to {}: {err}", target.addr))
 }

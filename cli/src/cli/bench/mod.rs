@@ -202,12 +202,17 @@ impl BenchArgs {
     }
 }
 
-pub async fn run(broker: &str, args: BenchArgs) -> anyhow::Result<()> {
+pub async fn run(broker: &super::Target, args: BenchArgs) -> anyhow::Result<()> {
     args.validate()?;
-    let target = Target::start(broker, &args).await?;
-    let result = Bench::new(&args, target.addr(), target.http(&args))
-        .run()
-        .await;
+    if args.embedded && broker.tls.is_some() {
+        anyhow::bail!("--embedded starts a broker without TLS; measure TLS with --broker");
+    }
+    let target = Target::start(&broker.addr, &args).await?;
+    let broker = super::Target {
+        addr: target.addr().to_string(),
+        tls: broker.tls.clone(),
+    };
+    let result = Bench::new(&args, broker, target.http(&args)).run().await;
     let fsync = result
         .as_ref()
         .ok()
@@ -312,7 +317,7 @@ impl Target {
 
 struct Bench<'a> {
     args: &'a BenchArgs,
-    addr: String,
+    broker: super::Target,
     /// The broker's HTTP gateway, for `--via` other than tcp.
     http: String,
     /// Names this run's groups, so a run never resumes another run's committed position.
@@ -323,7 +328,7 @@ struct Bench<'a> {
 }
 
 impl<'a> Bench<'a> {
-    fn new(args: &'a BenchArgs, addr: &str, http: String) -> Self {
+    fn new(args: &'a BenchArgs, broker: super::Target, http: String) -> Self {
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
@@ -339,7 +344,7 @@ impl<'a> Bench<'a> {
         };
         Bench {
             args,
-            addr: addr.to_string(),
+            broker,
             http,
             run_id,
             topic,
@@ -360,7 +365,7 @@ impl<'a> Bench<'a> {
 
     fn publish_plan(&self) -> PublishPlan {
         PublishPlan {
-            addr: self.addr.clone(),
+            broker: self.broker.clone(),
             topic: self.topic.clone(),
             expected: self.expected,
             size: self.args.size,
@@ -384,7 +389,7 @@ impl<'a> Bench<'a> {
             _ => ConsumeVia::Tcp,
         };
         ConsumePlan {
-            addr: self.addr.clone(),
+            broker: self.broker.clone(),
             topic: self.topic.clone(),
             group,
             expected: self.expected,
@@ -407,7 +412,7 @@ impl<'a> Bench<'a> {
     }
 
     async fn run(&self) -> anyhow::Result<Report> {
-        let client = workload::connect(&self.addr).await?;
+        let client = workload::connect(&self.broker).await?;
         let stored = stored_records(&client, &self.topic).await?;
         let reuse = self.args.scenario == Scenario::Consume && stored > 0;
         if !reuse {

@@ -22,11 +22,12 @@ use super::payload;
 use super::report::histogram;
 use super::verify::{Expected, Verifier};
 use super::web;
+use crate::cli::Target;
 
 /// How producers publish.
 #[derive(Debug, Clone)]
 pub struct PublishPlan {
-    pub addr: String,
+    pub broker: Target,
     pub topic: String,
     pub expected: Expected,
     pub size: usize,
@@ -47,8 +48,9 @@ pub struct Published {
 /// A connection for the bench. It connects again after a break, but gives up after a few
 /// attempts (about ten seconds): a bench measures a running broker, and a broker that went
 /// away must end the run with an error, not leave it waiting.
-pub async fn connect(addr: &str) -> anyhow::Result<Client> {
+pub async fn connect(broker: &Target) -> anyhow::Result<Client> {
     let options = ConnectOptions {
+        tls: broker.tls.clone(),
         reconnect: Some(Reconnect {
             base: Duration::from_millis(200),
             cap: Duration::from_secs(2),
@@ -56,7 +58,7 @@ pub async fn connect(addr: &str) -> anyhow::Result<Client> {
         }),
         ..ConnectOptions::default()
     };
-    Ok(Client::connect_with(addr, options).await?)
+    Ok(Client::connect_with(broker.addr.as_str(), options).await?)
 }
 
 /// Runs every producer on its own connection until all messages are confirmed.
@@ -68,7 +70,7 @@ pub async fn publish(plan: &PublishPlan, progress: &ProgressBar) -> anyhow::Resu
         producers.push(match plan.http.clone() {
             Some(http) => tokio::spawn(web::publish::run_producer(http, plan, p, progress)),
             None => {
-                let client = connect(&plan.addr).await?;
+                let client = connect(&plan.broker).await?;
                 tokio::spawn(run_producer(client, plan, p, progress))
             }
         });
@@ -144,7 +146,7 @@ fn stamped(producer: usize, sequence: u64, size: usize) -> (u64, Record) {
 /// How one group of pull consumers reads.
 #[derive(Debug, Clone)]
 pub struct ConsumePlan {
-    pub addr: String,
+    pub broker: Target,
     pub topic: String,
     pub group: String,
     pub consumers: usize,
@@ -212,7 +214,7 @@ pub async fn consume(plan: &ConsumePlan, progress: &ProgressBar) -> anyhow::Resu
                 tokio::spawn(web::consume::run_sse_stream(http, plan, shared, progress))
             }
             ConsumeVia::Tcp => {
-                let client = connect(&plan.addr).await?;
+                let client = connect(&plan.broker).await?;
                 tokio::spawn(async move {
                     if plan.push {
                         run_subscriber(client, plan, shared, progress).await
