@@ -27,6 +27,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod auth;
 pub mod cmd;
 pub mod config;
 pub mod core;

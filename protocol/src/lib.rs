@@ -26,6 +26,7 @@ pub mod codec;
 pub mod error;
 pub mod frame;
 pub mod record;
+pub mod scram;
 pub mod wire;
 
 pub use codec::{FrameCodec, DEFAULT_MAX_FRAME_BYTES};
