@@ -42,6 +42,7 @@ mod producers;
 use open::*;
 mod records;
 pub mod repair;
+mod security;
 mod sync;
 mod tail;
 
@@ -53,6 +54,7 @@ pub use commit::{Appended, Durability, FsyncPolicy};
 pub use log::PartitionLog;
 pub use producers::ProducerBatch;
 pub use records::{GroupRecord, RetentionPolicy, TopicRecord};
+pub use security::{StoredRule, StoredToken, StoredUser};
 
 use commit::CommitWriter;
 
@@ -185,6 +187,10 @@ pub struct Store {
     marks: checkpoint::Marks,
     /// Push groups' ack state per partition (see `domain::ack_state`).
     acks: sled::Tree,
+    /// Users, API tokens and permission rules (see `security`).
+    users: sled::Tree,
+    tokens: sled::Tree,
+    rules: sled::Tree,
     writer: CommitWriter,
     /// Bytes of stored record batches over every open log (what `--max-disk-bytes` caps).
     stored_bytes: Arc<AtomicU64>,
@@ -238,6 +244,9 @@ impl Store {
             groups: db.open_tree("groups")?,
             offsets: db.open_tree("offsets")?,
             acks: db.open_tree("acks")?,
+            users: db.open_tree("users")?,
+            tokens: db.open_tree("tokens")?,
+            rules: db.open_tree("rules")?,
             marks,
             db,
             writer,

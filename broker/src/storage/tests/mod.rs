@@ -476,3 +476,62 @@ fn appends_queued_while_the_writer_is_busy_are_not_overtaken_by_later_ones() {
         expected
     );
 }
+
+#[test]
+fn users_tokens_and_rules_survive_a_reopen_and_go_with_their_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let user = |name: &str, admin| StoredUser {
+        name: name.into(),
+        admin,
+        argon2: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+        scram: "4096$AA==$AA==$AA==".into(),
+        created_ms: 1,
+    };
+    let token = |id: &str, user: &str, byte| StoredToken {
+        id: id.into(),
+        user: user.into(),
+        hash: [byte; 32],
+        created_ms: 2,
+        expires_ms: Some(3),
+    };
+    {
+        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        store.put_user(user("admin", true)).unwrap();
+        store.put_user(user("alice", false)).unwrap();
+        store.put_token(token("t1", "alice", 1)).unwrap();
+        store.put_token(token("t2", "admin", 2)).unwrap();
+        let rule = store
+            .add_rule("alice", "orders.*", vec!["publish".into()])
+            .unwrap();
+        assert_eq!(store.rules().unwrap(), vec![rule]);
+        store.close().unwrap();
+    }
+    let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+    let names: Vec<String> = store.users().unwrap().into_iter().map(|u| u.name).collect();
+    assert_eq!(names, ["admin", "alice"]);
+    assert_eq!(store.user("alice").unwrap(), Some(user("alice", false)));
+    assert_eq!(
+        store.token(&[1; 32]).unwrap(),
+        Some(token("t1", "alice", 1))
+    );
+    assert_eq!(store.rules().unwrap().len(), 1);
+    // Debug output never shows the secrets' hashes.
+    let shown = format!("{:?} {:?}", user("alice", false), token("t1", "alice", 1));
+    assert!(
+        !shown.contains("argon2id") && !shown.contains("hash"),
+        "{shown}"
+    );
+
+    // A user goes with its tokens and rules; others stay.
+    assert!(store.delete_user("alice").unwrap());
+    assert!(!store.delete_user("alice").unwrap());
+    assert_eq!(store.user("alice").unwrap(), None);
+    assert_eq!(store.token(&[1; 32]).unwrap(), None);
+    assert!(store.rules().unwrap().is_empty());
+    assert_eq!(
+        store.delete_token("t2").unwrap(),
+        Some(token("t2", "admin", 2))
+    );
+    assert_eq!(store.delete_token("t2").unwrap(), None);
+    assert!(!store.delete_rule(99).unwrap());
+}
