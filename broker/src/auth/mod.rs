@@ -1,8 +1,10 @@
 //! Who a client is: the secrets behind users and API tokens.
 //!
-//! This is the first part of authentication (issue 18): how passwords and tokens are kept
-//! and checked. The store of users, tokens and rules, the TCP protocol's SASL frames and
-//! the gateway's `Authorization` handling build on it.
+//! These are the parts of authentication and authorization (issue 18) that stand on their
+//! own: how passwords and tokens are kept and checked ([`secrets`]), what a rule grants
+//! ([`rules`]), and the store's users, tokens and rules (`storage::security`). The `--auth`
+//! switch, the TCP protocol's SASL frames, the gateway's `Authorization` handling and the
+//! checks in the core come on top of them; until then nothing asks for credentials.
 //!
 //! - A password is kept only as an argon2id hash (for HTTP Basic and SASL PLAIN inside TLS)
 //!   and as SCRAM-SHA-256 credentials (for the TCP protocol, where the password never
@@ -12,4 +14,5 @@
 //!   every request with a token checks it.)
 //! - Every comparison of secrets takes the same time whatever matches.
 
+pub mod rules;
 pub mod secrets;
