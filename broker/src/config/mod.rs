@@ -340,8 +340,12 @@ mod tests {
 
     #[test]
     fn every_setting_has_a_file_key_and_a_flag() {
+        // Settings without a default show up once they are set.
         let keys = toml::Value::try_from(Config {
             min_free_disk_bytes: Some(1),
+            tls_cert: Some("cert.pem".into()),
+            tls_key: Some("key.pem".into()),
+            tls_client_ca: Some("ca.pem".into()),
             ..Config::default()
         })
         .unwrap();
