@@ -2,7 +2,8 @@
 //!
 //! These are the parts of authentication and authorization (issue 18) that stand on their
 //! own: how passwords and tokens are kept and checked ([`secrets`]), what a rule grants
-//! ([`rules`]), and the store's users, tokens and rules (`storage::security`). The `--auth`
+//! ([`rules`]), and the [`directory`] of users, tokens and rules (in the store, read from
+//! memory). The `--auth`
 //! switch, the TCP protocol's SASL frames, the gateway's `Authorization` handling and the
 //! checks in the core come on top of them; until then nothing asks for credentials.
 //!
@@ -14,5 +15,6 @@
 //!   every request with a token checks it.)
 //! - Every comparison of secrets takes the same time whatever matches.
 
+pub mod directory;
 pub mod rules;
 pub mod secrets;
