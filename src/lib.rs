@@ -18,6 +18,7 @@ use futures::{SinkExt, StreamExt};
 use herald_broker::{Broker, Config, EPHEMERAL_DISK_RESERVE};
 use herald_client::{Client, ConnectionEvent, ErrorCode};
 use herald_protocol::{Frame, FrameCodec, Hello, ListTopics, Message, RawFrame};
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
 use tempfile::TempDir;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -539,5 +540,72 @@ async fn count_frames(
         if sink.send(Message::new(id, frame)).await.is_err() {
             return;
         }
+    }
+}
+
+/// Certificates for TLS tests, made by `rcgen`: a CA, a server certificate for `localhost` and 127.0.0.1, and a client certificate for
+/// `alice`, as PEM files in a temporary directory.
+pub struct TestCerts {
+    dir: tempfile::TempDir,
+    /// The server key's public key (SubjectPublicKeyInfo, DER).
+    server_spki: Vec<u8>,
+}
+
+impl TestCerts {
+    pub fn new() -> TestCerts {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "Herald test CA");
+        let ca_key = KeyPair::generate().unwrap();
+        let ca = ca.self_signed(&ca_key).unwrap();
+        let write = |name: &str, text: String| std::fs::write(dir.path().join(name), text).unwrap();
+        write("ca.pem", ca.pem());
+
+        let mut server =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let server_key = KeyPair::generate().unwrap();
+        let server = server.signed_by(&server_key, &ca, &ca_key).unwrap();
+        write("server.pem", server.pem());
+        write("server.key", server_key.serialize_pem());
+
+        let mut client = CertificateParams::new(Vec::<String>::new()).unwrap();
+        client.distinguished_name.push(DnType::CommonName, "alice");
+        client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let client_key = KeyPair::generate().unwrap();
+        let client = client.signed_by(&client_key, &ca, &ca_key).unwrap();
+        write("alice.pem", client.pem());
+        write("alice.key", client_key.serialize_pem());
+        TestCerts {
+            dir,
+            server_spki: server_key.public_key_der(),
+        }
+    }
+
+    /// `ca.pem`, `server.pem`, `server.key`, `alice.pem` or `alice.key`.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+impl TestCerts {
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The base64 SHA-256 of the server's public key, as Chromium's
+    /// `--ignore-certificate-errors-spki-list` takes it (to trust this server alone).
+    pub fn server_spki_sha256(&self) -> String {
+        use base64::Engine;
+        let digest = ring::digest::digest(&ring::digest::SHA256, &self.server_spki);
+        base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
+    }
+}
+
+impl Default for TestCerts {
+    fn default() -> Self {
+        TestCerts::new()
     }
 }

@@ -1,14 +1,16 @@
 //! A real headless Chromium (Debian's `chromium`, installed by `.ci/run`) loads a page that
 //! follows a topic with `EventSource` and consumes it over a `WebSocket`, acking each
 //! delivery; records come from the Rust client, and the group's state is checked after.
-//! Elsewhere than CI the test is skipped when no `chromium` is installed.
+//! Once in plaintext and once against a broker with TLS (HTTPS and WSS), Chromium trusting
+//! that broker's key alone. Elsewhere than CI the test is skipped when no `chromium` is
+//! installed.
 
 use std::process::Stdio;
 use std::time::Duration;
 
 use herald_broker::config::Listen;
 use herald_client::Record;
-use herald_suite::TestBroker;
+use herald_suite::{TestBroker, TestCerts};
 use serde_json::Value;
 use tokio::io::AsyncBufReadExt;
 use tokio::process::Command;
@@ -28,6 +30,15 @@ fn chromium() -> Option<&'static str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_headless_chromium_follows_with_eventsource_and_acks_over_a_websocket() {
+    follow_in_chromium(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_headless_chromium_does_the_same_over_https_and_wss() {
+    follow_in_chromium(Some(TestCerts::new())).await;
+}
+
+async fn follow_in_chromium(tls: Option<TestCerts>) {
     let Some(browser) = chromium() else {
         assert!(
             std::env::var_os("CI").is_none(),
@@ -40,9 +51,21 @@ async fn a_headless_chromium_follows_with_eventsource_and_acks_over_a_websocket(
     let broker = TestBroker::start_with(|c| {
         c.http_listen = Listen::At("127.0.0.1:0".parse().unwrap());
         c.http_allow_origin = vec!["*".into()];
+        if let Some(certs) = &tls {
+            c.tls_cert = Some(certs.path("server.pem"));
+            c.tls_key = Some(certs.path("server.key"));
+        }
     })
     .await;
-    let client = broker.client().await;
+    let options = herald_client::ConnectOptions {
+        tls: tls
+            .as_ref()
+            .map(|certs| herald_client::TlsOptions::ca_file(certs.path("ca.pem")).unwrap()),
+        ..Default::default()
+    };
+    let client = herald_client::Client::connect_with(broker.addr(), options)
+        .await
+        .unwrap();
     client.create_topic("browser", 1).await.unwrap();
     let records = (0..COUNT).map(|i| Record::new(format!("r{i}"))).collect();
     client
@@ -51,11 +74,22 @@ async fn a_headless_chromium_follows_with_eventsource_and_acks_over_a_websocket(
         .await
         .unwrap();
 
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let page = format!(
-        "file://{}/tests/clients/browser.html?http={}&topic=browser&count={COUNT}",
+        "file://{}/tests/clients/browser.html?http={}&topic=browser&count={COUNT}&scheme={scheme}",
         env!("CARGO_MANIFEST_DIR"),
         broker.http_addr()
     );
+    // Chromium trusts the test broker's key, and nothing else it would not trust anyway.
+    let trust: Vec<String> = tls
+        .iter()
+        .map(|certs| {
+            format!(
+                "--ignore-certificate-errors-spki-list={}",
+                certs.server_spki_sha256()
+            )
+        })
+        .collect();
     let profile = tempfile::tempdir().unwrap();
     let mut chromium = Command::new(browser)
         .args([
@@ -65,6 +99,7 @@ async fn a_headless_chromium_follows_with_eventsource_and_acks_over_a_websocket(
             "--no-first-run",
         ])
         .args(["--enable-logging=stderr", "--v=0"])
+        .args(&trust)
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg(&page)
         .stdout(Stdio::null())

@@ -3,55 +3,13 @@
 //! over WSS; client certificates; and plaintext and TLS crossing each other with a clear
 //! error on both sides instead of a hang.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use herald_broker::config::Listen;
 use herald_client::{Client, ConnectOptions, FetchRequest, Record, TlsOptions};
-use herald_suite::{binary, TestBroker};
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+use herald_suite::{binary, TestBroker, TestCerts as Certs};
 use tokio::process::Command;
-
-/// A CA, a server certificate for `localhost` and 127.0.0.1, and a client certificate for
-/// `alice`, as PEM files in a temporary directory.
-struct Certs {
-    dir: tempfile::TempDir,
-}
-
-impl Certs {
-    fn new() -> Certs {
-        let dir = tempfile::tempdir().unwrap();
-        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.distinguished_name
-            .push(DnType::CommonName, "Herald test CA");
-        let ca_key = KeyPair::generate().unwrap();
-        let ca = ca.self_signed(&ca_key).unwrap();
-        let write = |name: &str, text: String| std::fs::write(dir.path().join(name), text).unwrap();
-        write("ca.pem", ca.pem());
-
-        let mut server =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-        server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let server_key = KeyPair::generate().unwrap();
-        let server = server.signed_by(&server_key, &ca, &ca_key).unwrap();
-        write("server.pem", server.pem());
-        write("server.key", server_key.serialize_pem());
-
-        let mut client = CertificateParams::new(Vec::<String>::new()).unwrap();
-        client.distinguished_name.push(DnType::CommonName, "alice");
-        client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let client_key = KeyPair::generate().unwrap();
-        let client = client.signed_by(&client_key, &ca, &ca_key).unwrap();
-        write("alice.pem", client.pem());
-        write("alice.key", client_key.serialize_pem());
-        Certs { dir }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-}
 
 async fn tls_broker(certs: &Certs, client_certificates: bool) -> TestBroker {
     let (cert, key, ca) = (
@@ -175,7 +133,7 @@ async fn run(program: &str, args: &[&str], dir: &Path) -> (bool, String) {
 async fn openssl_curl_python_and_the_cli_speak_tls_to_the_broker() {
     let certs = Certs::new();
     let broker = tls_broker(&certs, false).await;
-    let dir = certs.dir.path();
+    let dir = certs.dir();
     let (tcp, http) = (broker.addr().to_string(), broker.http_addr().to_string());
 
     // openssl s_client: the TCP port's certificate verifies against the CA.
@@ -291,7 +249,7 @@ async fn openssl_curl_python_and_the_cli_speak_tls_to_the_broker() {
 #[tokio::test]
 async fn the_broker_refuses_tls_files_it_cannot_use_naming_the_flag() {
     let certs = Certs::new();
-    let dir = certs.dir.path();
+    let dir = certs.dir();
     std::fs::write(dir.join("garbage.pem"), "not a certificate\n").unwrap();
     let broker = binary("herald-broker");
     let broker = broker.to_str().unwrap();
