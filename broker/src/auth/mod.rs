@@ -16,5 +16,6 @@
 //! - Every comparison of secrets takes the same time whatever matches.
 
 pub mod directory;
+pub mod presented;
 pub mod rules;
 pub mod secrets;
