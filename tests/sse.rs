@@ -294,8 +294,11 @@ impl Reader {
     }
 }
 
+/// The whole events of `text` (one cut off by a closed connection is left out).
 fn parse_events(text: &str) -> Vec<Sse> {
-    text.split("\n\n")
+    let whole = text.rsplit_once("\n\n").map_or("", |(whole, _)| whole);
+    whole
+        .split("\n\n")
         .filter_map(|block| {
             let mut event = Sse::default();
             for line in block.lines() {
@@ -356,5 +359,40 @@ async fn streams_on_one_partition_share_its_reads_and_a_stalled_one_catches_up()
     assert_eq!(numbered(&old.events.await.unwrap()), every);
     assert_eq!(numbered(&stalled.events.await.unwrap()), every);
     assert_eq!(numbered(&new.events.await.unwrap()), every[5..].to_vec());
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_reader_stops_reading_is_closed_after_the_session_timeout() {
+    let broker = TestBroker::start_with(|c| {
+        c.http_listen = Listen::At("127.0.0.1:0".parse().unwrap());
+        c.session_timeout_ms = 1_000;
+    })
+    .await;
+    let client = broker.client().await;
+    client.create_topic("wide", 1).await.unwrap();
+    let (records, padding) = (600, "x".repeat(32 * 1024));
+    let last = format!("e{}-", records - 1);
+    let stalled = Reader::start(&broker, "/v1/topics/wide/events", &last);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stalled.signal("-STOP");
+    // Far more than the socket buffers hold: the broker's writes to it stall.
+    let producer = client.producer();
+    for i in 0..records {
+        let record = Record::new(format!("e{i}-{padding}"));
+        producer.send("wide", record).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stalled.signal("-CONT");
+    // The broker closed it: the reader ends with what was buffered, short of the end
+    // (curl alone would wait 30 s).
+    let events = tokio::time::timeout(Duration::from_secs(20), stalled.events)
+        .await
+        .expect("the stream was closed")
+        .unwrap();
+    let got = numbered(&events);
+    assert!(got.len() < records, "it was cut off: {} records", got.len());
+    assert!(got.iter().enumerate().all(|(i, v)| *v == format!("e{i}")));
+    broker.assert_serving().await;
     broker.stop().await;
 }

@@ -132,6 +132,7 @@ impl Broker {
                     let within = Duration::from_millis(shared.config.hello_timeout_ms.max(1));
                     (tls, within)
                 }),
+                Duration::from_millis(u64::from(shared.config.session_timeout_ms.max(1))),
                 connections,
                 router,
                 tasks,

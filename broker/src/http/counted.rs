@@ -2,10 +2,16 @@
 //! slot of `--max-connections` (shared with the TCP listener) for as long as it is open; one
 //! over the limit is answered `429` with `TooManyConnections` and closed.
 //!
+//! A connection whose peer reads nothing while the broker has something to write to it (a
+//! browser that stopped reading its event stream, a client that sent requests and never
+//! reads the answers) is closed once that has lasted the session timeout: the slot it
+//! holds comes back, and the streams feeding it end.
+//!
 //! With TLS, each connection's handshake runs in a task of its own (a client that connects
 //! and says nothing holds up no one), and the connection is handed to the server once it
 //! is done; a client speaking plaintext HTTP to the TLS port is answered `400`, saying so.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -31,6 +37,8 @@ pub struct Counted {
     slots: Arc<Semaphore>,
     limit: usize,
     tls: Option<Handshakes>,
+    /// How long a write may wait for the peer to read.
+    stall_limit: Duration,
 }
 
 /// Connections in their TLS handshake, and those done with it.
@@ -51,6 +59,7 @@ impl Counted {
         limit: usize,
         tls: Option<(Tls, Duration)>,
         tasks: TaskTracker,
+        stall_limit: Duration,
     ) -> Counted {
         let tls = tls.map(|(tls, within)| {
             let (done_tx, done) = mpsc::channel(64);
@@ -67,6 +76,7 @@ impl Counted {
             slots,
             limit,
             tls,
+            stall_limit,
         }
     }
 }
@@ -75,6 +85,48 @@ impl Counted {
 pub struct Slotted {
     stream: Either<TcpStream, Box<TlsStream<TcpStream>>>,
     _slot: OwnedSemaphorePermit,
+    stall_limit: Duration,
+    /// Runs while a write waits for the peer; fires after `stall_limit`.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Slotted {
+    fn new(
+        stream: Either<TcpStream, Box<TlsStream<TcpStream>>>,
+        slot: OwnedSemaphorePermit,
+        stall_limit: Duration,
+    ) -> Slotted {
+        Slotted {
+            stream,
+            _slot: slot,
+            stall_limit,
+            stalled: None,
+        }
+    }
+
+    /// `written` as it is, unless the peer has not taken anything for the stall limit:
+    /// then an error, and the connection closes.
+    fn bounded<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        written: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if written.is_ready() {
+            self.stalled = None;
+            return written;
+        }
+        let limit = self.stall_limit;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the peer read nothing for the session timeout",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 /// The peer of a connection, as handlers ask for it (`ConnectInfo<Peer>`).
@@ -121,33 +173,22 @@ impl Listener for Counted {
                 }
             };
             let Some(handshakes) = &self.tls else {
-                let stream = Either::Left(stream);
                 return (
-                    Slotted {
-                        stream,
-                        _slot: slot,
-                    },
+                    Slotted::new(Either::Left(stream), slot, self.stall_limit),
                     peer,
                 );
             };
-            let (tls, within, done) = (
+            let (tls, within, done, stall_limit) = (
                 handshakes.tls.clone(),
                 handshakes.within,
                 handshakes.done_tx.clone(),
+                self.stall_limit,
             );
             handshakes.tasks.spawn(async move {
                 match tls.accept(stream, within).await {
                     Ok(Accepted::Tls(stream, _)) => {
-                        let stream = Either::Right(stream);
-                        let _ = done
-                            .send((
-                                Slotted {
-                                    stream,
-                                    _slot: slot,
-                                },
-                                peer,
-                            ))
-                            .await;
+                        let slotted = Slotted::new(Either::Right(stream), slot, stall_limit);
+                        let _ = done.send((slotted, peer)).await;
                     }
                     Ok(Accepted::Plaintext(stream)) => {
                         tracing::warn!(%peer, "plaintext HTTP at the TLS port; answered 400");
@@ -217,15 +258,18 @@ impl AsyncWrite for Slotted {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let written = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.bounded(cx, written)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
+        let flushed = Pin::new(&mut self.stream).poll_flush(cx);
+        self.bounded(cx, flushed)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+        let shut = Pin::new(&mut self.stream).poll_shutdown(cx);
+        self.bounded(cx, shut)
     }
 
     fn poll_write_vectored(
@@ -233,7 +277,8 @@ impl AsyncWrite for Slotted {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.bounded(cx, written)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -125,19 +125,27 @@ pub fn router(core: Core, origins: &[String]) -> (Router, TaskTracker) {
 }
 
 /// Serves `router` on `listener` — over TLS when `tls` is given, with the time a client
-/// has for its handshake — (its connections counted in `connections`, the broker's slots
+/// has for its handshake — closing a connection whose peer reads nothing for
+/// `stall_limit` while there is something to write (its connections counted in `connections`, the broker's slots
 /// and their number) until `shutdown` is cancelled and every connection has
 /// closed (streams end with the shutdown), then waits for the streams' `tasks`.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<(crate::tls::Tls, std::time::Duration)>,
+    stall_limit: std::time::Duration,
     connections: (std::sync::Arc<tokio::sync::Semaphore>, usize),
     router: Router,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 ) {
-    let listener =
-        counted::Counted::new(listener, connections.0, connections.1, tls, tasks.clone());
+    let listener = counted::Counted::new(
+        listener,
+        connections.0,
+        connections.1,
+        tls,
+        tasks.clone(),
+        stall_limit,
+    );
     let served = axum::serve(
         listener,
         router.into_make_service_with_connect_info::<counted::Peer>(),
