@@ -358,12 +358,22 @@ async fn idle_reports_the_brokers_cpu_and_memory_per_connection() {
         let idle = &report["idle"];
         assert_eq!(idle["connections"], 200, "{report}");
         assert!(idle["hold_ms"].as_u64().unwrap() >= 500, "{report}");
+        // Figures read from /proc: a share of the machine's cores, resident sizes of a
+        // real process, and the growth between them shared out over the connections.
+        let cores = report["machine"]["cores"].as_f64().unwrap();
+        let cpu = idle["broker_cpu_percent"].as_f64().unwrap();
         assert!(
-            idle["broker_cpu_percent"].as_f64().unwrap() >= 0.0,
+            cpu.is_finite() && (0.0..=100.0 * cores).contains(&cpu),
             "{report}"
         );
-        assert!(idle["rss_open_mb"].as_f64().unwrap() > 0.0, "{report}");
-        assert!(idle["bytes_per_connection"].is_u64(), "{report}");
+        let (before, open) = (
+            idle["rss_before_mb"].as_f64().unwrap(),
+            idle["rss_open_mb"].as_f64().unwrap(),
+        );
+        assert!(before > 1.0 && open > 1.0, "{report}");
+        let shared_out = idle["bytes_per_connection"].as_u64().unwrap() as f64 * 200.0;
+        let growth = (open - before).max(0.0) * 1e6;
+        assert!((shared_out - growth).abs() <= 1_000.0, "{report}");
         assert!(idle["measured"].as_str().unwrap().contains("this process"));
     }
 }
