@@ -289,48 +289,56 @@ impl PushGroups {
         spans: Vec<Span>,
         answer: Answer,
     ) -> Result<(), BrokerError> {
-        let dispatcher = self.dispatcher_of_subscription(session, id)?;
-        let (reply, rx) = oneshot::channel();
-        let command = Command::Answer {
+        self.ask(session, id, |reply| Command::Answer {
             session,
             id,
             spans,
             answer,
             reply,
-        };
-        send(&dispatcher, command).await?;
-        rx.await.map_err(|_| gone())?
+        })
+        .await
     }
 
     /// Lets credit-based subscription `id` receive `records` more records (see
     /// [`SubscribeRequest::credit`]).
     pub async fn grant(&self, session: u64, id: u64, records: u32) -> Result<(), BrokerError> {
-        let dispatcher = self.dispatcher_of_subscription(session, id)?;
-        let (reply, rx) = oneshot::channel();
-        let command = Command::Grant {
+        self.ask(session, id, |reply| Command::Grant {
             session,
             id,
             records,
             reply,
-        };
-        send(&dispatcher, command).await?;
-        rx.await.map_err(|_| gone())?
+        })
+        .await
     }
 
     /// Takes back the credit subscription `id` did not use; returns how much that was.
     /// Deliveries made before are in its queue by the time this returns.
     pub async fn revoke(&self, session: u64, id: u64) -> Result<u32, BrokerError> {
-        let dispatcher = self.dispatcher_of_subscription(session, id)?;
-        let (reply, rx) = oneshot::channel();
-        send(&dispatcher, Command::Revoke { session, id, reply }).await?;
-        rx.await.map_err(|_| gone())?
+        self.ask(session, id, |reply| Command::Revoke { session, id, reply })
+            .await
     }
 
     /// Ends subscription `id`; its unanswered deliveries go back to the group at once.
     pub async fn unsubscribe(&self, session: u64, id: u64) -> Result<(), BrokerError> {
+        self.ask(session, id, |reply| Command::Unsubscribe {
+            session,
+            id,
+            reply,
+        })
+        .await
+    }
+
+    /// Sends subscription `id`'s dispatcher the command `command` makes around a reply
+    /// channel, and waits for the reply (a dispatcher that ended is `gone`).
+    async fn ask<T>(
+        &self,
+        session: u64,
+        id: u64,
+        command: impl FnOnce(oneshot::Sender<Result<T, BrokerError>>) -> Command,
+    ) -> Result<T, BrokerError> {
         let dispatcher = self.dispatcher_of_subscription(session, id)?;
         let (reply, rx) = oneshot::channel();
-        send(&dispatcher, Command::Unsubscribe { session, id, reply }).await?;
+        send(&dispatcher, command(reply)).await?;
         rx.await.map_err(|_| gone())?
     }
 
