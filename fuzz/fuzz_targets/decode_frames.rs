@@ -1,12 +1,15 @@
 //! Feeds arbitrary bytes to the broker's frame decoder, as a connection would deliver
 //! them, in arbitrary pieces. The decoder must never panic, never hand out a frame longer
 //! than its limit, and never reserve more than one frame's worth of buffer; decoding a
-//! frame's body must never panic either, and whatever decodes must encode again.
+//! frame's body must never panic either, and whatever decodes must encode again. The
+//! payloads of authentication frames go on through the broker's parsers of them (SCRAM's
+//! messages, SASL PLAIN), which must not panic either.
 
 #![no_main]
 
 use bytes::BytesMut;
-use herald_protocol::{FrameCodec, Message};
+use herald_protocol::scram::{Credentials, ServerFirst};
+use herald_protocol::{sasl, Frame, FrameCodec, Message, SaslContinue, SaslStart};
 use libfuzzer_sys::fuzz_target;
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -29,6 +32,7 @@ fuzz_target!(|data: &[u8]| {
                     assert!(raw.body.len() + 8 <= MAX_FRAME as usize);
                     let id = raw.correlation_id;
                     if let Ok(frame) = raw.decode() {
+                        authentication_payloads(&frame);
                         let mut out = BytesMut::new();
                         let message = Message::new(id, frame);
                         FrameCodec::new(u32::MAX)
@@ -46,3 +50,23 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 });
+
+/// What the broker does first with an authentication frame's payload.
+fn authentication_payloads(frame: &Frame) {
+    match frame {
+        Frame::SaslStart(SaslStart { payload, .. }) => {
+            let _ = sasl::parse_plain(payload);
+            if let Ok(first) = ServerFirst::parse(&String::from_utf8_lossy(payload)) {
+                let credentials = Credentials::derive("pw", b"salt".to_vec(), 4096);
+                let (_, expects) = first.answer(credentials);
+                let _ = expects.verify(&String::from_utf8_lossy(payload));
+            }
+        }
+        Frame::SaslContinue(SaslContinue { payload }) => {
+            let first = ServerFirst::parse("n,,n=alice,r=nonce").expect("a valid first message");
+            let (_, expects) = first.answer(Credentials::derive("pw", b"salt".to_vec(), 4096));
+            let _ = expects.verify(&String::from_utf8_lossy(payload));
+        }
+        _ => {}
+    }
+}

@@ -79,6 +79,16 @@ error_codes! {
     UnexpectedFrame = 104,
     /// The session ended because the peer was silent for the session timeout.
     SessionExpired = 105,
+    /// The broker requires authentication (`--auth`) and this session has not.
+    AuthenticationRequired = 106,
+    /// Wrong credentials, an unknown, expired or revoked token, or a mechanism this
+    /// connection may not use.
+    AuthenticationFailed = 107,
+    /// The authenticated user may not do this; the message names the operation and the
+    /// resource. The session lives on.
+    NotAuthorized = 108,
+    /// The session's user was deleted or its token revoked: the session ends.
+    CredentialsRevoked = 109,
 
     /// A topic name outside `[A-Za-z0-9._-]{1,200}`.
     InvalidTopicName = 200,

@@ -275,6 +275,98 @@ fn samples() -> Vec<Frame> {
             group: s("g"),
         }
         .into(),
+        SaslStart {
+            mechanism: s("SCRAM-SHA-256"),
+            payload: Bytes::from_static(b"n,,n=alice,r=abc"),
+        }
+        .into(),
+        SaslChallenge {
+            payload: Bytes::from_static(b"r=abcdef,s=c2FsdA==,i=4096"),
+        }
+        .into(),
+        SaslContinue {
+            payload: Bytes::from_static(b"c=biws,r=abcdef,p=cHJvb2Y="),
+        }
+        .into(),
+        SaslOk {
+            user: s("alice"),
+            admin: true,
+            payload: Bytes::from_static(b"v=c2lnbmF0dXJl"),
+        }
+        .into(),
+        CreateUser {
+            name: s("alice"),
+            password: s("pw"),
+            admin: true,
+        }
+        .into(),
+        SetPassword {
+            name: s("alice"),
+            password: s("pw2"),
+        }
+        .into(),
+        DeleteUser { name: s("alice") }.into(),
+        ListUsers {}.into(),
+        UserList {
+            users: vec![UserSummary {
+                name: s("alice"),
+                admin: true,
+            }],
+        }
+        .into(),
+        CreateToken {
+            user: s("alice"),
+            ttl_ms: 60_000,
+        }
+        .into(),
+        TokenCreated {
+            token: s("hrld_x"),
+            summary: TokenSummary {
+                id: s("a1b2"),
+                user: s("alice"),
+                created_ms: 1,
+                expires_ms: 2,
+            },
+        }
+        .into(),
+        ListTokens {}.into(),
+        TokenList {
+            tokens: vec![TokenSummary {
+                id: s("a1b2"),
+                user: s("alice"),
+                created_ms: 1,
+                expires_ms: 0,
+            }],
+        }
+        .into(),
+        RevokeToken { id: s("a1b2") }.into(),
+        AddAcl {
+            rule: AclRule {
+                id: 0,
+                user: s("alice"),
+                pattern: s("orders.*"),
+                operations: vec![s("publish"), s("consume")],
+            },
+        }
+        .into(),
+        AclRule {
+            id: 7,
+            user: s("alice"),
+            pattern: s("orders.*"),
+            operations: vec![s("publish")],
+        }
+        .into(),
+        ListAcls {}.into(),
+        AclList {
+            rules: vec![AclRule {
+                id: 7,
+                user: s("alice"),
+                pattern: s("*"),
+                operations: vec![s("describe")],
+            }],
+        }
+        .into(),
+        RemoveAcl { id: 7 }.into(),
     ]
 }
 
@@ -408,7 +500,7 @@ proptest! {
     }
 
     #[test]
-    fn mutated_frames_never_panic(index in 0usize..38, flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8)) {
+    fn mutated_frames_never_panic(index in 0usize..64, flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8)) {
         let frames = samples();
         let bytes = Message::new(1, frames[index % frames.len()].clone()).to_bytes();
         let mut data = bytes.to_vec();
@@ -432,6 +524,28 @@ proptest! {
                 }
                 _ => {}
             }
+        }
+    }
+
+    #[test]
+    fn hostile_authentication_payloads_never_panic(
+        payload in proptest::collection::vec(any::<u8>(), 0..256),
+        scramish in "(n|y|p)?,,(n=[a-z=,0-9]{0,8})?,?(r=[ -~]{0,16})?(,[a-z]=[ -~]{0,8}){0,3}",
+    ) {
+        use herald_protocol::scram::{Credentials, ServerFirst};
+        for payload in [payload.clone(), scramish.clone().into_bytes()] {
+            let start = Message::new(1, SaslStart { mechanism: "SCRAM-SHA-256".into(), payload: payload.clone().into() });
+            let raw = FrameCodec::default().decode(&mut BytesMut::from(&start.to_bytes()[..])).unwrap().unwrap();
+            let Frame::SaslStart(start) = raw.decode().unwrap() else { panic!("not a SaslStart") };
+            let _ = sasl::parse_plain(&start.payload);
+            let text = String::from_utf8_lossy(&start.payload);
+            if let Ok(first) = ServerFirst::parse(&text) {
+                let (_, expects) = first.answer(Credentials::derive("pw", b"salt".to_vec(), 4096));
+                prop_assert!(expects.verify(&text).is_err());
+            }
+            let first = ServerFirst::parse("n,,n=alice,r=abc").unwrap();
+            let (_, expects) = first.answer(Credentials::derive("pw", b"salt".to_vec(), 4096));
+            prop_assert!(expects.verify(&text).is_err(), "a made-up client-final passed");
         }
     }
 

@@ -13,10 +13,12 @@
 //! its request's `correlation_id`; frames nobody asked for (heartbeats, deliveries, going-away)
 //! carry 0, so clients number their requests from 1.
 
+pub mod auth;
 pub mod fetch;
 pub mod group;
 pub mod publish;
 pub mod push;
+pub mod security;
 pub mod session;
 pub mod topic;
 
@@ -25,10 +27,13 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::error::DecodeError;
 use crate::wire::{Reader, Wire};
 
+pub use auth as sasl;
+pub use auth::{SaslChallenge, SaslContinue, SaslOk, SaslStart};
 pub use fetch::*;
 pub use group::*;
 pub use publish::*;
 pub use push::*;
+pub use security::*;
 pub use session::*;
 pub use topic::*;
 
@@ -96,6 +101,14 @@ frames! {
     Error(ErrorFrame) = 0x0005,
     /// Broker → client: a request succeeded with nothing to return.
     Ok(OkReply) = 0x0006,
+    /// Client → broker: begin authenticating.
+    SaslStart(SaslStart) = 0x0007,
+    /// Broker → client: the next step of authentication.
+    SaslChallenge(SaslChallenge) = 0x0008,
+    /// Client → broker: an answer to a challenge.
+    SaslContinue(SaslContinue) = 0x0009,
+    /// Broker → client: authenticated.
+    SaslOk(SaslOk) = 0x000A,
     // Topics: 0x01xx
     /// Create a topic.
     CreateTopic(CreateTopic) = 0x0101,
@@ -163,6 +176,37 @@ frames! {
     ResetGroup(ResetGroup) = 0x0506,
     /// Delete a group.
     DeleteGroup(DeleteGroup) = 0x0507,
+    // Users, tokens and rules: 0x06xx
+    /// Add a user.
+    CreateUser(CreateUser) = 0x0601,
+    /// Change a user's password.
+    SetPassword(SetPassword) = 0x0602,
+    /// Delete a user.
+    DeleteUser(DeleteUser) = 0x0603,
+    /// List users.
+    ListUsers(ListUsers) = 0x0604,
+    /// The users.
+    UserList(UserList) = 0x0605,
+    /// Create an API token.
+    CreateToken(CreateToken) = 0x0606,
+    /// A new token.
+    TokenCreated(TokenCreated) = 0x0607,
+    /// List tokens.
+    ListTokens(ListTokens) = 0x0608,
+    /// The tokens.
+    TokenList(TokenList) = 0x0609,
+    /// Revoke a token.
+    RevokeToken(RevokeToken) = 0x060A,
+    /// Grant a rule.
+    AddAcl(AddAcl) = 0x060B,
+    /// A rule.
+    AclRule(AclRule) = 0x060C,
+    /// List rules.
+    ListAcls(ListAcls) = 0x060D,
+    /// The rules.
+    AclList(AclList) = 0x060E,
+    /// Remove a rule.
+    RemoveAcl(RemoveAcl) = 0x060F,
 }
 
 /// A frame split from the stream whose body is not decoded yet.
