@@ -88,7 +88,11 @@ async fn the_core_serves_without_a_socket_and_a_client_sees_the_same_topics() {
     let groups = client.list_groups("direct").await.unwrap();
     assert_eq!(groups.len(), 1, "the TCP client sees the core's group");
     core.session_closed(caller.session).await;
-    assert!(core.list_topics().iter().any(|t| t.name == "direct"));
+    assert!(core
+        .list_topics()
+        .unwrap()
+        .iter()
+        .any(|t| t.name == "direct"));
     broker.stop().await;
 }
 

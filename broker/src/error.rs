@@ -79,6 +79,19 @@ pub enum BrokerError {
     NotSupported(&'static str),
     #[error("the broker is shutting down")]
     ShuttingDown,
+    #[error("authentication required: this broker runs with --auth; log in first (SASL after Hello, or an Authorization header, a herald_token cookie or ?access_token= over HTTP)")]
+    AuthenticationRequired,
+    #[error("authentication failed: {0}")]
+    AuthenticationFailed(String),
+    #[error("not authorized: user {user:?} may not {operation} {resource}")]
+    NotAuthorized {
+        user: String,
+        operation: crate::auth::rules::Operation,
+        /// `topic "orders"`, or `users, tokens and rules`.
+        resource: String,
+    },
+    #[error("the session's credentials were revoked (its user deleted, its token revoked, or its rules changed)")]
+    CredentialsRevoked,
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
@@ -112,6 +125,10 @@ impl BrokerError {
             TooManyConsumers { .. } => ErrorCode::TooManyConsumers,
             NotSupported(_) => ErrorCode::NotSupported,
             ShuttingDown => ErrorCode::ShuttingDown,
+            AuthenticationRequired => ErrorCode::AuthenticationRequired,
+            AuthenticationFailed(_) => ErrorCode::AuthenticationFailed,
+            NotAuthorized { .. } => ErrorCode::NotAuthorized,
+            CredentialsRevoked => ErrorCode::CredentialsRevoked,
             Storage(StorageError::Deleted) => ErrorCode::UnknownTopic,
             Storage(StorageError::Sequence(_)) => ErrorCode::OutOfOrderSequence,
             Storage(StorageError::NoSpace(_)) => ErrorCode::StorageFull,

@@ -38,6 +38,61 @@ pub enum ServerError {
     Flush(StorageError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error("refusing to listen on {addr} without authentication: anyone who can reach it could publish to, read and delete every topic. Start with --auth (users, tokens and permissions; see the README's security section), or pass --allow-anonymous to accept that")]
+    Unprotected { addr: SocketAddr },
+    #[error("--auth with no users yet: set HERALD_ADMIN_PASSWORD to create the administrator `admin` (read once, at this start)")]
+    NoAdministrator,
+    #[error("cannot load users, tokens and rules: {0}")]
+    LoadDirectory(StorageError),
+    #[error("cannot create the administrator: {0}")]
+    Bootstrap(crate::auth::directory::DirectoryError),
+}
+
+/// Refuses (or, with `--allow-anonymous`, warns about) listening where other hosts can
+/// connect without `--auth`.
+fn check_exposure(config: &Config) -> Result<(), ServerError> {
+    let mut addrs = vec![config.listen];
+    if let Listen::At(http) = config.http_listen {
+        addrs.push(http);
+    }
+    for addr in addrs {
+        if config.auth || addr.ip().is_loopback() {
+            continue;
+        }
+        if !config.allow_anonymous {
+            return Err(ServerError::Unprotected { addr });
+        }
+        tracing::warn!(%addr, "listening without authentication (--allow-anonymous): anyone who can reach this address may publish to, read and delete every topic");
+    }
+    Ok(())
+}
+
+/// The users, tokens and rules; with `--auth` and none yet, the administrator `admin`
+/// made from `HERALD_ADMIN_PASSWORD`.
+async fn load_access(
+    config: &Config,
+    store: &Arc<Store>,
+) -> Result<crate::auth::access::Access, ServerError> {
+    use crate::auth::directory::Directory;
+    let (store, auth, password) = (
+        Arc::clone(store),
+        config.auth,
+        config.admin_password.clone(),
+    );
+    let directory = tokio::task::spawn_blocking(move || {
+        let directory = Directory::load(store).map_err(ServerError::LoadDirectory)?;
+        if auth && directory.is_empty() {
+            let password = password.ok_or(ServerError::NoAdministrator)?;
+            directory
+                .add_user("admin", password.expose(), true)
+                .map_err(ServerError::Bootstrap)?;
+            tracing::info!("created the administrator `admin` from HERALD_ADMIN_PASSWORD");
+        }
+        Ok::<_, ServerError>(directory)
+    })
+    .await
+    .map_err(|_| ServerError::NoAdministrator)??;
+    Ok(crate::auth::access::Access::new(config.auth, directory))
 }
 
 /// A running broker.
@@ -53,6 +108,7 @@ pub struct Broker {
 impl Broker {
     /// Opens the store, binds `config.listen` and starts serving.
     pub async fn start(config: Config) -> Result<Broker, ServerError> {
+        check_exposure(&config)?;
         let tls = crate::tls::Tls::from_files(
             config.tls_cert.as_deref(),
             config.tls_key.as_deref(),
@@ -71,6 +127,7 @@ impl Broker {
             max_topics: config.max_topics,
             max_partitions: config.max_partitions,
         };
+        let access = Arc::new(load_access(&config, &store).await?);
         let topics_store = Arc::clone(&store);
         let topics = blocking(move || Topics::load(topics_store, limits))
             .await
@@ -90,7 +147,7 @@ impl Broker {
                 Some((http, bound))
             }
         };
-        tracing::info!(fsync = config.store().fsync.name(), data_dir = %config.data_dir.display(), tls = tls.is_some(), "listening on {local_addr}");
+        tracing::info!(fsync = config.store().fsync.name(), data_dir = %config.data_dir.display(), tls = tls.is_some(), auth = config.auth, "listening on {local_addr}");
         let shutdown = CancellationToken::new();
         let topics = Arc::new(topics);
         let connections = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
@@ -109,6 +166,7 @@ impl Broker {
             shutdown: shutdown.clone(),
             outbound_bytes: Arc::new(AtomicU64::new(0)),
             tls,
+            access,
         });
         let tracker = TaskTracker::new();
         let every = Duration::from_millis(shared.config.retention_check_ms.max(1));

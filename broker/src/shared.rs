@@ -29,4 +29,6 @@ pub struct Shared {
     pub outbound_bytes: Arc<AtomicU64>,
     /// TLS for every listener, when `--tls-cert` and `--tls-key` are set.
     pub tls: Option<crate::tls::Tls>,
+    /// Users, tokens, rules and the `--auth` switch.
+    pub access: Arc<crate::auth::access::Access>,
 }

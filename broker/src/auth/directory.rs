@@ -55,6 +55,9 @@ pub struct Directory {
     state: RwLock<State>,
     /// Makes the stand-in credentials of unknown names; random per broker run.
     decoy_key: [u8; 32],
+    /// Moves on whenever a user's password or existence changes, so what was learnt
+    /// from a password check can be trusted only while it stays put.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl Directory {
@@ -75,6 +78,7 @@ impl Directory {
             store,
             state: RwLock::new(state),
             decoy_key,
+            generation: Default::default(),
         })
     }
 
@@ -84,6 +88,16 @@ impl Directory {
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
         self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The users' generation: see [`Directory`]'s `generation`.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn users_changed(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// Whether anybody can log in yet.
@@ -125,6 +139,7 @@ impl Directory {
         };
         self.store.put_user(user.clone())?;
         self.write().users.insert(name.to_string(), user);
+        self.users_changed();
         Ok(())
     }
 
@@ -137,6 +152,8 @@ impl Directory {
         state.users.remove(name);
         state.tokens.retain(|_, t| t.user != name);
         state.rules.retain(|r| r.user != name);
+        drop(state);
+        self.users_changed();
         Ok(())
     }
 
@@ -240,8 +257,9 @@ impl Directory {
         Ok(revoked)
     }
 
-    /// Who `token` belongs to, if it is known and has not expired at `now_ms`.
-    pub fn check_token(&self, token: &str, now_ms: u64) -> Option<Identity> {
+    /// Who `token` belongs to, and the token's id, if it is known and has not expired at
+    /// `now_ms`.
+    pub fn check_token(&self, token: &str, now_ms: u64) -> Option<(Identity, String)> {
         let hash = secrets::token_hash(token);
         let state = self.read();
         let kept = state.tokens.get(&hash)?;
@@ -250,10 +268,11 @@ impl Directory {
             return None;
         }
         let user = state.users.get(&kept.user)?;
-        Some(Identity {
+        let identity = Identity {
             user: user.name.clone(),
             admin: user.admin,
-        })
+        };
+        Some((identity, kept.id.clone()))
     }
 
     /// Grants `user` `operations` on topics matching `pattern`. Blocks.
@@ -283,11 +302,29 @@ impl Directory {
         self.read().rules.clone()
     }
 
-    /// Removes rule `id`; false when there is none. Blocks.
-    pub fn remove_rule(&self, id: u64) -> Result<bool, DirectoryError> {
-        let removed = self.store.delete_rule(id)?;
+    /// Removes rule `id`, returning it; `None` when there is none. Blocks.
+    pub fn remove_rule(&self, id: u64) -> Result<Option<StoredRule>, DirectoryError> {
+        let rule = self.read().rules.iter().find(|r| r.id == id).cloned();
+        if !self.store.delete_rule(id)? {
+            return Ok(None);
+        }
         self.write().rules.retain(|r| r.id != id);
-        Ok(removed)
+        Ok(rule)
+    }
+
+    /// Whether `identity` may do `operation` on `topic` now (see [`Permissions::allows`]);
+    /// what it is comes from memory, without copying its rules.
+    pub fn allows(&self, identity: &Identity, operation: Operation, topic: Option<&str>) -> bool {
+        let state = self.read();
+        let Some(user) = state.users.get(&identity.user) else {
+            return false; // deleted since it logged in
+        };
+        user.admin
+            || state.rules.iter().any(|rule| {
+                rule.user == user.name
+                    && rule.operations.iter().any(|op| op == operation.name())
+                    && super::rules::covers(&rule.pattern, topic)
+            })
     }
 
     /// What `identity` may do now.
@@ -413,7 +450,7 @@ mod tests {
         let (brief, brief_kept) = users.create_token("alice", Some(1_000)).unwrap();
         assert!(users.create_token("nobody", None).is_err());
         let now = now_ms();
-        assert_eq!(users.check_token(&forever, now).unwrap().user, "alice");
+        assert_eq!(users.check_token(&forever, now).unwrap().0.user, "alice");
         assert!(users.check_token(&brief, now).is_some());
         assert!(users
             .check_token(&brief, brief_kept.expires_ms.unwrap())
@@ -452,7 +489,11 @@ mod tests {
         assert!(users
             .permissions(&root)
             .allows(Operation::Delete, Some("anything")));
-        assert!(users.remove_rule(rule.id).unwrap());
+        assert_eq!(
+            users.remove_rule(rule.id).unwrap().map(|r| r.user),
+            Some("alice".into())
+        );
+        assert!(users.remove_rule(rule.id).unwrap().is_none());
         assert!(!users
             .permissions(&alice)
             .allows(Operation::Publish, Some("orders.eu")));

@@ -1,11 +1,14 @@
 //! Who a client is: the secrets behind users and API tokens.
 //!
-//! These are the parts of authentication and authorization (issue 18) that stand on their
-//! own: how passwords and tokens are kept and checked ([`secrets`]), what a rule grants
-//! ([`rules`]), and the [`directory`] of users, tokens and rules (in the store, read from
-//! memory). The `--auth`
-//! switch, the TCP protocol's SASL frames, the gateway's `Authorization` handling and the
-//! checks in the core come on top of them; until then nothing asks for credentials.
+//! - [`secrets`]: how passwords and tokens are kept and checked;
+//! - [`rules`]: what a rule grants;
+//! - [`directory`]: the users, tokens and rules (in the store, read from memory);
+//! - [`presented`]: credentials as HTTP clients present them;
+//! - [`access`]: the `--auth` switch at run time: logins, the check every core verb makes,
+//!   failed logins slowed per address, and open sessions cut when their credentials go.
+//!
+//! The TCP protocol logs in with SASL after `Hello` (`net::login`); the gateway reads
+//! credentials from every request (`http::authed`).
 //!
 //! - A password is kept only as an argon2id hash (for HTTP Basic and SASL PLAIN inside TLS)
 //!   and as SCRAM-SHA-256 credentials (for the TCP protocol, where the password never
@@ -15,6 +18,7 @@
 //!   every request with a token checks it.)
 //! - Every comparison of secrets takes the same time whatever matches.
 
+pub mod access;
 pub mod directory;
 pub mod presented;
 pub mod rules;

@@ -87,16 +87,25 @@ impl Pattern {
     }
 
     pub fn matches(&self, topic: &str) -> bool {
-        match self.0.strip_suffix('*') {
-            Some(prefix) => {
-                prefix.is_empty() || (topic.len() > prefix.len() && topic.starts_with(prefix))
-            }
-            None => self.0 == topic,
-        }
+        covers(&self.0, Some(topic))
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// Whether a rule on (valid) `pattern` covers `topic`; an operation on no topic (listing,
+/// administration) is covered only by `*`.
+pub fn covers(pattern: &str, topic: Option<&str>) -> bool {
+    let Some(topic) = topic else {
+        return pattern == "*";
+    };
+    match pattern.strip_suffix('*') {
+        Some(prefix) => {
+            prefix.is_empty() || (topic.len() > prefix.len() && topic.starts_with(prefix))
+        }
+        None => pattern == topic,
     }
 }
 
@@ -122,11 +131,7 @@ impl Permissions {
             return true;
         }
         self.rules.iter().any(|rule| {
-            rule.operations.contains(&operation)
-                && match topic {
-                    Some(topic) => rule.pattern.matches(topic),
-                    None => rule.pattern.as_str() == "*",
-                }
+            rule.operations.contains(&operation) && covers(rule.pattern.as_str(), topic)
         })
     }
 }

@@ -49,6 +49,28 @@ pub fn check_password(record: &PasswordRecord, password: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// A secret held in memory (the bootstrap administrator's password): it shows as
+/// `Secret(..)` in any `Debug` output, so it never reaches a log line.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(text: impl Into<String>) -> Secret {
+        Secret(text.into())
+    }
+
+    /// The secret itself, for the one place that uses it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
 /// What a token looks like: this prefix, then 43 base64url characters.
 pub const TOKEN_PREFIX: &str = "hrld_";
 

@@ -25,11 +25,11 @@ pub async fn handle_delete_topic(ctx: Context, req: DeleteTopic) -> Result<Frame
     Ok(OkReply {}.into())
 }
 
-pub fn handle_list_topics(ctx: &Context) -> Frame {
-    TopicList {
-        topics: ctx.core.list_topics(),
+pub fn handle_list_topics(ctx: &Context) -> Result<Frame, BrokerError> {
+    Ok(TopicList {
+        topics: ctx.core.list_topics()?,
     }
-    .into()
+    .into())
 }
 
 pub fn handle_describe_topic(ctx: &Context, req: DescribeTopic) -> Result<Frame, BrokerError> {

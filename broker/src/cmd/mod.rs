@@ -8,6 +8,7 @@ mod fetch;
 mod group;
 mod publish;
 mod push;
+mod security;
 
 use std::net::SocketAddr;
 
@@ -21,9 +22,12 @@ use crate::error::BrokerError;
 /// What a handler needs to know about the broker and the session asking.
 #[derive(Clone)]
 pub struct Context {
+    /// The core, acting for the session's principal.
     pub core: Core,
     pub peer: SocketAddr,
     pub session_id: u64,
+    /// Whether a password may come over this connection (TLS, or loopback).
+    pub secure: crate::core::Secure,
 }
 
 impl Context {
@@ -81,7 +85,7 @@ pub async fn dispatch(ctx: &Context, frame: Frame) -> Reply {
         Frame::Fetch(req) => Reply::later(fetch::handle_fetch(ctx, req)),
         Frame::CreateTopic(req) => Reply::later(admin::handle_create_topic(ctx, req)),
         Frame::DeleteTopic(req) => Reply::later(admin::handle_delete_topic(ctx, req)),
-        Frame::ListTopics(_) => Reply::Now(admin::handle_list_topics(&ctx)),
+        Frame::ListTopics(_) => Reply::Now(into_frame(admin::handle_list_topics(&ctx))),
         Frame::DescribeTopic(req) => {
             Reply::Now(into_frame(admin::handle_describe_topic(&ctx, req)))
         }
@@ -100,6 +104,16 @@ pub async fn dispatch(ctx: &Context, frame: Frame) -> Reply {
         Frame::Nack(req) => Reply::later(push::handle_nack(ctx, req)),
         Frame::Reject(req) => Reply::later(push::handle_reject(ctx, req)),
         Frame::Touch(req) => Reply::later(push::handle_touch(ctx, req)),
+        Frame::CreateUser(req) => Reply::later(security::create_user(ctx, req)),
+        Frame::SetPassword(req) => Reply::later(security::set_password(ctx, req)),
+        Frame::DeleteUser(req) => Reply::later(security::delete_user(ctx, req)),
+        Frame::ListUsers(_) => Reply::Now(into_frame(security::list_users(&ctx))),
+        Frame::CreateToken(req) => Reply::later(security::create_token(ctx, req)),
+        Frame::ListTokens(_) => Reply::Now(into_frame(security::list_tokens(&ctx))),
+        Frame::RevokeToken(req) => Reply::later(security::revoke_token(ctx, req)),
+        Frame::AddAcl(req) => Reply::later(security::add_acl(ctx, req)),
+        Frame::ListAcls(_) => Reply::Now(into_frame(security::list_acls(&ctx))),
+        Frame::RemoveAcl(req) => Reply::later(security::remove_acl(ctx, req)),
         other => Reply::Now(
             ErrorFrame::new(
                 ErrorCode::UnexpectedFrame,

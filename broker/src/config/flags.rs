@@ -165,6 +165,17 @@ pub struct Flags {
     /// the client.
     #[arg(long, env = "HERALD_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+
+    /// Every connection must log in (SASL on TCP; a token or Basic over HTTP) and every
+    /// request needs a rule. A store without users gets user `admin` with the password in
+    /// HERALD_ADMIN_PASSWORD.
+    #[arg(long, env = "HERALD_AUTH")]
+    pub auth: bool,
+
+    /// Allows listening on a non-loopback address without --auth (anyone who reaches the
+    /// port may do anything).
+    #[arg(long, env = "HERALD_ALLOW_ANONYMOUS")]
+    pub allow_anonymous: bool,
 }
 
 impl Flags {
@@ -232,6 +243,8 @@ impl Flags {
         );
         set(&mut base.hello_timeout_ms, self.hello_timeout_ms);
         base.repair_store |= self.repair_store;
+        base.auth |= self.auth;
+        base.allow_anonymous |= self.allow_anonymous;
         set(&mut base.storage_timeout_ms, self.storage_timeout_ms);
         set(&mut base.shutdown_timeout_ms, self.shutdown_timeout_ms);
         for (setting, flag) in [

@@ -129,6 +129,14 @@ pub struct Config {
     /// Clients must present a certificate signed by this CA (PEM).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Every connection must log in, and every request needs a rule (see `auth`).
+    pub auth: bool,
+    /// Listening on a non-loopback address without `auth` (refused otherwise).
+    pub allow_anonymous: bool,
+    /// The password of the `admin` user made when `auth` starts a store without users;
+    /// from `HERALD_ADMIN_PASSWORD` only, never a flag or a file key (a flag shows in `ps`).
+    #[serde(skip)]
+    pub admin_password: Option<crate::auth::secrets::Secret>,
 }
 
 impl Default for Config {
@@ -167,6 +175,9 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
+            auth: false,
+            allow_anonymous: false,
+            admin_password: None,
         }
     }
 }
@@ -183,6 +194,9 @@ pub enum ConfigError {
     Invalid { path: PathBuf, message: String },
 }
 
+/// Where `--auth` takes the first administrator's password from.
+pub const ADMIN_PASSWORD_VARIABLE: &str = "HERALD_ADMIN_PASSWORD";
+
 impl Config {
     /// The settings `herald-broker` runs with: the defaults, then the `--config` file,
     /// then `HERALD_*` variables, then the flags in `flags`.
@@ -191,7 +205,12 @@ impl Config {
             Some(path) => Config::from_file(path)?,
             None => Config::default(),
         };
-        Ok(flags.apply(base))
+        let mut config = flags.apply(base);
+        config.admin_password = std::env::var(ADMIN_PASSWORD_VARIABLE)
+            .ok()
+            .filter(|p| !p.is_empty())
+            .map(crate::auth::secrets::Secret::new);
+        Ok(config)
     }
 
     /// The defaults overlaid with the TOML file at `path`.

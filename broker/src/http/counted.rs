@@ -84,6 +84,9 @@ impl Counted {
 /// An accepted connection and the slot it holds.
 pub struct Slotted {
     stream: Either<TcpStream, Box<TlsStream<TcpStream>>>,
+    /// The common name of the client's verified certificate, over TLS with
+    /// `--tls-client-ca`.
+    certificate: Option<Arc<str>>,
     _slot: OwnedSemaphorePermit,
     stall_limit: Duration,
     /// Runs while a write waits for the peer; fires after `stall_limit`.
@@ -93,11 +96,13 @@ pub struct Slotted {
 impl Slotted {
     fn new(
         stream: Either<TcpStream, Box<TlsStream<TcpStream>>>,
+        certificate: Option<String>,
         slot: OwnedSemaphorePermit,
         stall_limit: Duration,
     ) -> Slotted {
         Slotted {
             stream,
+            certificate: certificate.map(Arc::from),
             _slot: slot,
             stall_limit,
             stalled: None,
@@ -130,12 +135,23 @@ impl Slotted {
 }
 
 /// The peer of a connection, as handlers ask for it (`ConnectInfo<Peer>`).
-#[derive(Debug, Clone, Copy)]
-pub struct Peer(pub SocketAddr);
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// Over TLS.
+    pub tls: bool,
+    /// The common name of the client's verified certificate.
+    pub certificate: Option<Arc<str>>,
+}
 
 impl Connected<IncomingStream<'_, Counted>> for Peer {
     fn connect_info(stream: IncomingStream<'_, Counted>) -> Peer {
-        Peer(*stream.remote_addr())
+        let io = stream.io();
+        Peer {
+            addr: *stream.remote_addr(),
+            tls: matches!(io.stream, Either::Right(_)),
+            certificate: io.certificate.clone(),
+        }
     }
 }
 
@@ -174,7 +190,7 @@ impl Listener for Counted {
             };
             let Some(handshakes) = &self.tls else {
                 return (
-                    Slotted::new(Either::Left(stream), slot, self.stall_limit),
+                    Slotted::new(Either::Left(stream), None, slot, self.stall_limit),
                     peer,
                 );
             };
@@ -186,8 +202,9 @@ impl Listener for Counted {
             );
             handshakes.tasks.spawn(async move {
                 match tls.accept(stream, within).await {
-                    Ok(Accepted::Tls(stream, _)) => {
-                        let slotted = Slotted::new(Either::Right(stream), slot, stall_limit);
+                    Ok(Accepted::Tls(stream, certificate)) => {
+                        let slotted =
+                            Slotted::new(Either::Right(stream), certificate, slot, stall_limit);
                         let _ = done.send((slotted, peer)).await;
                     }
                     Ok(Accepted::Plaintext(stream)) => {

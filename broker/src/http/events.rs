@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::State;
+
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
@@ -35,9 +35,11 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use super::authed::Authed;
 use super::json::{HttpError, OutRecord};
 use super::tails::Rendered;
-use super::{Gateway, PathArgs, QueryArgs};
+use super::{PathArgs, QueryArgs};
+use crate::auth::access::Hold;
 use crate::error::BrokerError;
 
 /// Records one read of a partition takes.
@@ -67,12 +69,12 @@ pub(super) enum Item {
 }
 
 pub async fn events(
-    State(gateway): State<Gateway>,
+    Authed(gateway): Authed,
     PathArgs(topic): PathArgs<String>,
     QueryArgs(query): QueryArgs<EventsQuery>,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
-    let info = gateway.core.describe_topic(&topic)?;
+    let info = gateway.core.topic_to_read(&topic)?;
     let partitions: Vec<u32> = match query.partition {
         Some(p) if (p as usize) < info.partitions.len() => vec![p],
         Some(p) => {
@@ -113,13 +115,14 @@ pub async fn events(
             .spawn(follow.run(offset, tx.clone(), stop.clone()));
     }
     drop(tx);
-    let stream = stream_of(
-        topic,
-        cursor,
-        rx,
-        stop.drop_guard(),
-        gateway.core.stopping(),
+    // The stream ends with the broker, or with its credentials.
+    let core = &gateway.core;
+    let hold = core.access().hold(
+        core.open_session(),
+        core.principal(),
+        core.stopping().child_token(),
     );
+    let stream = stream_of(topic, cursor, rx, stop.drop_guard(), hold);
     Ok((
         [
             (header::CONTENT_TYPE, "text/event-stream"),
@@ -194,7 +197,7 @@ fn stream_of(
     cursor: BTreeMap<u32, u64>,
     rx: mpsc::Receiver<Item>,
     guard: DropGuard,
-    stopping: CancellationToken,
+    hold: Hold,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> {
     let retry = 1000 + fastrand::u64(..4000);
     let mut hello = BytesMut::new();
@@ -209,7 +212,9 @@ fn stream_of(
         rx: mpsc::Receiver<Item>,
         hello: Option<Bytes>,
         _guard: DropGuard,
-        stopping: CancellationToken,
+        /// Cancelled when the broker stops (the stream just ends) or the credentials are
+        /// revoked (an `error` event first).
+        hold: Hold,
         ended: bool,
     }
     let state = State {
@@ -218,7 +223,7 @@ fn stream_of(
         rx,
         hello: Some(hello.freeze()),
         _guard: guard,
-        stopping,
+        hold,
         ended: false,
     };
     stream::unfold(state, |mut state| async move {
@@ -233,7 +238,9 @@ fn stream_of(
                 Ok(item) => item,
                 Err(_) => return Some((Ok(Bytes::from_static(b":\n\n")), state)),
             },
-            _ = state.stopping.cancelled() => None,
+            _ = state.hold.cut.cancelled() => {
+                state.hold.revoked().then_some(Item::Failed(BrokerError::CredentialsRevoked))
+            }
         };
         let mut frame = BytesMut::new();
         match item? {
@@ -316,7 +323,7 @@ mod tests {
             cursor,
             rx,
             stop.clone().drop_guard(),
-            CancellationToken::new(),
+            Hold::detached(CancellationToken::new()),
         );
         futures::pin_mut!(stream);
         let hello = stream.next().await.unwrap().unwrap();

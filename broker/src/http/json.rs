@@ -220,8 +220,19 @@ impl From<BrokerError> for HttpError {
 }
 
 impl IntoResponse for HttpError {
+    /// A 401 names the schemes that would do (RFC 9110), so a browser or `curl` knows
+    /// what to send.
     fn into_response(self) -> Response {
-        (self.status, Json(self.body())).into_response()
+        let mut response = (self.status, Json(self.body())).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static(
+                    "Bearer realm=\"herald\", Basic realm=\"herald\"",
+                ),
+            );
+        }
+        response
     }
 }
 
@@ -239,6 +250,10 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         TooManyConnections | TooManyRequests | TooManyTopics | TooManyConsumers => {
             StatusCode::TOO_MANY_REQUESTS
         }
+        AuthenticationRequired | AuthenticationFailed | CredentialsRevoked => {
+            StatusCode::UNAUTHORIZED
+        }
+        NotAuthorized => StatusCode::FORBIDDEN,
         StorageFull => StatusCode::INSUFFICIENT_STORAGE,
         ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         NotSupported => StatusCode::NOT_IMPLEMENTED,

@@ -18,7 +18,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::State;
 use axum::response::Response;
 use herald_protocol::{Batch, Deliver, StoredRecord};
 use serde::Deserialize;
@@ -26,6 +25,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::authed::Authed;
 use super::json::{ok, HttpError, JsonBody, OutRecord};
 use super::records::MAX_WAIT_MS;
 use super::{Gateway, PathArgs};
@@ -100,7 +100,7 @@ fn one() -> u32 {
 }
 
 pub async fn lease(
-    State(gateway): State<Gateway>,
+    Authed(gateway): Authed,
     PathArgs((topic, group)): PathArgs<(String, String)>,
     JsonBody(body): JsonBody<LeaseBody>,
 ) -> Result<Response, HttpError> {
@@ -339,7 +339,7 @@ fn check_lease(
 macro_rules! answer_route {
     ($name:ident, $kind:expr) => {
         pub async fn $name(
-            State(gateway): State<Gateway>,
+            Authed(gateway): Authed,
             PathArgs((topic, group)): PathArgs<(String, String)>,
             JsonBody(body): JsonBody<AnswerBody>,
         ) -> Result<Response, HttpError> {

@@ -18,8 +18,13 @@
 //!   and publishing (see `ws`).
 //!
 //! `--http-allow-origin` turns on CORS for the origins it names (`*` for any).
+//!
+//! Every route acts for the credentials its request presents (see `authed`); with
+//! `--auth` the core checks each one. SSE streams and WebSockets end when their
+//! credentials are revoked.
 
 mod answers;
+mod authed;
 mod counted;
 mod events;
 pub mod json;
@@ -56,6 +61,14 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// The same gateway, its core acting for `principal`.
+    fn acting_for(&self, principal: crate::auth::access::Principal) -> Gateway {
+        Gateway {
+            core: self.core.acting_for(principal),
+            ..self.clone()
+        }
+    }
+
     /// A follower of `topic`'s `partition` for one stream.
     fn follow(&self, topic: &str, partition: u32) -> tails::Follow {
         tails::Follow {

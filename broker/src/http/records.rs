@@ -3,15 +3,15 @@
 
 use std::time::Duration;
 
-use axum::extract::State;
 use axum::response::Response;
 use herald_protocol::{encode_batch, read_batches};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
+use super::authed::Authed;
 use super::json::{ok, HttpError, InRecord, JsonBody, OutRecord};
-use super::{Gateway, PathArgs, QueryArgs};
+use super::{PathArgs, QueryArgs};
 use crate::core::{Core, FetchArgs};
 use crate::storage::Durability;
 
@@ -29,7 +29,7 @@ pub struct PublishBody {
 
 /// Answers once every record is confirmed under the broker's fsync policy.
 pub async fn publish(
-    State(gateway): State<Gateway>,
+    Authed(gateway): Authed,
     PathArgs(topic): PathArgs<String>,
     JsonBody(body): JsonBody<PublishBody>,
 ) -> Result<Response, HttpError> {
@@ -85,7 +85,7 @@ pub struct ReadQuery {
 /// Answers as soon as a record exists at `offset` or after `wait_ms` (at most
 /// [`MAX_WAIT_MS`]); `wait_ms=0` is a short poll. Waiting is a parked future, no CPU.
 pub async fn read(
-    State(gateway): State<Gateway>,
+    Authed(gateway): Authed,
     PathArgs((topic, partition)): PathArgs<(String, u32)>,
     QueryArgs(query): QueryArgs<ReadQuery>,
 ) -> Result<Response, HttpError> {

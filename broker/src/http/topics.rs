@@ -4,29 +4,29 @@
 //! partitions with their first and next offsets. Creating and deleting topics stay with
 //! the TCP protocol and the CLI.
 
-use axum::extract::State;
 use axum::response::Response;
 use serde_json::json;
 
+use super::authed::Authed;
 use super::json::{ok, HttpError};
-use super::{Gateway, PathArgs};
+use super::PathArgs;
 
 /// `{"topics": [{"name", "partitions"}, ...]}`, sorted by name.
-pub async fn list(State(gateway): State<Gateway>) -> Response {
+pub async fn list(Authed(gateway): Authed) -> Result<Response, HttpError> {
     let topics: Vec<_> = gateway
         .core
-        .list_topics()
+        .list_topics()?
         .into_iter()
         .map(|t| json!({"name": t.name, "partitions": t.partitions}))
         .collect();
-    ok(json!({ "topics": topics }))
+    Ok(ok(json!({ "topics": topics })))
 }
 
 /// `{"name", "retention": {"max_age_ms", "max_bytes", "max_messages"}, "partitions":
 /// [{"partition", "first_offset", "next_offset", "bytes"}, ...]}` (0 in a retention field:
 /// no limit).
 pub async fn describe(
-    State(gateway): State<Gateway>,
+    Authed(gateway): Authed,
     PathArgs(topic): PathArgs<String>,
 ) -> Result<Response, HttpError> {
     let info = gateway.core.describe_topic(&topic)?;

@@ -28,7 +28,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, State};
+use axum::extract::ConnectInfo;
 use axum::response::Response;
 use futures::{SinkExt, StreamExt};
 use herald_protocol::Batch;
@@ -37,6 +37,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::authed::Authed;
 use super::events::{cursor_text, fill_cursor, parse_cursor, Item};
 use super::json::{HttpError, InRecord, OutRecord};
 use super::Gateway;
@@ -49,13 +50,13 @@ use crate::error::BrokerError;
 const OUTBOUND: usize = 256;
 
 pub async fn upgrade(
-    State(gateway): State<Gateway>,
-    ConnectInfo(super::counted::Peer(peer)): ConnectInfo<super::counted::Peer>,
+    Authed(gateway): Authed,
+    ConnectInfo(peer): ConnectInfo<super::counted::Peer>,
     ws: WebSocketUpgrade,
 ) -> Response {
     let limit = gateway.core.config().max_frame_bytes as usize;
     ws.max_message_size(limit)
-        .on_upgrade(move |socket| session(gateway, socket, peer))
+        .on_upgrade(move |socket| session(gateway, socket, peer.addr))
 }
 
 #[derive(Debug, Deserialize)]
@@ -168,10 +169,20 @@ async fn session(gateway: Gateway, socket: WebSocket, peer: SocketAddr) {
         closing: closing.clone(),
     };
     let stopping = core.stopping();
+    let hold = core.access().hold(
+        session.caller.session,
+        core.principal(),
+        CancellationToken::new(),
+    );
     let reason = loop {
         let next = tokio::select! {
             next = tokio::time::timeout(timeout, stream.next()) => next,
             _ = stopping.cancelled() => break "broker stopping",
+            _ = hold.cut.cancelled() => {
+                let revoked = HttpError::from(BrokerError::CredentialsRevoked);
+                session.error(json!({}), revoked).await;
+                break "credentials revoked";
+            }
         };
         match next {
             Err(_) => break "silent for the session timeout",

@@ -46,7 +46,10 @@ pub async fn run(
                 let (shared, shutdown) = (Arc::clone(&shared), shutdown.clone());
                 tracker.spawn(async move {
                     match shared.tls.clone() {
-                        None => session::serve(stream.into_split(), peer, shared, shutdown).await,
+                        None => {
+                            let link = session::Link::default();
+                            session::serve(stream.into_split(), peer, link, shared, shutdown).await
+                        }
                         Some(tls) => serve_tls(&tls, stream, peer, shared, shutdown).await,
                     }
                     drop(slot);
@@ -73,7 +76,11 @@ async fn serve_tls(
     match tls.accept(stream, within).await {
         Ok(Accepted::Tls(stream, name)) => {
             tracing::debug!(%peer, client = name.as_deref().unwrap_or("-"), "tls session");
-            session::serve(tokio::io::split(*stream), peer, shared, shutdown).await
+            let link = session::Link {
+                tls: true,
+                certificate: name,
+            };
+            session::serve(tokio::io::split(*stream), peer, link, shared, shutdown).await
         }
         Ok(Accepted::Plaintext(stream)) => {
             tracing::warn!(%peer, "plaintext client at the TLS port; closing");

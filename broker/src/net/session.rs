@@ -17,7 +17,7 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use herald_protocol::{
     CodecError, DecodeError, ErrorCode, ErrorFrame, Frame, FrameCodec, GoingAway, Heartbeat, Hello,
-    HelloOk, Message, RawFrame, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    HelloOk, Message, RawFrame, SaslChallenge, SaslOk, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, Semaphore};
@@ -26,16 +26,28 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::auth::access::{Channel, Hold, Principal};
 use crate::cmd::{self, Reply};
-use crate::core::Core;
+use crate::core::{Core, Secure};
+use crate::net::login::{Exchange, Step};
 use crate::net::outbound::{Outbound, Queued, Ticket};
 use crate::shared::Shared;
+
+/// What the connection under a session is.
+#[derive(Debug, Clone, Default)]
+pub struct Link {
+    /// Inside TLS.
+    pub tls: bool,
+    /// The common name of the client's verified certificate (`--tls-client-ca`).
+    pub certificate: Option<String>,
+}
 
 /// Serves one connection, given as its reading and writing halves (a TCP stream's own, or
 /// a TLS session's), until the client leaves, the stream breaks, or shutdown.
 pub async fn serve<R, W>(
     (read, write): (R, W),
     peer: SocketAddr,
+    link: Link,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) where
@@ -44,7 +56,7 @@ pub async fn serve<R, W>(
 {
     let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!("session", id, %peer);
-    serve_session(id, read, write, peer, shared, shutdown)
+    serve_session(id, read, write, peer, link, shared, shutdown)
         .instrument(span)
         .await
 }
@@ -54,6 +66,7 @@ async fn serve_session<R, W>(
     read: R,
     write: W,
     peer: SocketAddr,
+    link: Link,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) where
@@ -86,6 +99,13 @@ async fn serve_session<R, W>(
         heartbeat,
         out,
         core: Core::new(Arc::clone(&shared)),
+        channel: Channel {
+            peer,
+            tls: link.tls,
+        },
+        certificate: link.certificate,
+        exchange: Exchange::default(),
+        hold: None,
         shared,
     };
     let reason = session.read_loop(read, &shutdown).await;
@@ -97,6 +117,7 @@ async fn serve_session<R, W>(
     }
     session.requests.close();
     session.requests.wait().await;
+    session.hold = None;
     // Only now, with none of its requests still running, can its memberships go.
     session.core.session_closed(id).await;
     if shutdown.is_cancelled() {
@@ -115,7 +136,14 @@ struct Session {
     id: u64,
     peer: SocketAddr,
     shared: Arc<Shared>,
+    /// The verbs, acting for whoever the session logged in as.
     core: Core,
+    channel: Channel,
+    /// Who the client's certificate names, for logging in at `Hello`.
+    certificate: Option<String>,
+    exchange: Exchange,
+    /// The session's login, registered to end the session when it is revoked.
+    hold: Option<Hold>,
     out: Outbound,
     in_flight: Arc<Semaphore>,
     requests: TaskTracker,
@@ -142,8 +170,18 @@ impl Session {
         let hello_by = tokio::time::Instant::now() + hello_limit;
         loop {
             let timeout = self.timeout;
+            let revoked = self
+                .hold
+                .as_ref()
+                .map(|hold| hold.cut.clone())
+                .unwrap_or_default();
             let next = tokio::select! {
                 _ = shutdown.cancelled() => return "shutdown",
+                _ = revoked.cancelled() => {
+                    let message = crate::error::BrokerError::CredentialsRevoked.to_string();
+                    self.reply(0, ErrorFrame::new(ErrorCode::CredentialsRevoked, message).into()).await;
+                    return "credentials revoked";
+                }
                 _ = tokio::time::sleep_until(hello_by), if !self.greeted => {
                     let message = format!("no Hello within {hello_limit:?}");
                     self.reply(0, ErrorFrame::new(ErrorCode::HelloRequired, message).into()).await;
@@ -206,6 +244,16 @@ impl Session {
                 let reply = self.hello(hello);
                 self.reply(correlation_id, reply).await
             }
+            (Frame::SaslStart(start), true) => {
+                let access = Arc::clone(self.core.access());
+                let step = self.exchange.start(&access, &self.channel, start).await;
+                self.sasl_step(correlation_id, step).await
+            }
+            (Frame::SaslContinue(answer), true) => {
+                let access = Arc::clone(self.core.access());
+                let step = self.exchange.proceed(&access, &self.channel, answer);
+                self.sasl_step(correlation_id, step).await
+            }
             (_, false) => {
                 let error = ErrorFrame::new(
                     ErrorCode::HelloRequired,
@@ -229,6 +277,7 @@ impl Session {
             return ErrorFrame::unsupported_version(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION).into();
         }
         self.greeted = true;
+        self.certificate_login();
         let config = &self.shared.config;
         let (timeout_ms, heartbeat_ms) =
             config.grant_session(hello.session_timeout_ms, hello.heartbeat_interval_ms);
@@ -270,6 +319,7 @@ impl Session {
             core: self.core.clone(),
             peer: self.peer,
             session_id: self.id,
+            secure: Secure(self.channel.private()),
         };
         match cmd::dispatch(&context, frame).await {
             Reply::Now(reply) => self.reply(correlation_id, reply).await,
@@ -330,6 +380,54 @@ impl Session {
                 });
             }
         }
+    }
+
+    /// A client certificate naming a user logs the session in as that user.
+    fn certificate_login(&mut self) {
+        let Some(name) = self.certificate.clone() else {
+            return;
+        };
+        let access = Arc::clone(self.core.access());
+        let Some(identity) = access.directory.identity(&name) else {
+            tracing::debug!(certificate = name, "the client certificate names no user");
+            return;
+        };
+        let login = crate::auth::access::Login {
+            identity,
+            token: None,
+        };
+        let login = access.succeeded(&self.peer, &login, "certificate");
+        self.logged_in(login);
+    }
+
+    fn logged_in(&mut self, login: Arc<crate::auth::access::Login>) {
+        let principal = Principal::User(login);
+        self.hold = None; // a new login replaces the old one
+        let cut = CancellationToken::new();
+        self.hold = Some(self.core.access().hold(self.id, &principal, cut));
+        self.core = self.core.acting_for(principal);
+    }
+
+    /// Answers one step of a SASL exchange.
+    async fn sasl_step(
+        &mut self,
+        correlation_id: u32,
+        step: Result<Step, crate::error::BrokerError>,
+    ) {
+        let reply = match step {
+            Ok(Step::Challenge(payload)) => SaslChallenge { payload }.into(),
+            Ok(Step::Done(login, payload)) => {
+                let ok = SaslOk {
+                    user: login.identity.user.clone(),
+                    admin: login.identity.admin,
+                    payload,
+                };
+                self.logged_in(login);
+                ok.into()
+            }
+            Err(err) => err.to_frame().into(),
+        };
+        self.reply(correlation_id, reply).await
     }
 
     async fn reply(&self, correlation_id: u32, frame: Frame) {

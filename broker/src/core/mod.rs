@@ -12,29 +12,44 @@
 //! Results that are plain data reuse the protocol crate's structs (`TopicInfo`,
 //! `GroupInfo`, ...): they are the broker's vocabulary, and the TCP adapter sends them
 //! as they are.
+//!
+//! Every verb checks its caller first (see `auth::access`): a `Core` carries the
+//! [`Principal`] it acts for ([`Core::acting_for`]), so no way in can skip a check. The
+//! operation each verb needs: `create`, `delete` and `describe` for the topic verbs of
+//! those names (listing shows only what the caller may describe; groups are listed and
+//! described under `describe` too); `publish` to publish (and `create` as well when the
+//! publish would create the topic); `consume` to fetch, and for everything on a topic's
+//! groups, pull or push (creating a push group that dead-letters also needs `publish` on
+//! the dead-letter topic). Answers and grants on a subscription need only a login: the
+//! subscription was checked when it was made. Users, tokens and rules need `admin` (see
+//! [`security`]).
+
+mod groups;
+mod security;
+
+pub use security::Secure;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use herald_protocol::{
-    Batch, GroupInfo, GroupMode, GroupPartitionInfo, GroupSummary, MemberInfo, PartitionInfo,
-    Retention, TopicInfo, TopicSummary,
-};
+use herald_protocol::{Batch, GroupMode, PartitionInfo, Retention, TopicInfo, TopicSummary};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::access::{Access, Principal};
+use crate::auth::rules::Operation;
 use crate::config::Config;
-use crate::domain::group::{Start, MODE_PUSH};
-use crate::domain::pull_group::{Granted, Joiner, ResetTo};
+use crate::domain::group::Start;
+use crate::domain::pull_group::{Granted, Joiner};
 use crate::domain::push_group::{Answer, Span, SubscribeRequest, Subscription};
 use crate::domain::topic::Published;
 use crate::domain::Topic;
-use crate::error::{valid_name, BrokerError};
+use crate::error::BrokerError;
 use crate::shared::Shared;
 use crate::storage::log::ReadBatches;
-use crate::storage::{GroupRecord, PartitionLog, ProducerBatch, RetentionPolicy};
+use crate::storage::{PartitionLog, ProducerBatch, RetentionPolicy};
 
 /// Who asks: the id of its session (memberships and subscriptions end with it, see
 /// [`Core::session_closed`]) and an address that `describe` shows.
@@ -78,15 +93,48 @@ pub struct GroupSpec {
     pub dead_letter: String,
 }
 
-/// The broker's verbs; cloning is cheap.
+/// The broker's verbs, for one principal; cloning is cheap.
 #[derive(Clone)]
 pub struct Core {
     shared: Arc<Shared>,
+    principal: Principal,
 }
 
 impl Core {
+    /// The verbs for a caller that has not logged in: everything with `--auth` off,
+    /// nothing but logging in with it on.
     pub fn new(shared: Arc<Shared>) -> Core {
-        Core { shared }
+        Core {
+            shared,
+            principal: Principal::Anonymous,
+        }
+    }
+
+    /// The same verbs, acting for `principal`.
+    pub fn acting_for(&self, principal: Principal) -> Core {
+        Core {
+            shared: Arc::clone(&self.shared),
+            principal,
+        }
+    }
+
+    pub fn principal(&self) -> &Principal {
+        &self.principal
+    }
+
+    /// Logins, rules and open sessions.
+    pub fn access(&self) -> &Arc<Access> {
+        &self.shared.access
+    }
+
+    fn check(&self, operation: Operation, topic: &str) -> Result<(), BrokerError> {
+        self.shared
+            .access
+            .check(&self.principal, operation, Some(topic))
+    }
+
+    fn logged_in(&self) -> Result<(), BrokerError> {
+        self.shared.access.logged_in(&self.principal)
     }
 
     pub fn config(&self) -> &Config {
@@ -115,6 +163,7 @@ impl Core {
         partitions: u32,
         retention: RetentionPolicy,
     ) -> Result<TopicInfo, BrokerError> {
+        self.check(Operation::Create, name)?;
         let topic = self
             .shared
             .topics
@@ -124,23 +173,37 @@ impl Core {
     }
 
     pub fn describe_topic(&self, name: &str) -> Result<TopicInfo, BrokerError> {
+        self.check(Operation::Describe, name)?;
         Ok(describe_topic(&*self.shared.topics.get(name)?))
     }
 
-    pub fn list_topics(&self) -> Vec<TopicSummary> {
-        self.shared
+    /// A topic's partitions and offsets for a caller about to read it (a stream, a
+    /// tail): needs `consume`, not `describe`.
+    pub fn topic_to_read(&self, name: &str) -> Result<TopicInfo, BrokerError> {
+        self.check(Operation::Consume, name)?;
+        Ok(describe_topic(&*self.shared.topics.get(name)?))
+    }
+
+    /// The topics the caller may describe.
+    pub fn list_topics(&self) -> Result<Vec<TopicSummary>, BrokerError> {
+        self.logged_in()?;
+        let access = &self.shared.access;
+        Ok(self
+            .shared
             .topics
             .list()
             .iter()
+            .filter(|t| access.may(&self.principal, Operation::Describe, t.name()))
             .map(|t| TopicSummary {
                 name: t.name().to_string(),
                 partitions: t.partitions().len() as u32,
             })
-            .collect()
+            .collect())
     }
 
     /// Deletes a topic, its records and its groups; every task that served it ends.
     pub async fn delete_topic(&self, name: &str) -> Result<(), BrokerError> {
+        self.check(Operation::Delete, name)?;
         let id = self.shared.topics.get(name)?.record().id;
         self.shared.topics.delete(name).await?;
         self.shared.pull_groups.topic_deleted(id);
@@ -162,6 +225,10 @@ impl Core {
         producer: Option<ProducerBatch>,
     ) -> Result<impl Future<Output = Result<Published, BrokerError>> + Send + 'static, BrokerError>
     {
+        self.check(Operation::Publish, topic)?;
+        if self.shared.access.required && self.shared.topics.get(topic).is_err() {
+            self.check(Operation::Create, topic)?;
+        }
         let batch = Batch::parse(batch).map_err(BrokerError::BadBatch)?;
         self.check_room(batch.encoded_len() as u64)?;
         let max = self.shared.config.max_batch_records;
@@ -217,6 +284,7 @@ impl Core {
         args: FetchArgs,
         gone: &CancellationToken,
     ) -> Result<Fetched, BrokerError> {
+        self.check(Operation::Consume, &args.topic)?;
         let topic = self.shared.topics.get(&args.topic)?;
         let log = Arc::clone(topic.partition(args.partition)?);
         let (first, next) = (log.first_offset(), log.next_offset());
@@ -271,6 +339,7 @@ impl Core {
         member_id: &str,
         start: Start,
     ) -> Result<Granted, BrokerError> {
+        self.check(Operation::Consume, topic)?;
         let topic = self.shared.topics.get(topic)?;
         let joiner = Joiner {
             session: caller.session,
@@ -289,6 +358,7 @@ impl Core {
         member_id: &str,
         released: &[u32],
     ) -> Result<Granted, BrokerError> {
+        self.check(Operation::Consume, topic)?;
         let topic = self.shared.topics.get(topic)?;
         self.shared
             .pull_groups
@@ -305,6 +375,7 @@ impl Core {
         generation: u32,
         offsets: &[(u32, u64)],
     ) -> Result<u32, BrokerError> {
+        self.check(Operation::Consume, topic)?;
         let topic = self.shared.topics.get(topic)?;
         self.shared
             .pull_groups
@@ -313,165 +384,9 @@ impl Core {
     }
 
     pub fn leave(&self, topic: &str, group: &str, member_id: &str) -> Result<(), BrokerError> {
+        self.check(Operation::Consume, topic)?;
         let topic = self.shared.topics.get(topic)?;
         self.shared.pull_groups.leave(&topic, group, member_id)
-    }
-
-    // Group administration.
-
-    pub async fn create_group(
-        &self,
-        topic: &str,
-        group: &str,
-        spec: GroupSpec,
-    ) -> Result<(), BrokerError> {
-        let topic = self.shared.topics.get(topic)?;
-        if spec.mode == GroupMode::Pull {
-            return self
-                .shared
-                .pull_groups
-                .create(&topic, group, spec.start)
-                .await;
-        }
-        if !spec.dead_letter.is_empty() && !valid_name(&spec.dead_letter) {
-            return Err(BrokerError::InvalidTopicName(spec.dead_letter));
-        }
-        let record = GroupRecord {
-            mode: MODE_PUSH,
-            ack_timeout_ms: spec.ack_timeout_ms,
-            max_deliveries: spec.max_deliveries,
-            dead_letter: spec.dead_letter,
-        };
-        self.shared
-            .push_groups
-            .create(&topic, group, spec.start, record)
-            .await
-    }
-
-    pub async fn reset_group(
-        &self,
-        topic: &str,
-        group: &str,
-        to: ResetTo,
-    ) -> Result<(), BrokerError> {
-        let topic = self.shared.topics.get(topic)?;
-        self.shared.pull_groups.reset(&topic, group, to).await
-    }
-
-    pub async fn delete_group(&self, topic: &str, group: &str) -> Result<(), BrokerError> {
-        let topic = self.shared.topics.get(topic)?;
-        self.shared.pull_groups.delete(&topic, group).await
-    }
-
-    /// The topic's groups with their mode and members (pull) or subscribers (push).
-    pub async fn list_groups(&self, topic: &str) -> Result<Vec<GroupSummary>, BrokerError> {
-        let topic = self.shared.topics.get(topic)?;
-        let mut groups = Vec::new();
-        for (name, mode, members) in self.shared.pull_groups.list(&topic).await? {
-            let members = if mode == MODE_PUSH {
-                let push = &self.shared.push_groups;
-                push.consumer_count(topic.record().id, &name).await
-            } else {
-                members
-            };
-            groups.push(GroupSummary {
-                name,
-                mode: mode_of(mode),
-                members,
-            });
-        }
-        Ok(groups)
-    }
-
-    /// A group's settings, members or subscribers, and progress (lag) per partition.
-    pub async fn describe_group(&self, topic: &str, group: &str) -> Result<GroupInfo, BrokerError> {
-        let t = self.shared.topics.get(topic)?;
-        let Some(described) = self.shared.pull_groups.describe(&t, group).await? else {
-            return Err(BrokerError::UnknownGroup(group.to_string()));
-        };
-        if described.record.mode == MODE_PUSH {
-            return self.describe_push(&t, group).await;
-        }
-        let members = described
-            .members
-            .into_iter()
-            .map(|(member_id, address, partitions)| MemberInfo {
-                member_id,
-                address,
-                partitions,
-                in_flight: 0,
-                oldest_unacked_ms: 0,
-            })
-            .collect();
-        let partitions = described
-            .partitions
-            .into_iter()
-            .map(|p| GroupPartitionInfo {
-                partition: p.partition,
-                owner: p.owner.unwrap_or_default(),
-                committed: p.committed,
-                end: p.end,
-                lag: p.end.saturating_sub(p.committed),
-            })
-            .collect();
-        let record = described.record;
-        Ok(GroupInfo {
-            topic: topic.to_string(),
-            group: group.to_string(),
-            mode: mode_of(record.mode),
-            generation: described.generation,
-            ack_timeout_ms: record.ack_timeout_ms,
-            max_deliveries: record.max_deliveries,
-            dead_letter: record.dead_letter,
-            members,
-            partitions,
-            redelivered: 0,
-            dead_lettered: 0,
-        })
-    }
-
-    async fn describe_push(
-        &self,
-        topic: &Arc<Topic>,
-        group: &str,
-    ) -> Result<GroupInfo, BrokerError> {
-        let described = self.shared.push_groups.describe(topic, group).await?;
-        let members = described
-            .consumers
-            .into_iter()
-            .map(|consumer| MemberInfo {
-                member_id: format!("subscription-{}", consumer.subscription),
-                address: consumer.address,
-                partitions: Vec::new(),
-                in_flight: consumer.in_flight,
-                oldest_unacked_ms: consumer.oldest.as_millis() as u64,
-            })
-            .collect();
-        let partitions = described
-            .partitions
-            .into_iter()
-            .map(|progress| GroupPartitionInfo {
-                partition: progress.partition,
-                owner: String::new(),
-                committed: progress.floor,
-                end: progress.end,
-                lag: progress.left,
-            })
-            .collect();
-        let settings = described.settings;
-        Ok(GroupInfo {
-            topic: topic.name().to_string(),
-            group: group.to_string(),
-            mode: GroupMode::Push,
-            generation: 0,
-            ack_timeout_ms: settings.ack_timeout_ms,
-            max_deliveries: settings.max_deliveries,
-            dead_letter: settings.dead_letter,
-            members,
-            partitions,
-            redelivered: described.redelivered,
-            dead_lettered: described.dead_lettered,
-        })
     }
 
     // Push subscriptions.
@@ -488,6 +403,7 @@ impl Core {
         prefetch_bytes: u32,
         start: Start,
     ) -> Result<Subscription, BrokerError> {
+        self.check(Operation::Consume, topic)?;
         let topic = self.shared.topics.get(topic)?;
         let request = SubscribeRequest {
             session: caller.session,
@@ -513,6 +429,7 @@ impl Core {
         group: &str,
         window: u32,
     ) -> Result<Subscription, BrokerError> {
+        self.check(Operation::Consume, topic)?;
         let topic = self.shared.topics.get(topic)?;
         let request = SubscribeRequest {
             session: caller.session,
@@ -530,6 +447,7 @@ impl Core {
 
     /// Lets credit-based subscription `id` receive `records` more records.
     pub async fn grant(&self, caller: &Caller, id: u64, records: u32) -> Result<(), BrokerError> {
+        self.logged_in()?;
         self.shared
             .push_groups
             .grant(caller.session, id, records)
@@ -539,6 +457,7 @@ impl Core {
     /// Takes back the credit subscription `id` did not use (returned); its deliveries made
     /// before are in its queue by then.
     pub async fn revoke(&self, caller: &Caller, id: u64) -> Result<u32, BrokerError> {
+        self.logged_in()?;
         self.shared.push_groups.revoke(caller.session, id).await
     }
 
@@ -551,6 +470,7 @@ impl Core {
         spans: Vec<Span>,
         answer: Answer,
     ) -> Result<(), BrokerError> {
+        self.logged_in()?;
         self.shared
             .push_groups
             .answer(caller.session, id, spans, answer)
@@ -559,6 +479,7 @@ impl Core {
 
     /// Ends subscription `id`; its unanswered deliveries go back to the group at once.
     pub async fn unsubscribe(&self, caller: &Caller, id: u64) -> Result<(), BrokerError> {
+        self.logged_in()?;
         self.shared
             .push_groups
             .unsubscribe(caller.session, id)
@@ -594,13 +515,5 @@ fn describe_topic(topic: &Topic) -> TopicInfo {
             max_messages: r.max_messages,
         },
         partitions,
-    }
-}
-
-fn mode_of(mode: u8) -> GroupMode {
-    if mode == MODE_PUSH {
-        GroupMode::Push
-    } else {
-        GroupMode::Pull
     }
 }
