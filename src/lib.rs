@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use herald_broker::{Broker, Config, EPHEMERAL_DISK_RESERVE};
-use herald_client::{Client, ConnectionEvent, ErrorCode};
+use herald_client::{Client, ConnectionEvent, Credentials, ErrorCode};
 use herald_protocol::{Frame, FrameCodec, Hello, ListTopics, Message, RawFrame};
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
 use tempfile::TempDir;
@@ -104,6 +104,18 @@ impl TestBroker {
     /// A new client connection.
     pub async fn client(&self) -> Client {
         Client::connect(self.addr).await.expect("client connects")
+    }
+
+    /// A new client connection logged in with `credentials` (no reconnecting: a test
+    /// wants to see a refused login, not a retry).
+    pub async fn client_as(&self, credentials: Credentials) -> herald_client::Result<Client> {
+        let options = herald_client::ConnectOptions {
+            credentials: Some(credentials),
+            reconnect: None,
+            connect_timeout: Duration::from_secs(10),
+            ..Default::default()
+        };
+        Client::connect_with(self.addr, options).await
     }
 
     /// Checks that a well-behaved client still publishes and reads (on topic `healthy`).
@@ -393,6 +405,45 @@ impl Raw {
         };
         assert!(matches!(raw.call(hello).await, Frame::HelloOk(_)));
         raw
+    }
+
+    /// Logs in with SCRAM-SHA-256 as `user`; the broker's last answer (`SaslOk`, whose
+    /// signature is checked, or an error).
+    pub async fn scram(&mut self, user: &str, password: &str) -> Frame {
+        use herald_protocol::scram::ClientFirst;
+        let first = ClientFirst::new(user);
+        let start = herald_protocol::SaslStart {
+            mechanism: "SCRAM-SHA-256".into(),
+            payload: first.message().into_bytes().into(),
+        };
+        let challenge = match self.call(start).await {
+            Frame::SaslChallenge(challenge) => challenge,
+            other => return other,
+        };
+        let server_first = String::from_utf8(challenge.payload.to_vec()).expect("UTF-8");
+        let (answer, expects) = first
+            .answer(&server_first, password)
+            .expect("a fair challenge");
+        let answer = herald_protocol::SaslContinue {
+            payload: answer.into_bytes().into(),
+        };
+        let last = self.call(answer).await;
+        if let Frame::SaslOk(ok) = &last {
+            let server_final = String::from_utf8(ok.payload.to_vec()).expect("UTF-8");
+            expects
+                .verify(&server_final)
+                .expect("the broker proves it knows the user");
+        }
+        last
+    }
+
+    /// Logs in with a one-message mechanism (`PLAIN`, `TOKEN`); the broker's answer.
+    pub async fn sasl(&mut self, mechanism: &str, payload: impl Into<bytes::Bytes>) -> Frame {
+        let start = herald_protocol::SaslStart {
+            mechanism: mechanism.into(),
+            payload: payload.into(),
+        };
+        self.call(start).await
     }
 
     /// Sends `frame` as request `id`.

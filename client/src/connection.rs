@@ -81,13 +81,17 @@ pub struct ConnectOptions {
     pub max_frame_bytes: u32,
     /// Requests queued for the connection before callers wait.
     pub queue: usize,
-    /// Most time for one connection attempt: TCP connect, `Hello` and its answer.
+    /// Most time for one connection attempt: TCP connect, TLS, `Hello`, its answer and the
+    /// login.
     pub connect_timeout: Duration,
     /// How to connect again after the connection breaks; `None` ends the client instead
     /// (every later call fails with [`Error::Closed`]).
     pub reconnect: Option<Reconnect>,
     /// TLS towards the broker (started with `--tls-cert`); `None` speaks plaintext.
     pub tls: Option<crate::TlsOptions>,
+    /// Who to log in as after `Hello` (brokers started with `--auth` need it), on every
+    /// connect; `None` stays anonymous.
+    pub credentials: Option<crate::Credentials>,
 }
 
 impl Default for ConnectOptions {
@@ -100,6 +104,7 @@ impl Default for ConnectOptions {
             connect_timeout: Duration::from_secs(10),
             reconnect: Some(Reconnect::default()),
             tls: None,
+            credentials: None,
         }
     }
 }
@@ -205,7 +210,8 @@ pub(crate) async fn open(addr: impl ToSocketAddrs, options: ConnectOptions) -> R
     })
 }
 
-/// Makes one connection: TCP, then `Hello` and its `HelloOk`, within the connect timeout.
+/// Makes one connection: TCP (and TLS), then `Hello` and its `HelloOk`, then the login,
+/// within the connect timeout.
 async fn connect(
     addrs: &[SocketAddr],
     options: &ConnectOptions,
@@ -276,6 +282,10 @@ async fn handshake(
             }
         }
     };
+    let next_id = match &options.credentials {
+        Some(credentials) => crate::login::login(&mut reader, &mut writer, credentials, 2).await?,
+        None => 2,
+    };
     let (outgoing, queued) = mpsc::channel(WRITER_QUEUE);
     let connection = Connection {
         reader,
@@ -283,7 +293,7 @@ async fn handshake(
         writer: tokio::spawn(write_loop(writer, queued)),
         pending: HashMap::new(),
         subscriptions: HashMap::new(),
-        next_id: 2,
+        next_id,
         heartbeat: Duration::from_millis(u64::from(granted.heartbeat_interval_ms.max(1))),
         timeout: Duration::from_millis(u64::from(granted.session_timeout_ms.max(1))),
         epoch,
@@ -291,7 +301,7 @@ async fn handshake(
     Ok((connection, granted))
 }
 
-fn codec_error(err: herald_protocol::CodecError) -> Error {
+pub(crate) fn codec_error(err: herald_protocol::CodecError) -> Error {
     match err {
         herald_protocol::CodecError::Io(io) => Error::Io(io),
         other => Error::Protocol(other.to_string()),

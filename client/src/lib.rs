@@ -11,7 +11,9 @@
 //! - Reading without a group: [`Client::fetch`] by partition and offset (a long-poll when
 //!   `max_wait_ms` is set). The group calls underneath the consumer ([`Client::join_group`],
 //!   [`Client::sync_group`], [`Client::commit`]) are public too.
-//! - Administration: topics and groups (`create_topic`, `describe_topic`, `list_groups`, …).
+//! - Administration: topics and groups (`create_topic`, `describe_topic`, `list_groups`, …),
+//!   and on brokers with `--auth` users, tokens and rules (`create_user`, `create_token`,
+//!   `add_acl`, …); [`ConnectOptions::credentials`] logs in.
 //! - [`Error`]: typed errors; the broker's error codes arrive as [`ErrorCode`] values.
 //!
 //! ```no_run
@@ -30,9 +32,11 @@ mod client;
 mod connection;
 mod consumer;
 mod error;
+mod login;
 mod producer;
 mod pull;
 mod push;
+mod security;
 mod tls;
 
 pub use admin::{PushGroupSettings, DEFAULT_MAX_DELIVERIES};
@@ -41,9 +45,11 @@ pub use connection::{ConnectOptions, ConnectionEvent, ConnectionState, Reconnect
 pub use consumer::{ConsumerStats, Membership, PullConsumer, PullConsumerConfig, PulledRecord};
 pub use error::{BrokerError, Error, Result};
 pub use herald_protocol::{
-    Assignment, Durability, ErrorCode, GroupInfo, GroupMode, GroupSummary, Record, ResetTarget,
-    Retention, StartPosition, StoredRecord, TopicInfo, TopicSummary,
+    AclRule, Assignment, Durability, ErrorCode, GroupInfo, GroupMode, GroupSummary, Record,
+    ResetTarget, Retention, StartPosition, StoredRecord, TokenCreated, TokenSummary, TopicInfo,
+    TopicSummary, UserSummary,
 };
+pub use login::Credentials;
 pub use producer::{Confirm, PendingConfirm, Producer, ProducerConfig};
 pub use pull::{FetchRequest, Fetched};
 pub use push::{Delivery, PushConsumer, PushConsumerConfig, DEFAULT_ACK_LINGER};

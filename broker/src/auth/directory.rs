@@ -322,7 +322,11 @@ impl Directory {
         user.admin
             || state.rules.iter().any(|rule| {
                 rule.user == user.name
-                    && rule.operations.iter().any(|op| op == operation.name())
+                    && rule.operations.iter().any(|granted| {
+                        granted
+                            .parse::<Operation>()
+                            .is_ok_and(|granted| granted.grants(operation))
+                    })
                     && super::rules::covers(&rule.pattern, topic)
             })
     }

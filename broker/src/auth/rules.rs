@@ -3,7 +3,9 @@
 //! A rule grants a user operations on a topic-name pattern: a name (`orders`), a prefix
 //! ending in `*` (`orders.*` matches `orders.eu` and `orders.us.west`, not `orders`), or
 //! `*` for every topic. With authentication on, what no rule grants is denied, and
-//! administrators may do everything. `consume` covers a topic's groups (joining,
+//! administrators may do everything. As in Kafka, `publish`, `consume` and `delete` on a
+//! topic imply `describe` on it: a producer must learn a topic's partitions, a consumer
+//! its offsets. `consume` covers a topic's groups (joining,
 //! committing, subscribing, answering, and creating, resetting and deleting its groups);
 //! `admin` covers users, tokens and rules.
 
@@ -30,6 +32,13 @@ impl Operation {
         Operation::Delete,
         Operation::Admin,
     ];
+
+    /// Whether a rule granting `self` allows `asked`: itself, and `describe` for
+    /// `publish`, `consume` and `delete`.
+    pub fn grants(self, asked: Operation) -> bool {
+        use Operation::*;
+        self == asked || (asked == Describe && matches!(self, Publish | Consume | Delete))
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -131,7 +140,10 @@ impl Permissions {
             return true;
         }
         self.rules.iter().any(|rule| {
-            rule.operations.contains(&operation) && covers(rule.pattern.as_str(), topic)
+            rule.operations
+                .iter()
+                .any(|granted| granted.grants(operation))
+                && covers(rule.pattern.as_str(), topic)
         })
     }
 }
@@ -175,6 +187,15 @@ mod tests {
         };
         assert!(alice.allows(Publish, Some("orders.eu")));
         assert!(alice.allows(Describe, Some("orders.eu")));
+        assert!(
+            alice.allows(Describe, Some("audit")),
+            "consume implies describe"
+        );
+        assert!(!alice.allows(Describe, Some("other")));
+        assert!(
+            !alice.allows(Consume, Some("orders.eu")),
+            "publish implies only describe"
+        );
         assert!(!alice.allows(Consume, Some("orders.eu")));
         assert!(!alice.allows(Publish, Some("audit")));
         assert!(alice.allows(Consume, Some("audit")));

@@ -17,7 +17,7 @@
 //! [`Principal`] it acts for ([`Core::acting_for`]), so no way in can skip a check. The
 //! operation each verb needs: `create`, `delete` and `describe` for the topic verbs of
 //! those names (listing shows only what the caller may describe; groups are listed and
-//! described under `describe` too); `publish` to publish (and `create` as well when the
+//! described under `describe` too, which `publish`, `consume` and `delete` imply); `publish` to publish (and `create` as well when the
 //! publish would create the topic); `consume` to fetch, and for everything on a topic's
 //! groups, pull or push (creating a push group that dead-letters also needs `publish` on
 //! the dead-letter topic). Answers and grants on a subscription need only a login: the

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use herald_protocol::scram::{ServerExpects, ServerFirst};
+use herald_protocol::scram::{ScramError, ServerExpects, ServerFirst};
 use herald_protocol::{sasl, SaslContinue, SaslStart};
 
 use crate::auth::access::{Access, Channel, Login};
@@ -95,9 +95,13 @@ impl Exchange {
         let (peer, mechanism) = (&channel.peer, sasl::SCRAM_SHA_256);
         let user = expects.user.clone();
         let text = std::str::from_utf8(&answer.payload).unwrap_or_default();
-        let verified = expects
-            .verify(text)
-            .map_err(|err| access.failed(peer, &user, mechanism, &err.to_string()))?;
+        let verified = expects.verify(text).map_err(|err| {
+            let why = match err {
+                ScramError::BadProof => "wrong user name or password".to_string(),
+                other => other.to_string(),
+            };
+            access.failed(peer, &user, mechanism, &why)
+        })?;
         let identity = access
             .directory
             .identity(&user)

@@ -1,14 +1,16 @@
-//! The `herald` command line: topics, groups, publish, consume, bench.
+//! The `herald` command line: topics, groups, publish, consume, bench, and users, tokens
+//! and rules.
 
 mod bench;
 mod consume;
 mod group;
 mod publish;
+mod security;
 mod topic;
 
 use clap::{Parser, Subcommand};
 
-use herald_client::{Client, ConnectOptions, TlsOptions};
+use herald_client::{Client, ConnectOptions, Credentials, TlsOptions};
 
 /// Herald's command-line client.
 #[derive(Debug, Parser)]
@@ -43,6 +45,16 @@ pub struct Cli {
     #[arg(long, global = true, env = "HERALD_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<std::path::PathBuf>,
 
+    /// Log in as this user (SCRAM-SHA-256), with the password in HERALD_PASSWORD. It
+    /// goes before the command (`herald --user admin acl add --user alice ...`): after
+    /// it, `--user` names whom `token create` and `acl add` are for.
+    #[arg(long, env = "HERALD_USER", conflicts_with = "token")]
+    pub user: Option<String>,
+
+    /// Log in with this API token (taken inside TLS or on loopback).
+    #[arg(long, global = true, env = "HERALD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -52,10 +64,14 @@ pub struct Cli {
 pub struct Target {
     pub addr: String,
     pub tls: Option<TlsOptions>,
+    pub credentials: Option<Credentials>,
 }
 
+/// Where `--user`'s password is read (never a flag: `ps` would show it).
+const PASSWORD: &str = "HERALD_PASSWORD";
+
 impl Cli {
-    /// The broker and the TLS settings the flags ask for.
+    /// The broker, the TLS settings and the login the flags ask for.
     fn target(&self) -> anyhow::Result<Target> {
         let tls = match (&self.tls_ca, self.tls || self.tls_cert.is_some()) {
             (Some(ca), _) => Some(TlsOptions::ca_file(ca)?),
@@ -77,9 +93,18 @@ impl Cli {
             Some(tls) if host.parse::<std::net::IpAddr>().is_err() => Some(tls.server_name(host)),
             tls => tls,
         };
+        let credentials = match (&self.user, &self.token) {
+            (Some(user), _) => match std::env::var(PASSWORD) {
+                Ok(password) => Some(Credentials::password(user, password)),
+                Err(_) => anyhow::bail!("--user {user} needs the password in {PASSWORD}"),
+            },
+            (None, Some(token)) => Some(Credentials::token(token)),
+            (None, None) => None,
+        };
         Ok(Target {
             addr: self.broker.clone(),
             tls,
+            credentials,
         })
     }
 }
@@ -98,6 +123,15 @@ pub enum Command {
     Consume(consume::ConsumeArgs),
     /// Measure throughput and latency; every message is checked on the consuming side.
     Bench(bench::BenchArgs),
+    /// Add, list, delete users and change passwords (brokers with --auth).
+    #[command(subcommand)]
+    User(security::UserCommand),
+    /// Create, list and revoke API tokens.
+    #[command(subcommand)]
+    Token(security::TokenCommand),
+    /// Grant, list and remove permission rules.
+    #[command(subcommand)]
+    Acl(security::AclCommand),
 }
 
 /// Runs one command against the broker.
@@ -109,6 +143,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Group(command) => group::run(&connect(&target).await?, command).await,
         Command::Consume(args) => consume::run(&target, args).await,
         Command::Bench(args) => bench::run(&target, args).await,
+        Command::User(command) => security::user(&connect(&target).await?, command).await,
+        Command::Token(command) => security::token(&connect(&target).await?, command).await,
+        Command::Acl(command) => security::acl(&connect(&target).await?, command).await,
     }
 }
 
@@ -120,6 +157,7 @@ async fn connect(target: &Target) -> anyhow::Result<Client> {
 async fn connect_with(target: &Target, options: ConnectOptions) -> anyhow::Result<Client> {
     let options = ConnectOptions {
         tls: target.tls.clone(),
+        credentials: target.credentials.clone(),
         ..options
     };
     Client::connect_with(target.addr.as_str(), options)

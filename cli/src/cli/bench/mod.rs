@@ -210,7 +210,7 @@ pub async fn run(broker: &super::Target, args: BenchArgs) -> anyhow::Result<()> 
     let target = Target::start(&broker.addr, &args).await?;
     let broker = super::Target {
         addr: target.addr().to_string(),
-        tls: broker.tls.clone(),
+        ..broker.clone()
     };
     let result = Bench::new(&args, broker, target.http(&args)).run().await;
     let fsync = result

@@ -51,6 +51,7 @@ pub struct Published {
 pub async fn connect(broker: &Target) -> anyhow::Result<Client> {
     let options = ConnectOptions {
         tls: broker.tls.clone(),
+        credentials: broker.credentials.clone(),
         reconnect: Some(Reconnect {
             base: Duration::from_millis(200),
             cap: Duration::from_secs(2),
