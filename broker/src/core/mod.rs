@@ -127,13 +127,18 @@ impl Core {
         &self.shared.access
     }
 
-    fn check(&self, operation: Operation, topic: &str) -> Result<(), BrokerError> {
+    /// Whether the caller may do `operation` on `topic`, for a way in that keeps state
+    /// of its own across callers (the gateway's shared lease subscriptions) and checks
+    /// each request before using it.
+    pub fn check(&self, operation: Operation, topic: &str) -> Result<(), BrokerError> {
         self.shared
             .access
             .check(&self.principal, operation, Some(topic))
     }
 
-    fn logged_in(&self) -> Result<(), BrokerError> {
+    /// The caller has logged in (or `--auth` is off): what opening a session that checks
+    /// each of its requests needs (a WebSocket, at its upgrade).
+    pub fn logged_in(&self) -> Result<(), BrokerError> {
         self.shared.access.logged_in(&self.principal)
     }
 

@@ -29,6 +29,7 @@ use super::authed::Authed;
 use super::json::{ok, HttpError, JsonBody, OutRecord};
 use super::records::MAX_WAIT_MS;
 use super::{Gateway, PathArgs};
+use crate::auth::rules::Operation;
 use crate::core::Caller;
 use crate::domain::push_group::{Answer, Span};
 use crate::error::BrokerError;
@@ -104,6 +105,8 @@ pub async fn lease(
     PathArgs((topic, group)): PathArgs<(String, String)>,
     JsonBody(body): JsonBody<LeaseBody>,
 ) -> Result<Response, HttpError> {
+    // The group's lessee is shared by every HTTP caller: each must be allowed.
+    gateway.core.check(Operation::Consume, &topic)?;
     if body.max == 0 || body.max > MAX_LEASE {
         return Err(HttpError::bad_request(format!(
             "max must be 1 to {MAX_LEASE}, not {}",
@@ -343,6 +346,7 @@ macro_rules! answer_route {
             PathArgs((topic, group)): PathArgs<(String, String)>,
             JsonBody(body): JsonBody<AnswerBody>,
         ) -> Result<Response, HttpError> {
+            gateway.core.check(Operation::Consume, &topic)?;
             answer($kind, gateway, topic, group, body).await
         }
     };

@@ -200,9 +200,17 @@ where
 {
     type Rejection = HttpError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, HttpError> {
-        axum::extract::Query::<T>::from_request_parts(parts, state)
-            .await
+    /// `access_token` (credentials, read by `authed`) is left out: every route takes it.
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, HttpError> {
+        let query = parts.uri.query().unwrap_or_default();
+        let kept: Vec<&str> = query
+            .split('&')
+            .filter(|pair| pair.split('=').next() != Some("access_token"))
+            .collect();
+        let uri: axum::http::Uri = format!("/?{}", kept.join("&"))
+            .parse()
+            .map_err(|_| HttpError::bad_request("a malformed query string"))?;
+        axum::extract::Query::<T>::try_from_uri(&uri)
             .map(|axum::extract::Query(value)| QueryArgs(value))
             .map_err(|rejection| HttpError::bad_request(rejection.body_text()))
     }

@@ -53,10 +53,13 @@ pub async fn upgrade(
     Authed(gateway): Authed,
     ConnectInfo(peer): ConnectInfo<super::counted::Peer>,
     ws: WebSocketUpgrade,
-) -> Response {
+) -> Result<Response, HttpError> {
+    // Refused at the upgrade: a socket that could do nothing never opens.
+    gateway.core.logged_in()?;
     let limit = gateway.core.config().max_frame_bytes as usize;
-    ws.max_message_size(limit)
-        .on_upgrade(move |socket| session(gateway, socket, peer.addr))
+    Ok(ws
+        .max_message_size(limit)
+        .on_upgrade(move |socket| session(gateway, socket, peer.addr)))
 }
 
 #[derive(Debug, Deserialize)]
