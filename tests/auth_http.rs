@@ -25,13 +25,9 @@ async fn gateway() -> TestBroker {
     .await
 }
 
-/// `curl` against `path` with `args`: the status, the headers and the body.
-async fn curl(broker: &TestBroker, args: &[String], path: &str) -> (u16, String, String) {
-    curl_from(broker, 1, args, path).await
-}
-
-/// [`curl`] from loopback address `127.0.0.{host}`: the broker slows failed logins per
-/// source address, so a test that fails on purpose many times spreads its failures.
+/// `curl` against `path` with `args`, from loopback address `127.0.0.{host}`: the status,
+/// the headers and the body. The broker slows failed logins per source address, so a test
+/// that fails on purpose many times spreads its failures.
 async fn curl_from(
     broker: &TestBroker,
     host: u8,
