@@ -964,3 +964,165 @@ async fn listening_beyond_loopback_needs_auth_or_an_explicit_escape() {
     assert!(warned.contains("0.0.0.0"), "{warned}");
     child.kill().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_are_logged_with_who_and_where_and_no_secret_is_ever_logged() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let admin_password = "admin-Secret-1";
+    let mut broker = Command::new(binary("herald-broker"))
+        .args(["--data-dir", dir.path().join("data").to_str().unwrap()])
+        .args(["--min-free-disk-bytes", "1048576", "--auth"])
+        .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .env("HERALD_ADMIN_PASSWORD", admin_password)
+        .env("RUST_LOG", "trace")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncBufReadExt;
+    let mut stdout = tokio::io::BufReader::new(broker.stdout.take().unwrap()).lines();
+    let mut addresses = Vec::new();
+    for _ in 0..2 {
+        let line = stdout.next_line().await.unwrap().unwrap();
+        addresses.push(line.rsplit(' ').next().unwrap().to_string());
+    }
+    let (tcp, http) = (addresses[0].clone(), addresses[1].clone());
+    let mut stderr = broker.stderr.take().unwrap();
+    let log = tokio::spawn(async move {
+        let mut text = String::new();
+        stderr.read_to_string(&mut text).await.unwrap();
+        text
+    });
+
+    let run = |env: Vec<(&'static str, String)>, args: Vec<String>| {
+        let tcp = tcp.clone();
+        async move {
+            let out = Command::new(binary("herald"))
+                .arg("--broker")
+                .arg(&tcp)
+                .args(&args)
+                .env_remove("HERALD_TOKEN")
+                .envs(env)
+                .output()
+                .await
+                .unwrap();
+            (out.status.success(), String::from_utf8(out.stdout).unwrap())
+        }
+    };
+    let admin = || vec![("HERALD_PASSWORD", admin_password.to_string())];
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let mut env = admin();
+    env.push(("HERALD_NEW_PASSWORD", "alice-Secret-2".into()));
+    assert!(
+        run(env, args(&["--user", "admin", "user", "add", "alice"]))
+            .await
+            .0
+    );
+    let (ok, out) = run(
+        admin(),
+        args(&["--user", "admin", "token", "create", "--user", "alice"]),
+    )
+    .await;
+    assert!(ok);
+    let token = out.trim().to_string();
+    // A wrong password (SCRAM), a good token, a made-up token, a wrong Basic password.
+    let wrong = vec![("HERALD_PASSWORD", "wrong-Secret-3".to_string())];
+    assert!(
+        !run(wrong, args(&["--user", "alice", "topic", "list"]))
+            .await
+            .0
+    );
+    assert!(
+        run(vec![], args(&["--token", &token, "topic", "list"]))
+            .await
+            .0
+    );
+    let made_up = "hrld_madeupmadeupmadeupmadeupmadeupmadeupmad";
+    assert!(
+        !run(vec![], args(&["--token", made_up, "topic", "list"]))
+            .await
+            .0
+    );
+    let curl = Command::new("curl")
+        .args(["-sS", "-u", "alice:basic-Secret-4"])
+        .arg(format!("http://{http}/v1/topics"))
+        .output()
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&curl.stdout).contains("AuthenticationFailed"));
+
+    broker.kill().await.unwrap();
+    let log = log.await.unwrap();
+    for secret in [
+        admin_password,
+        "alice-Secret-2",
+        "wrong-Secret-3",
+        "basic-Secret-4",
+        &token,
+        made_up,
+        &token[5..],
+    ] {
+        assert!(!log.contains(secret), "{secret:?} is in the log");
+    }
+    let failures: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("authentication failed"))
+        .collect();
+    assert_eq!(failures.len(), 3, "{failures:#?}");
+    assert!(
+        failures[0].contains("user=\"alice\"")
+            && failures[0].contains("mechanism=\"SCRAM-SHA-256\"")
+    );
+    assert!(failures[1].contains("mechanism=\"TOKEN\""));
+    assert!(failures[2].contains("user=\"alice\"") && failures[2].contains("mechanism=\"basic\""));
+    assert!(
+        failures.iter().all(|l| l.contains("peer=127.0.0.1:")),
+        "{failures:#?}"
+    );
+
+    // Nor do the flags' help texts show a secret from the environment.
+    let help = Command::new(binary("herald"))
+        .arg("--help")
+        .env("HERALD_TOKEN", made_up)
+        .output()
+        .await
+        .unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    assert!(
+        help.contains("--token") && !help.contains(made_up),
+        "{help}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bench_measures_connections_per_second_with_a_scram_login() {
+    let broker = auth_broker().await;
+    let args = [
+        "--user",
+        "admin",
+        "bench",
+        "--scenario",
+        "connect",
+        "--connections",
+        "30",
+        "--producers",
+        "2",
+        "--json",
+    ];
+    let (ok, out, err) = herald(&broker, &[("HERALD_PASSWORD", ADMIN_PASSWORD)], &args).await;
+    assert!(ok, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let connect = &report["connect"];
+    assert_eq!(connect["login"], "scram-sha-256", "{report}");
+    assert_eq!(connect["connections"], 30);
+    assert_eq!(connect["workers"], 2);
+    assert!(connect["per_second"].as_f64().unwrap() > 0.0, "{report}");
+    let latency = &connect["latency_us"];
+    assert!(latency["p50"].as_u64().unwrap() <= latency["p99"].as_u64().unwrap());
+    // Without a login, the run fails instead of measuring refusals.
+    let (ok, _, err) = herald(&broker, &[], &args[2..]).await;
+    assert!(!ok && err.contains("AuthenticationRequired"), "{err}");
+    broker.stop().await;
+}

@@ -34,7 +34,7 @@ async fn a_headless_chromium_follows_with_eventsource_and_acks_over_a_websocket(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_headless_chromium_does_the_same_over_https_and_wss() {
+async fn a_headless_chromium_does_the_same_over_https_and_wss_with_a_token() {
     follow_in_chromium(Some(TestCerts::new())).await;
 }
 
@@ -54,6 +54,9 @@ async fn follow_in_chromium(tls: Option<TestCerts>) {
         if let Some(certs) = &tls {
             c.tls_cert = Some(certs.path("server.pem"));
             c.tls_key = Some(certs.path("server.key"));
+            // And authentication: the page presents a token.
+            c.auth = true;
+            c.admin_password = Some(herald_broker::auth::secrets::Secret::new("admin-pw"));
         }
     })
     .await;
@@ -61,6 +64,9 @@ async fn follow_in_chromium(tls: Option<TestCerts>) {
         tls: tls
             .as_ref()
             .map(|certs| herald_client::TlsOptions::ca_file(certs.path("ca.pem")).unwrap()),
+        credentials: tls
+            .is_some()
+            .then(|| herald_client::Credentials::password("admin", "admin-pw")),
         ..Default::default()
     };
     let client = herald_client::Client::connect_with(broker.addr(), options)
@@ -74,9 +80,21 @@ async fn follow_in_chromium(tls: Option<TestCerts>) {
         .await
         .unwrap();
 
+    // Over HTTPS the page is user `web`, who may consume `browser` and nothing else.
+    let token = match tls {
+        Some(_) => {
+            client.create_user("web", "web-pw", false).await.unwrap();
+            client
+                .add_acl("web", "browser", &["consume"])
+                .await
+                .unwrap();
+            client.create_token("web", None).await.unwrap().token
+        }
+        None => String::new(),
+    };
     let scheme = if tls.is_some() { "https" } else { "http" };
     let page = format!(
-        "file://{}/tests/clients/browser.html?http={}&topic=browser&count={COUNT}&scheme={scheme}",
+        "file://{}/tests/clients/browser.html?http={}&topic=browser&count={COUNT}&scheme={scheme}&token={token}",
         env!("CARGO_MANIFEST_DIR"),
         broker.http_addr()
     );
@@ -131,6 +149,9 @@ async fn follow_in_chromium(tls: Option<TestCerts>) {
     delivered.dedup();
     assert_eq!(delivered, expected, "the WebSocket got every record");
     assert_eq!(result["errors"], Value::Array(vec![]), "{result}");
+    assert_eq!(result["topics"], serde_json::json!(["browser"]), "{result}");
+    let anonymous = if tls.is_some() { 401 } else { 200 };
+    assert_eq!(result["anonymous"], anonymous, "{result}");
 
     let info = client
         .describe_group("browser", "browser-workers")

@@ -1,15 +1,19 @@
 //! TLS on every way in, with certificates made by `rcgen` for each test: the Rust client
 //! and the CLI, `openssl s_client`, `curl --cacert` (HTTPS and SSE), Python `websockets`
 //! over WSS; client certificates; and plaintext and TLS crossing each other with a clear
-//! error on both sides instead of a hang.
+//! error on both sides instead of a hang. With `--auth` as well: SASL PLAIN inside TLS
+//! (from `openssl s_client`), tokens from the client, `curl` and Python over WSS, and a
+//! client certificate's common name logging in as that user.
 
 use std::path::Path;
 use std::time::Duration;
 
 use herald_broker::config::Listen;
-use herald_client::{Client, ConnectOptions, FetchRequest, Record, TlsOptions};
+use herald_client::{Client, ConnectOptions, Credentials, FetchRequest, Record, TlsOptions};
+use herald_protocol::{Frame, FrameCodec, Hello, ListTopics, Message, SaslStart};
 use herald_suite::{binary, TestBroker, TestCerts as Certs};
 use tokio::process::Command;
+use tokio_util::codec::Decoder;
 
 async fn tls_broker(certs: &Certs, client_certificates: bool) -> TestBroker {
     let (cert, key, ca) = (
@@ -300,4 +304,232 @@ async fn the_broker_refuses_tls_files_it_cannot_use_naming_the_flag() {
     )
     .await;
     assert!(!ok && text.contains("--tls-key"), "{text}");
+}
+
+/// A broker with TLS and `--auth`; with `client_ca`, client certificates are required.
+async fn tls_auth_broker(certs: &Certs, client_ca: bool) -> TestBroker {
+    let (cert, key, ca) = (
+        certs.path("server.pem"),
+        certs.path("server.key"),
+        certs.path("ca.pem"),
+    );
+    TestBroker::start_with(move |c| {
+        c.http_listen = Listen::At("127.0.0.1:0".parse().unwrap());
+        c.tls_cert = Some(cert);
+        c.tls_key = Some(key);
+        c.tls_client_ca = client_ca.then_some(ca);
+        c.auth = true;
+        c.admin_password = Some(herald_broker::auth::secrets::Secret::new("admin-pw"));
+    })
+    .await
+}
+
+fn logged_in(tls: TlsOptions, credentials: Option<Credentials>) -> ConnectOptions {
+    ConnectOptions {
+        tls: Some(tls),
+        credentials,
+        reconnect: None,
+        connect_timeout: Duration::from_secs(5),
+        ..ConnectOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inside_tls_plain_and_tokens_log_in_from_openssl_curl_and_python() {
+    let certs = Certs::new();
+    let broker = tls_auth_broker(&certs, false).await;
+    let dir = certs.dir();
+    let admin = Client::connect_with(
+        broker.addr(),
+        logged_in(
+            tls_options(&certs),
+            Some(Credentials::password("admin", "admin-pw")),
+        ),
+    )
+    .await
+    .unwrap();
+    admin.create_topic("jobs", 1).await.unwrap();
+    admin.create_topic("other", 1).await.unwrap();
+    admin
+        .producer()
+        .send("jobs", Record::new("over tls"))
+        .await
+        .unwrap();
+    admin.create_user("alice", "alice-pw", false).await.unwrap();
+    admin
+        .add_acl("alice", "jobs", &["publish", "consume"])
+        .await
+        .unwrap();
+    let token = admin.create_token("alice", None).await.unwrap().token;
+
+    // SASL PLAIN inside TLS, from `openssl s_client` carrying raw frames: Hello, PLAIN
+    // as alice, then a listing that shows her topic only.
+    let mut frames = Vec::new();
+    let hello = Hello {
+        min_version: 1,
+        max_version: 1,
+        client_id: "openssl".into(),
+        ..Hello::default()
+    };
+    frames.extend_from_slice(&Message::new(1, hello).to_bytes());
+    let plain = SaslStart {
+        mechanism: "PLAIN".into(),
+        payload: herald_protocol::sasl::plain_message("alice", "alice-pw"),
+    };
+    frames.extend_from_slice(&Message::new(2, plain).to_bytes());
+    frames.extend_from_slice(&Message::new(3, ListTopics {}).to_bytes());
+    std::fs::write(dir.join("frames.bin"), &frames).unwrap();
+    let port = broker.addr().port();
+    let script = format!(
+        "timeout 3 openssl s_client -connect 127.0.0.1:{port} -CAfile ca.pem -quiet < frames.bin"
+    );
+    let out = Command::new("sh")
+        .args(["-c", &script])
+        .current_dir(dir)
+        .output()
+        .await
+        .unwrap();
+    let mut bytes = bytes::BytesMut::from(&out.stdout[..]);
+    let mut answers = Vec::new();
+    while let Some(raw) = FrameCodec::default().decode(&mut bytes).unwrap() {
+        answers.push(raw.decode().unwrap());
+    }
+    assert!(matches!(answers[0], Frame::HelloOk(_)), "{answers:?}");
+    assert!(
+        matches!(&answers[1], Frame::SaslOk(ok) if ok.user == "alice"),
+        "{answers:?}"
+    );
+    let Frame::TopicList(list) = &answers[2] else {
+        panic!("{answers:?}")
+    };
+    let names: Vec<_> = list.topics.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["jobs"]);
+
+    // The client with a token, over TLS.
+    let alice = Client::connect_with(
+        broker.addr(),
+        logged_in(tls_options(&certs), Some(Credentials::token(&token))),
+    )
+    .await
+    .unwrap();
+    let fetched = alice.fetch(FetchRequest::new("jobs", 0, 0)).await.unwrap();
+    assert_eq!(fetched.records[0].record.payload, "over tls");
+
+    // curl --cacert: HTTPS and SSE with the token; nothing without it.
+    let http = format!("https://localhost:{}", broker.http_addr().port());
+    let bearer = format!("Authorization: Bearer {token}");
+    let read = format!("{http}/v1/topics/jobs/partitions/0/records?offset=0");
+    let (ok, text) = run(
+        "curl",
+        &["-sS", "--cacert", "ca.pem", "-H", &bearer, &read],
+        dir,
+    )
+    .await;
+    assert!(ok && text.contains("over tls"), "{text}");
+    let events = format!("{http}/v1/topics/jobs/events?from=earliest&access_token={token}");
+    let (_, text) = run(
+        "curl",
+        &[
+            "-sS",
+            "-N",
+            "--max-time",
+            "2",
+            "--cacert",
+            "ca.pem",
+            &events,
+        ],
+        dir,
+    )
+    .await;
+    assert!(
+        text.contains("event: record") && text.contains("over tls"),
+        "{text}"
+    );
+    let (_, text) = run(
+        "curl",
+        &["-sS", "-w", "%{http_code}", "--cacert", "ca.pem", &read],
+        dir,
+    )
+    .await;
+    assert!(
+        text.ends_with("401") && !text.contains("over tls"),
+        "{text}"
+    );
+
+    // Python websockets over WSS with a token: the whole session script, as the
+    // administrator.
+    let root = admin.create_token("admin", None).await.unwrap().token;
+    admin.delete_topic("jobs").await.unwrap(); // the script starts from an empty `jobs`
+    admin.create_topic("jobs", 1).await.unwrap();
+    let script = format!("{}/tests/clients/ws_session.py", env!("CARGO_MANIFEST_DIR"));
+    let url = format!("wss://localhost:{}/v1/ws", broker.http_addr().port());
+    let (ok, text) = run("python3", &[&script, &url, "ca.pem", &root], dir).await;
+    assert!(ok, "{text}");
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_logs_in_as_the_user_it_names() {
+    let certs = Certs::new();
+    let broker = tls_auth_broker(&certs, true).await;
+    let with_cert = || {
+        tls_options(&certs)
+            .client_cert_files(certs.path("alice.pem"), certs.path("alice.key"))
+            .unwrap()
+    };
+    // Nobody called alice yet: the certificate alone logs nobody in.
+    let anonymous = Client::connect_with(broker.addr(), logged_in(with_cert(), None))
+        .await
+        .unwrap();
+    let err = anonymous.list_topics().await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(herald_client::ErrorCode::AuthenticationRequired)
+    );
+
+    let admin = Client::connect_with(
+        broker.addr(),
+        logged_in(
+            with_cert(),
+            Some(Credentials::password("admin", "admin-pw")),
+        ),
+    )
+    .await
+    .unwrap();
+    admin.create_topic("mine", 1).await.unwrap();
+    admin.create_topic("theirs", 1).await.unwrap();
+    admin.create_user("alice", "alice-pw", false).await.unwrap();
+    admin.add_acl("alice", "mine", &["describe"]).await.unwrap();
+
+    // Now the certificate's common name is a user: the session is hers, with her rules.
+    let alice = Client::connect_with(broker.addr(), logged_in(with_cert(), None))
+        .await
+        .unwrap();
+    let names: Vec<_> = alice
+        .list_topics()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(names, ["mine"]);
+    let err = alice.create_topic("new", 1).await.unwrap_err();
+    assert_eq!(err.code(), Some(herald_client::ErrorCode::NotAuthorized));
+
+    // The same over HTTPS.
+    let url = format!("https://localhost:{}/v1/topics", broker.http_addr().port());
+    let args = [
+        "-sS",
+        "--cacert",
+        "ca.pem",
+        "--cert",
+        "alice.pem",
+        "--key",
+        "alice.key",
+        &url,
+    ];
+    let (ok, text) = run("curl", &args, certs.dir()).await;
+    assert!(ok, "{text}");
+    assert_eq!(text, r#"{"topics":[{"name":"mine","partitions":1}]}"#);
+    broker.stop().await;
 }

@@ -1,6 +1,7 @@
 """A WebSocket session against Herald's gateway with the `websockets` package.
 
-Usage: ws_session.py URL [CA_FILE]   (ws://HOST:PORT/v1/ws, or wss:// trusting CA_FILE)
+Usage: ws_session.py URL [CA_FILE [TOKEN]]   (ws://HOST:PORT/v1/ws, or wss:// trusting
+CA_FILE; TOKEN, for a broker with --auth, is sent as ?access_token=)
 Publishes, tails, consumes as a push-group member with handles, answers, and checks the
 errors; prints one JSON line of what it saw and exits 0, or raises.
 """
@@ -28,9 +29,11 @@ async def recv(ws, op, timeout=10):
         PENDING.append(message)
 
 
-async def main(url, ca_file):
+async def main(url, ca_file, token):
     seen = {}
     tls = ssl.create_default_context(cafile=ca_file) if ca_file else None
+    if token:
+        url = f"{url}?access_token={token}"
     async with websockets.connect(url, ssl=tls) as ws:
         await ws.send(json.dumps({"op": "publish", "req": "p1", "topic": "jobs",
                                   "records": [{"value": f"job {i}"} for i in range(6)]}))
@@ -98,4 +101,5 @@ async def main(url, ca_file):
     print(json.dumps(seen))
 
 
-asyncio.run(main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None))
+asyncio.run(main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None,
+                 sys.argv[3] if len(sys.argv) > 3 else None))

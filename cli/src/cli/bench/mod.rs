@@ -14,6 +14,7 @@
 //! `websocket` (push consumers that ack) or `sse` (one event stream per group). Whatever
 //! side is not timed (filling the topic, reading it back to verify) goes over TCP.
 
+mod connect;
 mod pacer;
 mod payload;
 mod report;
@@ -41,6 +42,9 @@ pub enum Scenario {
     Pubsub,
     Fanout,
     Idle,
+    /// Connections set up per second (`--connections` in all, by `--producers` workers),
+    /// with the login the CLI's credentials ask for.
+    Connect,
 }
 
 /// The way in the timed side of a run takes.
@@ -162,11 +166,13 @@ impl BenchArgs {
                 matches!(self.via, Via::Tcp | Via::Websocket | Via::Sse)
             }
             Scenario::Idle => matches!(self.via, Via::Http | Via::Sse),
+            Scenario::Connect => self.via == Via::Tcp,
         };
         if !supported {
             anyhow::bail!(
                 "--scenario {} does not run --via {}: publish runs via tcp or http; consume, \
-                 pubsub and fanout via tcp, websocket or sse; idle via sse or http (long-polls)",
+                 pubsub and fanout via tcp, websocket or sse; idle via sse or http (long-polls); \
+                 connect via tcp",
                 self.scenario_name(),
                 self.via_name()
             );
@@ -184,6 +190,7 @@ impl BenchArgs {
             Scenario::Pubsub => "pubsub",
             Scenario::Fanout => "fanout",
             Scenario::Idle => "idle",
+            Scenario::Connect => "connect",
         }
     }
 
@@ -430,6 +437,11 @@ impl<'a> Bench<'a> {
                 report.idle = Some(self.idle().await?);
                 return Ok(report);
             }
+            Scenario::Connect => {
+                let (connections, workers) = (self.args.connections, self.args.producers);
+                report.connect = Some(connect::run(&self.broker, connections, workers).await?);
+                return Ok(report);
+            }
             Scenario::Publish => {
                 self.publish(&mut report).await?;
                 // Not timed: read everything back, so a fast wrong run is a failure.
@@ -596,6 +608,7 @@ impl<'a> Bench<'a> {
             topic: self.topic.clone(),
             verified: false,
             idle: None,
+            connect: None,
             machine: Machine::this(),
         }
     }

@@ -142,6 +142,8 @@ pub struct Report {
     pub verified: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idle: Option<Idle>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect: Option<super::connect::Connect>,
     pub machine: Machine,
 }
 
@@ -155,6 +157,9 @@ impl Report {
     pub fn print_table(&self, out: &mut impl Write) -> std::io::Result<()> {
         if let Some(idle) = &self.idle {
             return self.print_idle(idle, out);
+        }
+        if let Some(connect) = &self.connect {
+            return self.print_connect(connect, out);
         }
         writeln!(
             out,
@@ -207,6 +212,31 @@ impl Report {
             }
         }
         Ok(())
+    }
+
+    fn print_connect(
+        &self,
+        connect: &super::connect::Connect,
+        out: &mut impl Write,
+    ) -> std::io::Result<()> {
+        writeln!(out, "scenario connect  via tcp")?;
+        writeln!(
+            out,
+            "settings: {} connections by {} worker(s), login {}, tls {}",
+            connect.connections,
+            connect.workers,
+            connect.login,
+            if connect.tls { "on" } else { "off" }
+        )?;
+        writeln!(out, "{}", self.machine)?;
+        writeln!(out)?;
+        writeln!(out, "connections/s {:>10.0}", connect.per_second)?;
+        let l = &connect.latency_us;
+        writeln!(
+            out,
+            "connect + login + one request, µs: p50 {}  p99 {}  max {}",
+            l.p50, l.p99, l.max
+        )
     }
 
     fn print_idle(&self, idle: &Idle, out: &mut impl Write) -> std::io::Result<()> {
