@@ -660,3 +660,23 @@ impl Default for TestCerts {
         TestCerts::new()
     }
 }
+
+/// The path of a client script in `tests/clients`, with Python's `websockets` package
+/// installed first if it is missing (so `cargo test --workspace` works on a fresh machine).
+pub fn python_script(name: &str) -> String {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let has = std::process::Command::new("python3")
+            .args(["-c", "import websockets"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !has {
+            let installed = std::process::Command::new("python3")
+                .args(["-m", "pip", "install", "--quiet", "websockets"])
+                .status()
+                .expect("python3 runs");
+            assert!(installed.success(), "pip install websockets failed");
+        }
+    });
+    format!("{}/tests/clients/{name}", env!("CARGO_MANIFEST_DIR"))
+}

@@ -10,7 +10,7 @@ use base64::Engine;
 use herald_broker::auth::secrets::Secret;
 use herald_broker::config::Listen;
 use herald_client::{Credentials, Record};
-use herald_suite::TestBroker;
+use herald_suite::{python_script, TestBroker};
 use serde_json::{json, Value};
 use tokio::process::Command;
 
@@ -324,25 +324,6 @@ async fn every_route_needs_credentials_and_a_rule_and_gives_no_data_without() {
     broker.stop().await;
 }
 
-/// A Python WebSocket client (the `websockets` package) from `tests/clients`.
-fn script(name: &str) -> String {
-    static INSTALLED: std::sync::Once = std::sync::Once::new();
-    INSTALLED.call_once(|| {
-        let has = std::process::Command::new("python3")
-            .args(["-c", "import websockets"])
-            .status()
-            .is_ok_and(|s| s.success());
-        if !has {
-            let installed = std::process::Command::new("python3")
-                .args(["-m", "pip", "install", "--quiet", "websockets"])
-                .status()
-                .expect("python3 runs");
-            assert!(installed.success(), "pip install websockets failed");
-        }
-    });
-    format!("{}/tests/clients/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_and_sse_sessions_are_checked_and_end_when_their_token_is_revoked() {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
@@ -364,7 +345,7 @@ async fn websocket_and_sse_sessions_are_checked_and_end_when_their_token_is_revo
     // one by one; it waits on stdin, then for the broker to end the session.
     let url = format!("ws://{}/v1/ws", broker.http_addr());
     let mut python = Command::new("python3")
-        .args([script("ws_auth.py"), url, token.token.clone()])
+        .args([python_script("ws_auth.py"), url, token.token.clone()])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)

@@ -243,7 +243,7 @@ async fn openssl_curl_python_and_the_cli_speak_tls_to_the_broker() {
     // Python websockets over WSS: the whole session script.
     let client = connect(&broker, Some(tls_options(&certs))).await.unwrap();
     client.create_topic("jobs", 1).await.unwrap();
-    let script = format!("{}/tests/clients/ws_session.py", env!("CARGO_MANIFEST_DIR"));
+    let script = herald_suite::python_script("ws_session.py");
     let url = format!("wss://localhost:{}/v1/ws", broker.http_addr().port());
     let (ok, text) = run("python3", &[&script, &url, "ca.pem"], dir).await;
     assert!(ok, "{text}");
@@ -461,7 +461,7 @@ async fn inside_tls_plain_and_tokens_log_in_from_openssl_curl_and_python() {
     let root = admin.create_token("admin", None).await.unwrap().token;
     admin.delete_topic("jobs").await.unwrap(); // the script starts from an empty `jobs`
     admin.create_topic("jobs", 1).await.unwrap();
-    let script = format!("{}/tests/clients/ws_session.py", env!("CARGO_MANIFEST_DIR"));
+    let script = herald_suite::python_script("ws_session.py");
     let url = format!("wss://localhost:{}/v1/ws", broker.http_addr().port());
     let (ok, text) = run("python3", &[&script, &url, "ca.pem", &root], dir).await;
     assert!(ok, "{text}");

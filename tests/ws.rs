@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use herald_broker::config::Listen;
-use herald_suite::TestBroker;
+use herald_suite::{python_script, TestBroker};
 use tokio::process::Command;
 
 async fn gateway() -> TestBroker {
@@ -12,26 +12,6 @@ async fn gateway() -> TestBroker {
         c.http_listen = Listen::At("127.0.0.1:0".parse().unwrap());
     })
     .await
-}
-
-/// The path of a client script in `tests/clients`, with Python's `websockets` package
-/// installed first if it is missing (so `cargo test --workspace` works on a fresh machine).
-fn script(name: &str) -> String {
-    static INSTALLED: std::sync::Once = std::sync::Once::new();
-    INSTALLED.call_once(|| {
-        let has = std::process::Command::new("python3")
-            .args(["-c", "import websockets"])
-            .status()
-            .is_ok_and(|s| s.success());
-        if !has {
-            let installed = std::process::Command::new("python3")
-                .args(["-m", "pip", "install", "--quiet", "websockets"])
-                .status()
-                .expect("python3 runs");
-            assert!(installed.success(), "pip install websockets failed");
-        }
-    });
-    format!("{}/tests/clients/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
 /// A Python WebSocket consumer of group `workers` on topic `jobs` holding `count`
@@ -45,7 +25,7 @@ async fn hold_with_window(broker: &TestBroker, count: u32, prefetch: u32) -> tok
     use tokio::io::AsyncBufReadExt;
     let url = format!("ws://{}/v1/ws", broker.http_addr());
     let mut holder = Command::new("python3")
-        .arg(script("ws_hold.py"))
+        .arg(python_script("ws_hold.py"))
         .args([
             &url,
             "jobs",
@@ -75,7 +55,7 @@ async fn a_python_websocket_session_publishes_tails_consumes_and_answers() {
     let out = tokio::time::timeout(
         Duration::from_secs(60),
         Command::new("python3")
-            .arg(script("ws_session.py"))
+            .arg(python_script("ws_session.py"))
             .arg(&url)
             .output(),
     )

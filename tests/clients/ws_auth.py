@@ -45,8 +45,19 @@ async def main(url, token):
                                   "records": [{"value": "from python"}]}))
         published = await recv(ws, "published")
         assert published["req"] == "p", published
+        # Each op outside the rules: refused, naming what was asked, with no data.
         await ws.send(json.dumps({"op": "subscribe", "id": "s", "topic": "secret", "group": "g"}))
         seen["secret"] = await recv(ws, "error")
+        await ws.send(json.dumps({"op": "tail", "id": "s2", "topic": "secret"}))
+        tail = await recv(ws, "error")
+        assert tail["error"]["code"] == "NotAuthorized" and "consume" in tail["error"]["message"], tail
+        await ws.send(json.dumps({"op": "publish", "req": "ps", "topic": "secret",
+                                  "records": [{"value": "no"}]}))
+        publish = await recv(ws, "error")
+        assert publish["req"] == "ps" and publish["error"]["code"] == "NotAuthorized", publish
+        await ws.send(json.dumps({"op": "ack", "req": "a", "handles": ["999.0.0.1"]}))
+        answered = await recv(ws, "answered")
+        assert answered["results"][0]["error"]["code"] == "UnknownSubscription", answered
         await ws.send(json.dumps({"op": "tail", "id": "t", "topic": "jobs", "from": "earliest"}))
         assert (await recv(ws, "record"))["value"] == "from python"
 

@@ -374,7 +374,7 @@ impl Session {
             return self.error(about, err).await;
         }
         let core = self.gateway.core.clone();
-        let info = match core.describe_topic(&topic) {
+        let info = match core.topic_to_read(&topic) {
             Ok(info) => info,
             Err(err) => return self.error(about, err.into()).await,
         };
