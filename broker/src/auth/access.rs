@@ -532,7 +532,11 @@ mod tests {
         access
             .check(&alice, Operation::Publish, Some("orders"))
             .unwrap();
-        assert!(!access.may(&alice, Operation::Describe, "orders"));
+        assert!(
+            access.may(&alice, Operation::Describe, "orders"),
+            "publish implies it"
+        );
+        assert!(!access.may(&alice, Operation::Consume, "orders"));
         // With --auth off, anyone may.
         let (_dir, open) = self::access(false);
         open.check(&Principal::Anonymous, Operation::Delete, Some("x"))
