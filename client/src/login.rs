@@ -3,7 +3,7 @@
 //! logs in again by itself.
 
 use futures::{SinkExt, StreamExt};
-use herald_protocol::scram::ClientFirst;
+use herald_protocol::scram::{ClientFirst, KeyCache};
 use herald_protocol::{sasl, Frame, FrameCodec, Message, SaslContinue, SaslOk, SaslStart};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{FramedRead, FramedWrite};
@@ -43,6 +43,10 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
+/// The keys of this process's last SCRAM login: logging in again with the same password
+/// (a reconnect, another connection) skips PBKDF2's deliberate tens of milliseconds.
+static KEYS: KeyCache = KeyCache::new();
+
 /// Runs one SASL exchange on a connection that has said `Hello`, using correlation ids
 /// from `first_id` on; returns the next free id.
 pub(crate) async fn login<R, W>(
@@ -78,7 +82,7 @@ where
             };
             let server_first = String::from_utf8_lossy(&challenge.payload);
             let (answer, expects) = first
-                .answer(&server_first, password)
+                .answer_with(&server_first, password, &KEYS)
                 .map_err(|err| Error::Protocol(format!("the broker's SCRAM challenge: {err}")))?;
             let answer = SaslContinue {
                 payload: answer.into_bytes().into(),

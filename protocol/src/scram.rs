@@ -116,6 +116,7 @@ impl Credentials {
 }
 
 /// The keys a password yields for a salt and iteration count.
+#[derive(Clone)]
 struct Keys {
     client_key: [u8; KEY_LEN],
     server_key: [u8; KEY_LEN],
@@ -136,6 +137,55 @@ impl Keys {
             client_key: hmac_sha256(&salted, b"Client Key"),
             server_key: hmac_sha256(&salted, b"Server Key"),
         }
+    }
+}
+
+/// A client's keys from its last login, kept so that logging in again (a reconnect, another
+/// connection of the same process) does not run PBKDF2 again: deriving them costs the
+/// client tens of milliseconds by design, while the broker's side of a login is a few
+/// HMACs. They are reused only for the same password, salt and iteration count; they
+/// log in as the password does, so they are kept exactly as carefully (in memory only).
+#[derive(Default)]
+pub struct KeyCache(std::sync::Mutex<Option<CachedKeys>>);
+
+struct CachedKeys {
+    /// A hash of the password they came from, so a changed password derives afresh.
+    password: [u8; KEY_LEN],
+    salt: Vec<u8>,
+    iterations: u32,
+    keys: Keys,
+}
+
+impl KeyCache {
+    /// An empty cache (usable in a `static`).
+    pub const fn new() -> KeyCache {
+        KeyCache(std::sync::Mutex::new(None))
+    }
+
+    fn keys(&self, password: &str, salt: &[u8], iterations: u32) -> Keys {
+        let fingerprint = sha256(password.as_bytes());
+        let mut cached = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(hit) = cached.as_ref().filter(|c| {
+            bool::from(c.password.ct_eq(&fingerprint))
+                && c.salt == salt
+                && c.iterations == iterations
+        }) {
+            return hit.keys.clone();
+        }
+        let keys = Keys::derive(password, salt, iterations);
+        *cached = Some(CachedKeys {
+            password: fingerprint,
+            salt: salt.to_vec(),
+            iterations,
+            keys: keys.clone(),
+        });
+        keys
+    }
+}
+
+impl std::fmt::Debug for KeyCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyCache(..)")
     }
 }
 
@@ -172,6 +222,17 @@ impl ClientFirst {
         server_first: &str,
         password: &str,
     ) -> Result<(String, ClientFinal), ScramError> {
+        self.answer_with(server_first, password, &KeyCache::default())
+    }
+
+    /// [`ClientFirst::answer`], taking the keys from `cache` when it holds them for this
+    /// password, salt and iteration count (and keeping them there otherwise).
+    pub fn answer_with(
+        self,
+        server_first: &str,
+        password: &str,
+        cache: &KeyCache,
+    ) -> Result<(String, ClientFinal), ScramError> {
         let fields = Fields::parse(server_first)?;
         let nonce = fields.get('r')?;
         if !nonce.starts_with(&self.nonce) || nonce.len() == self.nonce.len() {
@@ -190,7 +251,7 @@ impl ClientFirst {
         if iterations > MAX_ITERATIONS {
             return Err(ScramError::TooManyIterations(iterations));
         }
-        let keys = Keys::derive(password, &salt, iterations);
+        let keys = cache.keys(password, &salt, iterations);
         let without_proof = format!("c=biws,r={nonce}");
         let auth_message = format!("{},{server_first},{without_proof}", self.bare());
         let signature = hmac_sha256(&sha256(&keys.client_key), auth_message.as_bytes());
@@ -411,6 +472,20 @@ fn random_nonce() -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn cached_keys_prove_as_derived_ones_and_only_for_the_same_password() {
+        let cache = KeyCache::new();
+        let kept = Credentials::derive("pencil", b"NaCl-salt".to_vec(), 4096);
+        for password in ["pencil", "pencil", "other", "pencil"] {
+            let first = ClientFirst::with_nonce("user", "abc".into());
+            let server = ServerFirst::parse(&first.message()).unwrap();
+            let (server_first, expects) = server.answer_with_nonce(kept.clone(), "xyz".into());
+            let (client_final, _) = first.answer_with(&server_first, password, &cache).unwrap();
+            assert_eq!(expects.verify(&client_final).is_ok(), password == "pencil");
+        }
+    }
+
     use super::*;
 
     /// RFC 7677, section 3: user "user", password "pencil".
