@@ -680,3 +680,9 @@ pub fn python_script(name: &str) -> String {
     });
     format!("{}/tests/clients/{name}", env!("CARGO_MANIFEST_DIR"))
 }
+
+/// The names of the topics `client` may see, sorted.
+pub async fn topic_names(client: &Client) -> Vec<String> {
+    let topics = client.list_topics().await.expect("lists topics");
+    topics.into_iter().map(|t| t.name).collect()
+}

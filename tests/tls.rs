@@ -11,11 +11,15 @@ use std::time::Duration;
 use herald_broker::config::Listen;
 use herald_client::{Client, ConnectOptions, Credentials, FetchRequest, Record, TlsOptions};
 use herald_protocol::{Frame, FrameCodec, Hello, ListTopics, Message, SaslStart};
-use herald_suite::{binary, TestBroker, TestCerts as Certs};
+use herald_suite::{binary, topic_names, TestBroker, TestCerts as Certs};
 use tokio::process::Command;
 use tokio_util::codec::Decoder;
 
 async fn tls_broker(certs: &Certs, client_certificates: bool) -> TestBroker {
+    tls_broker_with(certs, client_certificates, false).await
+}
+
+async fn tls_broker_with(certs: &Certs, client_certificates: bool, auth: bool) -> TestBroker {
     let (cert, key, ca) = (
         certs.path("server.pem"),
         certs.path("server.key"),
@@ -26,6 +30,8 @@ async fn tls_broker(certs: &Certs, client_certificates: bool) -> TestBroker {
         c.tls_cert = Some(cert);
         c.tls_key = Some(key);
         c.tls_client_ca = client_certificates.then_some(ca);
+        c.auth = auth;
+        c.admin_password = auth.then(|| herald_broker::auth::secrets::Secret::new("admin-pw"));
     })
     .await
 }
@@ -306,22 +312,10 @@ async fn the_broker_refuses_tls_files_it_cannot_use_naming_the_flag() {
     assert!(!ok && text.contains("--tls-key"), "{text}");
 }
 
-/// A broker with TLS and `--auth`; with `client_ca`, client certificates are required.
+/// A broker with TLS and `--auth` (the administrator's password `admin-pw`); with
+/// `client_ca`, client certificates are required.
 async fn tls_auth_broker(certs: &Certs, client_ca: bool) -> TestBroker {
-    let (cert, key, ca) = (
-        certs.path("server.pem"),
-        certs.path("server.key"),
-        certs.path("ca.pem"),
-    );
-    TestBroker::start_with(move |c| {
-        c.http_listen = Listen::At("127.0.0.1:0".parse().unwrap());
-        c.tls_cert = Some(cert);
-        c.tls_key = Some(key);
-        c.tls_client_ca = client_ca.then_some(ca);
-        c.auth = true;
-        c.admin_password = Some(herald_broker::auth::secrets::Secret::new("admin-pw"));
-    })
-    .await
+    tls_broker_with(certs, client_ca, true).await
 }
 
 fn logged_in(tls: TlsOptions, credentials: Option<Credentials>) -> ConnectOptions {
@@ -505,14 +499,7 @@ async fn a_client_certificate_logs_in_as_the_user_it_names() {
     let alice = Client::connect_with(broker.addr(), logged_in(with_cert(), None))
         .await
         .unwrap();
-    let names: Vec<_> = alice
-        .list_topics()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|t| t.name)
-        .collect();
-    assert_eq!(names, ["mine"]);
+    assert_eq!(topic_names(&alice).await, ["mine"]);
     let err = alice.create_topic("new", 1).await.unwrap_err();
     assert_eq!(err.code(), Some(herald_client::ErrorCode::NotAuthorized));
 
