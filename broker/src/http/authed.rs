@@ -41,9 +41,14 @@ impl FromRequestParts<Gateway> for Authed {
                 .transpose()
         };
         let (authorization, cookie) = (header(AUTHORIZATION)?, header(COOKIE)?);
-        let query = Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
-            .map(|Query(query)| query)
-            .unwrap_or_default();
+        let query = match parts.uri.query() {
+            Some(query) if query.contains("access_token") => {
+                Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
+                    .map(|Query(query)| query)
+                    .unwrap_or_default()
+            }
+            _ => HashMap::new(),
+        };
         let access_token = query.get("access_token").map(String::as_str);
         let presented =
             presented::from_http(authorization, cookie, access_token).map_err(failed)?;

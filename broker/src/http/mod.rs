@@ -203,14 +203,20 @@ where
     /// `access_token` (credentials, read by `authed`) is left out: every route takes it.
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, HttpError> {
         let query = parts.uri.query().unwrap_or_default();
-        let kept: Vec<&str> = query
-            .split('&')
-            .filter(|pair| pair.split('=').next() != Some("access_token"))
-            .collect();
-        let uri: axum::http::Uri = format!("/?{}", kept.join("&"))
-            .parse()
-            .map_err(|_| HttpError::bad_request("a malformed query string"))?;
-        axum::extract::Query::<T>::try_from_uri(&uri)
+        let without_token;
+        let uri = if query.contains("access_token") {
+            let kept: Vec<&str> = query
+                .split('&')
+                .filter(|pair| pair.split('=').next() != Some("access_token"))
+                .collect();
+            without_token = format!("/?{}", kept.join("&"))
+                .parse::<axum::http::Uri>()
+                .map_err(|_| HttpError::bad_request("a malformed query string"))?;
+            &without_token
+        } else {
+            &parts.uri
+        };
+        axum::extract::Query::<T>::try_from_uri(uri)
             .map(|axum::extract::Query(value)| QueryArgs(value))
             .map_err(|rejection| HttpError::bad_request(rejection.body_text()))
     }
