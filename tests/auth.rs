@@ -739,6 +739,9 @@ async fn the_cli_manages_users_tokens_and_rules_and_logs_in_with_either() {
     let (ok, out, _) = herald(&broker, &admin_env, &as_admin(&["user", "list"])).await;
     assert!(ok);
     assert_eq!(out, "admin\tadmin\nalice\tuser\nops\tadmin\n");
+    // The login flag may follow the command as well.
+    let (ok, again, err) = herald(&broker, &admin_env, &["user", "list", "--user", "admin"]).await;
+    assert!(ok && again == out, "{err}");
 
     // Logging in: a password without HERALD_PASSWORD, a wrong one, the right one.
     let (ok, _, err) = herald(&broker, &[], &["--user", "alice", "topic", "list"]).await;

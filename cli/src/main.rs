@@ -25,7 +25,7 @@ use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(cli::login_flag::hoist(std::env::args_os().collect()));
     // Warnings, and the client's connection story (lost, reconnecting, reconnected).
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("warn,herald_client=info"));

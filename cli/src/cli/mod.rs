@@ -4,6 +4,7 @@
 mod bench;
 mod consume;
 mod group;
+pub mod login_flag;
 mod publish;
 mod security;
 mod topic;
@@ -45,9 +46,9 @@ pub struct Cli {
     #[arg(long, global = true, env = "HERALD_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<std::path::PathBuf>,
 
-    /// Log in as this user (SCRAM-SHA-256), with the password in HERALD_PASSWORD. It
-    /// goes before the command (`herald --user admin acl add --user alice ...`): after
-    /// it, `--user` names whom `token create` and `acl add` are for.
+    /// Log in as this user (SCRAM-SHA-256), with the password in HERALD_PASSWORD. After
+    /// `token create` and `acl add`, `--user` names whom the token or rule is for: log in
+    /// with `--user` before those (`herald --user admin acl add --user alice ...`).
     #[arg(long, env = "HERALD_USER", conflicts_with = "token")]
     pub user: Option<String>,
 
