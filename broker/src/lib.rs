@@ -12,6 +12,7 @@
 //! - [`storage`]: sled, the partition logs stored as checksummed chunks, the writer thread
 //!   that commits in groups, and the free-space reserve.
 //!
+//! [`metrics`] reports on all of it (`GET /metrics`), [`auth`] decides who may do what.
 //! [`shared`] is the state every way in shares (config, store, topics, groups); [`tasks`]
 //! holds the periodic duties (retention). [`server`] wires everything together and owns
 //! every task; [`config`] holds the flags. Arrows point down only: `server` → `net` →
@@ -34,6 +35,7 @@ pub mod core;
 pub mod domain;
 pub mod error;
 pub mod http;
+pub mod metrics;
 pub mod net;
 pub mod server;
 pub mod shared;

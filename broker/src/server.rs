@@ -167,6 +167,8 @@ impl Broker {
             outbound_bytes: Arc::new(AtomicU64::new(0)),
             tls,
             access,
+            counters: Default::default(),
+            started: std::time::Instant::now(),
         });
         let tracker = TaskTracker::new();
         let every = Duration::from_millis(shared.config.retention_check_ms.max(1));
@@ -180,22 +182,11 @@ impl Broker {
             let core = crate::core::Core::new(Arc::clone(&shared));
             let (router, tasks) = crate::http::router(core, &shared.config.http_allow_origin);
             tracing::info!("http gateway listening on {addr}");
-            let connections = (
-                Arc::clone(&shared.connections),
-                shared.config.max_connections,
-            );
-            tracker.spawn(crate::http::serve(
-                http,
-                shared.tls.clone().map(|tls| {
-                    let within = Duration::from_millis(shared.config.hello_timeout_ms.max(1));
-                    (tls, within)
-                }),
-                Duration::from_millis(u64::from(shared.config.session_timeout_ms.max(1))),
-                connections,
-                router,
-                tasks,
-                shutdown.clone(),
-            ));
+            let shared = Arc::clone(&shared);
+            let shutdown = shutdown.clone();
+            tracker.spawn(async move {
+                crate::http::serve(http, &shared, router, tasks, shutdown).await
+            });
         }
         tracker.spawn(listener::run(
             listener,

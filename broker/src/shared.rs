@@ -31,4 +31,8 @@ pub struct Shared {
     pub tls: Option<crate::tls::Tls>,
     /// Users, tokens, rules and the `--auth` switch.
     pub access: Arc<crate::auth::access::Access>,
+    /// Connections, sessions and requests by way in (see `metrics`).
+    pub counters: Arc<crate::metrics::counters::Counters>,
+    /// When the broker started.
+    pub started: std::time::Instant,
 }

@@ -23,7 +23,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -79,13 +79,15 @@ pub enum Principal {
     #[default]
     Anonymous,
     User(Arc<Login>),
+    /// The broker itself, reading its own state (the metrics); never a client.
+    Broker,
 }
 
 impl Principal {
     /// The user's name, when there is one.
     pub fn user(&self) -> Option<&str> {
         match self {
-            Principal::Anonymous => None,
+            Principal::Anonymous | Principal::Broker => None,
             Principal::User(login) => Some(&login.identity.user),
         }
     }
@@ -154,6 +156,8 @@ pub struct Access {
     sessions: Mutex<HashMap<u64, Held>>,
     failures: Mutex<HashMap<IpAddr, Failures>>,
     verified: Mutex<HashMap<[u8; 32], Verified>>,
+    /// Failed logins since the broker started.
+    failures_total: AtomicU64,
     /// Keys the hashes of remembered Basic credentials; random per broker run.
     verified_key: ring::hmac::Key,
 }
@@ -172,6 +176,7 @@ impl Access {
             sessions: Mutex::default(),
             failures: Mutex::default(),
             verified: Mutex::default(),
+            failures_total: AtomicU64::new(0),
             verified_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key),
         }
     }
@@ -185,11 +190,11 @@ impl Access {
         operation: Operation,
         topic: Option<&str>,
     ) -> Result<(), BrokerError> {
-        if !self.required {
-            return Ok(());
-        }
-        let Principal::User(login) = principal else {
-            return Err(BrokerError::AuthenticationRequired);
+        let login = match principal {
+            _ if !self.required => return Ok(()),
+            Principal::Broker => return Ok(()),
+            Principal::Anonymous => return Err(BrokerError::AuthenticationRequired),
+            Principal::User(login) => login,
         };
         if self.directory.allows(&login.identity, operation, topic) {
             return Ok(());
@@ -203,6 +208,11 @@ impl Access {
                 None => "every topic".into(),
             },
         })
+    }
+
+    /// Failed logins since the broker started.
+    pub fn failures(&self) -> u64 {
+        self.failures_total.load(Ordering::Relaxed)
     }
 
     /// Whether `principal` may do `operation` on `topic`, for filtering what it sees.
@@ -293,6 +303,7 @@ impl Access {
     /// error to answer with.
     pub fn failed(&self, peer: &SocketAddr, user: &str, mechanism: &str, why: &str) -> BrokerError {
         tracing::warn!(%peer, user, mechanism, why, "authentication failed");
+        self.failures_total.fetch_add(1, Ordering::Relaxed);
         let mut failures = lock(&self.failures);
         let now = Instant::now();
         if failures.len() >= MAX_ADDRESSES {

@@ -176,6 +176,11 @@ pub struct Flags {
     /// port may do anything).
     #[arg(long, env = "HERALD_ALLOW_ANONYMOUS")]
     pub allow_anonymous: bool,
+
+    /// Topics reported one by one in GET /metrics (by name); past them, their series are
+    /// summed under topic="_other", so the number of series stays bounded.
+    #[arg(long, env = "HERALD_METRICS_MAX_TOPICS")]
+    pub metrics_max_topics: Option<usize>,
 }
 
 impl Flags {
@@ -245,6 +250,7 @@ impl Flags {
         base.repair_store |= self.repair_store;
         base.auth |= self.auth;
         base.allow_anonymous |= self.allow_anonymous;
+        set(&mut base.metrics_max_topics, self.metrics_max_topics);
         set(&mut base.storage_timeout_ms, self.storage_timeout_ms);
         set(&mut base.shutdown_timeout_ms, self.shutdown_timeout_ms);
         for (setting, flag) in [

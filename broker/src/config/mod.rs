@@ -133,6 +133,8 @@ pub struct Config {
     pub auth: bool,
     /// Listening on a non-loopback address without `auth` (refused otherwise).
     pub allow_anonymous: bool,
+    /// Topics reported one by one in `GET /metrics`; the rest are summed as `_other`.
+    pub metrics_max_topics: usize,
     /// The password of the `admin` user made when `auth` starts a store without users;
     /// from `HERALD_ADMIN_PASSWORD` only, never a flag or a file key (a flag shows in `ps`).
     #[serde(skip)]
@@ -177,6 +179,7 @@ impl Default for Config {
             tls_client_ca: None,
             auth: false,
             allow_anonymous: false,
+            metrics_max_topics: 100,
             admin_password: None,
         }
     }

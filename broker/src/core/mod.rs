@@ -118,6 +118,11 @@ impl Core {
         }
     }
 
+    /// The broker's state, for the adapters that report on it (`metrics`).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     pub fn principal(&self) -> &Principal {
         &self.principal
     }
@@ -134,6 +139,12 @@ impl Core {
         self.shared
             .access
             .check(&self.principal, operation, Some(topic))
+    }
+
+    /// Whether the caller may do `operation` on every topic (a rule on `*`): what a view
+    /// of the whole broker needs (`GET /metrics`).
+    pub fn check_everything(&self, operation: Operation) -> Result<(), BrokerError> {
+        self.shared.access.check(&self.principal, operation, None)
     }
 
     /// The caller has logged in (or `--auth` is off): what opening a session that checks

@@ -29,6 +29,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::either::Either;
 use tokio_util::task::TaskTracker;
 
+use crate::metrics::counters::{Counters, Open, Way};
 use crate::tls::{Accepted, Tls};
 
 /// A TCP listener whose connections count against the broker's limit.
@@ -39,6 +40,7 @@ pub struct Counted {
     tls: Option<Handshakes>,
     /// How long a write may wait for the peer to read.
     stall_limit: Duration,
+    counters: Arc<Counters>,
 }
 
 /// Connections in their TLS handshake, and those done with it.
@@ -60,6 +62,7 @@ impl Counted {
         tls: Option<(Tls, Duration)>,
         tasks: TaskTracker,
         stall_limit: Duration,
+        counters: Arc<Counters>,
     ) -> Counted {
         let tls = tls.map(|(tls, within)| {
             let (done_tx, done) = mpsc::channel(64);
@@ -77,6 +80,7 @@ impl Counted {
             limit,
             tls,
             stall_limit,
+            counters,
         }
     }
 }
@@ -88,6 +92,8 @@ pub struct Slotted {
     /// `--tls-client-ca`.
     certificate: Option<Arc<str>>,
     _slot: OwnedSemaphorePermit,
+    /// Counts the connection as open (the metrics) until it closes.
+    _open: Open,
     stall_limit: Duration,
     /// Runs while a write waits for the peer; fires after `stall_limit`.
     stalled: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -97,11 +103,12 @@ impl Slotted {
     fn new(
         stream: Either<TcpStream, Box<TlsStream<TcpStream>>>,
         certificate: Option<String>,
-        slot: OwnedSemaphorePermit,
+        (slot, open): (OwnedSemaphorePermit, Open),
         stall_limit: Duration,
     ) -> Slotted {
         Slotted {
             stream,
+            _open: open,
             certificate: certificate.map(Arc::from),
             _slot: slot,
             stall_limit,
@@ -188,9 +195,10 @@ impl Listener for Counted {
                     continue;
                 }
             };
+            let open = self.counters.open(Way::Http);
             let Some(handshakes) = &self.tls else {
                 return (
-                    Slotted::new(Either::Left(stream), None, slot, self.stall_limit),
+                    Slotted::new(Either::Left(stream), None, (slot, open), self.stall_limit),
                     peer,
                 );
             };
@@ -203,8 +211,12 @@ impl Listener for Counted {
             handshakes.tasks.spawn(async move {
                 match tls.accept(stream, within).await {
                     Ok(Accepted::Tls(stream, certificate)) => {
-                        let slotted =
-                            Slotted::new(Either::Right(stream), certificate, slot, stall_limit);
+                        let slotted = Slotted::new(
+                            Either::Right(stream),
+                            certificate,
+                            (slot, open),
+                            stall_limit,
+                        );
                         let _ = done.send((slotted, peer)).await;
                     }
                     Ok(Accepted::Plaintext(stream)) => {

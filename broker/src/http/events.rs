@@ -33,7 +33,7 @@ use herald_protocol::{read_batches, StoredRecord};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::mpsc;
-use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::sync::CancellationToken;
 
 use super::authed::Authed;
 use super::json::{HttpError, OutRecord};
@@ -122,7 +122,13 @@ pub async fn events(
         core.principal(),
         core.stopping().child_token(),
     );
-    let stream = stream_of(topic, cursor, rx, stop.drop_guard(), hold);
+    // The stream counts as open (the metrics) for as long as it runs.
+    let open = core
+        .shared()
+        .counters
+        .open(crate::metrics::counters::Way::Sse);
+    let guard = (stop.drop_guard(), open);
+    let stream = stream_of(topic, cursor, rx, guard, hold);
     Ok((
         [
             (header::CONTENT_TYPE, "text/event-stream"),
@@ -192,11 +198,12 @@ pub(super) fn read_records(
 /// The events of one stream: a first event setting `retry:`, then records and resets in
 /// the order the partitions' tasks hand them over, each record with the cursor after it;
 /// a comment after [`KEEP_ALIVE`] without any.
-fn stream_of(
+/// `guard` lives as long as the stream: what ends with it (its readers, its count).
+fn stream_of<G: Send + 'static>(
     topic: String,
     cursor: BTreeMap<u32, u64>,
     rx: mpsc::Receiver<Item>,
-    guard: DropGuard,
+    guard: G,
     hold: Hold,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> {
     let retry = 1000 + fastrand::u64(..4000);
@@ -206,12 +213,12 @@ fn stream_of(
     write_event(&mut hello, "hello", Some(&cursor_now), Some(retry), |out| {
         out.put_slice(data.as_bytes())
     });
-    struct State {
+    struct State<G> {
         topic: String,
         cursor: BTreeMap<u32, u64>,
         rx: mpsc::Receiver<Item>,
         hello: Option<Bytes>,
-        _guard: DropGuard,
+        _guard: G,
         /// Cancelled when the broker stops (the stream just ends) or the credentials are
         /// revoked (an `error` event first).
         hold: Hold,

@@ -17,6 +17,8 @@
 //! - `GET /v1/ws`: a WebSocket session with push-group subscriptions, log tails, answers
 //!   and publishing (see `ws`).
 //!
+//! - `GET /healthz`, `GET /readyz`, `GET /metrics`: for operators (see `health`).
+//!
 //! `--http-allow-origin` turns on CORS for the origins it names (`*` for any).
 //!
 //! Every route acts for the credentials its request presents (see `authed`); with
@@ -27,6 +29,7 @@ mod answers;
 mod authed;
 mod counted;
 mod events;
+mod health;
 pub mod json;
 mod leases;
 mod records;
@@ -113,14 +116,23 @@ pub fn router(core: Core, origins: &[String]) -> (Router, TaskTracker) {
             "/v1/topics/{topic}/groups/{group}/touches",
             post(leases::touches),
         )
-        .fallback(|| async { HttpError::not_found("no such path") })
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .fallback(|| async { HttpError::not_found("no such path") });
+    let gateway = Gateway {
+        core,
+        lessees: Default::default(),
+        tasks: tasks.clone(),
+        tails: Default::default(),
+    };
+    let router = router
+        .layer(axum::middleware::from_fn_with_state(
+            gateway.clone(),
+            health::count,
+        ))
         .layer(DefaultBodyLimit::max(limit))
-        .with_state(Gateway {
-            core,
-            lessees: Default::default(),
-            tasks: tasks.clone(),
-            tails: Default::default(),
-        });
+        .with_state(gateway);
     if origins.is_empty() {
         return (router, tasks);
     }
@@ -137,27 +149,33 @@ pub fn router(core: Core, origins: &[String]) -> (Router, TaskTracker) {
     (router.layer(cors), tasks)
 }
 
-/// Serves `router` on `listener` — over TLS when `tls` is given, with the time a client
-/// has for its handshake — closing a connection whose peer reads nothing for
-/// `stall_limit` while there is something to write (its connections counted in `connections`, the broker's slots
-/// and their number) until `shutdown` is cancelled and every connection has
+/// Serves `router` on `listener` until `shutdown` is cancelled and every connection has
 /// closed (streams end with the shutdown), then waits for the streams' `tasks`.
+///
+/// From `shared`: TLS (each handshake within `--hello-timeout-ms`), the broker's connection
+/// slots, the counters, and the stall limit: a connection whose peer reads nothing for the
+/// session timeout while there is something to write is closed.
 pub async fn serve(
     listener: TcpListener,
-    tls: Option<(crate::tls::Tls, std::time::Duration)>,
-    stall_limit: std::time::Duration,
-    connections: (std::sync::Arc<tokio::sync::Semaphore>, usize),
+    shared: &std::sync::Arc<crate::shared::Shared>,
     router: Router,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 ) {
+    let config = &shared.config;
+    let tls = shared.tls.clone().map(|tls| {
+        let within = std::time::Duration::from_millis(config.hello_timeout_ms.max(1));
+        (tls, within)
+    });
+    let stall_limit = std::time::Duration::from_millis(u64::from(config.session_timeout_ms.max(1)));
     let listener = counted::Counted::new(
         listener,
-        connections.0,
-        connections.1,
+        std::sync::Arc::clone(&shared.connections),
+        config.max_connections,
         tls,
         tasks.clone(),
         stall_limit,
+        std::sync::Arc::clone(&shared.counters),
     );
     let served = axum::serve(
         listener,

@@ -172,6 +172,8 @@ async fn session(gateway: Gateway, socket: WebSocket, peer: SocketAddr) {
         closing: closing.clone(),
     };
     let stopping = core.stopping();
+    let counters = std::sync::Arc::clone(&core.shared().counters);
+    let _open = counters.open(crate::metrics::counters::Way::WebSocket);
     let hold = core.access().hold(
         session.caller.session,
         core.principal(),
@@ -188,7 +190,10 @@ async fn session(gateway: Gateway, socket: WebSocket, peer: SocketAddr) {
             }
         };
         match next {
-            Err(_) => break "silent for the session timeout",
+            Err(_) => {
+                counters.expired(crate::metrics::counters::Way::WebSocket);
+                break "silent for the session timeout";
+            }
             Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => break "closed",
             Ok(Some(Ok(Message::Text(text)))) => session.on_text(&text).await,
             Ok(Some(Ok(Message::Binary(_)))) => {

@@ -29,6 +29,7 @@ use tracing::Instrument;
 use crate::auth::access::{Channel, Hold, Principal};
 use crate::cmd::{self, Reply};
 use crate::core::{Core, Secure};
+use crate::metrics::counters::Way;
 use crate::net::login::{Exchange, Step};
 use crate::net::outbound::{Outbound, Queued, Ticket};
 use crate::shared::Shared;
@@ -74,6 +75,7 @@ async fn serve_session<R, W>(
     W: AsyncWrite + Unpin + Send + 'static,
 {
     tracing::debug!("connected");
+    let _open = shared.counters.open(Way::Tcp);
     let (out, outbound) = Outbound::new(
         shared.config.outbound_queue,
         shared.config.max_outbound_bytes,
@@ -190,6 +192,7 @@ impl Session {
                 next = tokio::time::timeout(timeout, frames.next()) => match next {
                     Ok(next) => next,
                     Err(_) => {
+                        self.shared.counters.expired(Way::Tcp);
                         let message = format!("nothing received for the session timeout of {timeout:?}");
                         self.reply(0, ErrorFrame::new(ErrorCode::SessionExpired, message).into()).await;
                         return "session expired";
@@ -315,6 +318,8 @@ impl Session {
                 )
                 .await;
         };
+        let (opcode, counters) = (frame.opcode(), Arc::clone(&self.shared.counters));
+        let count = move |reply: &Frame| counters.tcp_request(opcode, outcome(reply));
         let context = cmd::Context {
             core: self.core.clone(),
             peer: self.peer,
@@ -322,10 +327,14 @@ impl Session {
             secure: Secure(self.channel.private()),
         };
         match cmd::dispatch(&context, frame).await {
-            Reply::Now(reply) => self.reply(correlation_id, reply).await,
+            Reply::Now(reply) => {
+                count(&reply);
+                self.reply(correlation_id, reply).await
+            }
             Reply::Later(mut pending) => {
                 // A publish the storage wrote in place is ready now: answer it without a task.
                 if let Poll::Ready(reply) = futures::poll!(&mut pending) {
+                    count(&reply);
                     drop(permit);
                     return self.reply(correlation_id, reply).await;
                 }
@@ -333,6 +342,7 @@ impl Session {
                 self.requests.spawn(async move {
                     tokio::select! {
                         reply = pending => {
+                            count(&reply);
                             let _ = out.send(Message::new(correlation_id, reply)).await;
                         }
                         _ = gone.cancelled() => {}
@@ -354,6 +364,7 @@ impl Session {
                     drop(permit);
                     let mut deliveries = match subscribed {
                         Ok(cmd::Subscribed { reply, deliveries }) => {
+                            count(&reply);
                             if out.send(Message::new(correlation_id, reply)).await.is_err() {
                                 return;
                             }
@@ -361,6 +372,7 @@ impl Session {
                         }
                         Err(err) => {
                             let error = cmd::into_frame(Err(err));
+                            count(&error);
                             let _ = out.send(Message::new(correlation_id, error)).await;
                             return;
                         }
@@ -432,6 +444,14 @@ impl Session {
 
     async fn reply(&self, correlation_id: u32, frame: Frame) {
         let _ = self.out.send(Message::new(correlation_id, frame)).await;
+    }
+}
+
+/// A reply's outcome as the metrics count it: `None` for success, or its error code.
+fn outcome(reply: &Frame) -> Option<ErrorCode> {
+    match reply {
+        Frame::Error(err) => err.error_code(),
+        _ => None,
     }
 }
 

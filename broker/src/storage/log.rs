@@ -35,6 +35,8 @@ pub struct PartitionLog {
     write_next: AtomicU64,
     first: AtomicU64,
     bytes: AtomicU64,
+    /// Bytes of batches appended since the broker started (for the metrics).
+    appended_bytes: AtomicU64,
     /// The store's total of stored batch bytes, which this log's size is part of.
     total: Arc<AtomicU64>,
     appended: tokio::sync::Notify,
@@ -115,6 +117,7 @@ impl PartitionLog {
             write_next: AtomicU64::new(next),
             first: AtomicU64::new(first),
             bytes: AtomicU64::new(saved.bytes),
+            appended_bytes: AtomicU64::new(0),
             appended: tokio::sync::Notify::new(),
             retired: AtomicBool::new(false),
             states_through: AtomicU64::new(states_through),
@@ -128,6 +131,11 @@ impl PartitionLog {
     }
 
     /// The first retained offset.
+    /// Bytes of record batches appended since the broker started.
+    pub fn appended_bytes(&self) -> u64 {
+        self.appended_bytes.load(Ordering::Relaxed)
+    }
+
     pub fn first_offset(&self) -> u64 {
         self.first.load(Ordering::Acquire)
     }
@@ -330,6 +338,7 @@ impl PartitionLog {
 
     fn grow(&self, bytes: u64) {
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.appended_bytes.fetch_add(bytes, Ordering::Relaxed);
         self.total.fetch_add(bytes, Ordering::Relaxed);
     }
 

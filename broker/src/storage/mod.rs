@@ -43,6 +43,7 @@ use open::*;
 mod records;
 pub mod repair;
 mod security;
+pub mod stats;
 mod sync;
 mod tail;
 
@@ -281,6 +282,21 @@ impl Store {
     pub fn room(&self) -> disk::Room {
         self.disk
             .room(self.stored_bytes(), || self.db.size_on_disk().unwrap_or(0))
+    }
+
+    /// What the writer measured of itself: its histograms.
+    pub fn stats(&self) -> &Arc<stats::StoreStats> {
+        self.writer.stats()
+    }
+
+    /// Operations waiting for the writer thread.
+    pub fn writer_queue_depth(&self) -> usize {
+        self.writer.queue_depth()
+    }
+
+    /// Whether the writer has been stuck on one commit group past the storage timeout.
+    pub fn writer_stalled(&self) -> bool {
+        self.writer.stalled()
     }
 
     /// Every stored topic. Blocks.

@@ -51,6 +51,11 @@ macro_rules! frames {
             /// Every opcode, in table order.
             pub const ALL: &'static [Opcode] = &[$(Opcode::$name,)*];
 
+            /// The frame's name, as PROTOCOL.md writes it.
+            pub fn name(self) -> &'static str {
+                match self { $(Opcode::$name => stringify!($name),)* }
+            }
+
             /// The opcode for a number, if it is one.
             pub fn from_u16(code: u16) -> Option<Opcode> {
                 match code {

@@ -24,6 +24,7 @@ use tokio::sync::oneshot;
 use super::checkpoint;
 use super::chunk::{self, Tag};
 use super::producers::{Check, ProducerBatch, Producers};
+use super::stats::StoreStats;
 use super::sync::Syncer;
 use super::{PartitionLog, RetentionPolicy, StorageError};
 
@@ -143,6 +144,8 @@ struct Shared {
     queued: AtomicUsize,
     /// Whether the writer is stuck (see [`Watchdog`]).
     watchdog: Watchdog,
+    /// What the writer measures of itself (the same as the [`Writer`]'s).
+    stats: Arc<StoreStats>,
 }
 
 /// Tells a writer that works from one that is stuck.
@@ -218,7 +221,9 @@ impl Shared {
         }
         let mut done = Vec::new();
         self.watchdog.start();
+        let began = Instant::now();
         writer.apply(op, &mut done);
+        self.stats.append_seconds.record_duration(began.elapsed());
         let saved = writer.save_bounds(false).map(|()| Durability::Buffered);
         self.watchdog.finish();
         writer.answer(done, saved);
@@ -242,6 +247,7 @@ impl CommitWriter {
         let recorder = checkpoint::Recorder::start(dir)
             .map_err(|e| StorageError::Sled(format!("cannot start the offsets recorder: {e}")))?;
         let (tx, rx) = channel::unbounded();
+        let stats = Arc::new(StoreStats::default());
         let shared = Arc::new(Shared {
             writer: Mutex::new(Writer {
                 db,
@@ -251,6 +257,7 @@ impl CommitWriter {
                 unsaved: Vec::new(),
                 bounds_saved: Instant::now(),
                 unsynced: Vec::new(),
+                stats: Arc::clone(&stats),
                 marks,
                 recorder,
                 marks_offered: Instant::now(),
@@ -266,6 +273,7 @@ impl CommitWriter {
                 busy_since: AtomicU64::new(0),
                 limit: timeout,
             },
+            stats,
         });
         let (exited_tx, exited) = channel::bounded(1);
         let thread = {
@@ -285,6 +293,21 @@ impl CommitWriter {
                 exited,
             })),
         })
+    }
+
+    /// What the writer measured of itself.
+    pub(super) fn stats(&self) -> &Arc<StoreStats> {
+        &self.shared.stats
+    }
+
+    /// Whether the writer is stuck in one commit group past the storage timeout.
+    pub(super) fn stalled(&self) -> bool {
+        self.shared.watchdog.stuck_for().is_some()
+    }
+
+    /// Operations queued for the writer thread and not carried out yet.
+    pub(super) fn queue_depth(&self) -> usize {
+        self.shared.queued.load(SeqCst)
     }
 
     /// Carries out `op` in place if the writer is idle, or queues it for the thread. If

@@ -22,12 +22,15 @@ pub(super) fn run(shared: &Shared, rx: Receiver<Op>) -> Result<(), StorageError>
         };
         let mut writer = shared.writer();
         shared.watchdog.start();
+        let began = Instant::now();
         let mut done = Vec::new();
         let mut taken = 0;
         for op in std::iter::once(first).chain(rx.try_iter().take(MAX_GROUP - 1)) {
             writer.apply(op, &mut done);
             taken += 1;
         }
+        shared.stats.append_seconds.record_duration(began.elapsed());
+        shared.stats.group_size.record(taken as f64);
         let (stopping, trimmed) = (writer.stopped, std::mem::take(&mut writer.trimmed));
         let saved = writer.save_bounds(trimmed || stopping);
         let commit = saved.and_then(|()| writer.commit(stopping));
@@ -58,6 +61,8 @@ pub(super) struct Writer {
     pub(super) bounds_saved: Instant,
     /// Logs written since the last sync, whose marks move at the next one.
     pub(super) unsynced: Vec<Arc<PartitionLog>>,
+    /// What the writer measures of itself (shared with [`Shared`]).
+    pub(super) stats: Arc<StoreStats>,
     /// Each log's next offset as of its last sync.
     pub(super) marks: checkpoint::Marks,
     pub(super) recorder: checkpoint::Recorder,
@@ -209,11 +214,13 @@ impl Writer {
     }
 
     pub(super) fn flush_and_sync(&mut self) -> Result<(), StorageError> {
+        let began = Instant::now();
         self.db.flush()?;
         self.syncer
             .sync()
             .map_err(|e| StorageError::Sled(format!("fdatasync failed: {e}")))?;
         self.last_flush = Instant::now();
+        self.stats.flush_seconds.record_duration(began.elapsed());
         for log in self.unsynced.drain(..) {
             if !log.is_retired() {
                 self.marks.insert(log.name(), log.write_next());
