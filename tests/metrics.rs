@@ -379,3 +379,89 @@ async fn with_auth_metrics_need_a_rule_on_every_topic_and_the_probes_need_nothin
     assert_eq!(curl(&broker, "/readyz", &[]).await.0, 200);
     broker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_scrapes_the_broker_and_answers_a_lag_query() {
+    let has = std::process::Command::new("prometheus")
+        .arg("--version")
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if !has {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have prometheus (.ci/run installs it)"
+        );
+        eprintln!("not run: no prometheus installed");
+        return;
+    }
+    let broker = gateway(|_| {}).await;
+    let client = broker.client().await;
+    client.create_topic("orders", 1).await.unwrap();
+    client
+        .create_push_group("orders", "workers", PushGroupSettings::default())
+        .await
+        .unwrap();
+    let records = (0..7).map(|i| Record::new(format!("order {i}"))).collect();
+    client
+        .producer()
+        .send_batch("orders", records)
+        .await
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: herald\n    \
+         static_configs:\n      - targets: ['{}']\n",
+        broker.http_addr()
+    );
+    std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut prometheus = Command::new("prometheus")
+        .arg(format!(
+            "--config.file={}",
+            dir.path().join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("prometheus starts");
+
+    // Prometheus's own HTTP API, until its first scrape is in.
+    let query = format!(
+        "http://127.0.0.1:{port}/api/v1/query?query=herald_group_lag%7Bgroup%3D%22workers%22%7D"
+    );
+    let started = std::time::Instant::now();
+    let answer = loop {
+        let out = Command::new("curl")
+            .args(["-sS", &query])
+            .output()
+            .await
+            .unwrap();
+        let answer: Option<Value> = serde_json::from_slice(&out.stdout).ok();
+        if let Some(answer) = answer.filter(|a| a["data"]["result"][0].is_object()) {
+            break answer;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no scrape in a minute: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let sample = &answer["data"]["result"][0];
+    assert_eq!(sample["metric"]["topic"], "orders", "{answer}");
+    assert_eq!(sample["metric"]["partition"], "0", "{answer}");
+    assert_eq!(sample["value"][1], "7", "{answer}");
+    prometheus.kill().await.unwrap();
+    broker.stop().await;
+}
