@@ -465,3 +465,101 @@ async fn a_real_prometheus_scrapes_the_broker_and_answers_a_lag_query() {
     prometheus.kill().await.unwrap();
     broker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn herald_stats_shows_what_v1_stats_answers() {
+    let broker = gateway(|_| {}).await;
+    let client = broker.client().await;
+    client.create_topic("orders", 2).await.unwrap();
+    client
+        .create_push_group("orders", "workers", PushGroupSettings::default())
+        .await
+        .unwrap();
+    client
+        .create_pull_group("orders", "audit", herald_client::StartPosition::Earliest)
+        .await
+        .unwrap();
+    let records = (0..10).map(|i| Record::new(format!("order {i}"))).collect();
+    client
+        .producer()
+        .send_batch("orders", records)
+        .await
+        .unwrap();
+
+    let herald = |args: &'static [&'static str]| {
+        let addr = broker.addr().to_string();
+        async move {
+            let out = Command::new(herald_suite::binary("herald"))
+                .args(["--broker", &addr, "stats"])
+                .args(args)
+                .output()
+                .await
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        }
+    };
+    let cli: Value =
+        serde_json::from_str(&herald(&["--interval-ms", "10", "--json"]).await).unwrap();
+    let (status, http) = curl(&broker, "/v1/stats", &[]).await;
+    assert_eq!(status, 200);
+    let http: Value = serde_json::from_str(&http).unwrap();
+    for field in ["topics", "groups", "version", "fsync"] {
+        assert_eq!(cli[field], http[field], "{field}");
+    }
+    let orders = &http["topics"][0];
+    assert_eq!(orders["name"], "orders");
+    assert_eq!(orders["records"], 10);
+    assert_eq!(orders["partitions"].as_array().unwrap().len(), 2);
+    let lags: Vec<(String, u64)> = http["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["group"].as_str().unwrap().to_string(),
+                g["lag"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        lags,
+        [("audit".to_string(), 10), ("workers".to_string(), 10)]
+    );
+
+    // The summary, with a publish rate measured while a producer runs.
+    let producer = {
+        let client = broker.client().await;
+        tokio::spawn(async move {
+            for _ in 0..20 {
+                let records = (0..100).map(|i| Record::new(format!("more {i}"))).collect();
+                client
+                    .producer()
+                    .send_batch("orders", records)
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let table = herald(&["--interval-ms", "500"]).await;
+    producer.await.unwrap();
+    assert!(table.starts_with("herald "), "{table}");
+    assert!(table.contains("connections: tcp "), "{table}");
+    let rate: f64 = table
+        .lines()
+        .find_map(|l| l.strip_prefix("publishing: "))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(rate > 0.0, "{table}");
+    assert!(
+        table.contains("orders / workers") && table.contains("orders / audit"),
+        "{table}"
+    );
+    broker.stop().await;
+}

@@ -87,3 +87,12 @@ impl Client {
         expect_reply!(self.call(RemoveAcl { id }).await?, Ok).map(drop)
     }
 }
+
+impl Client {
+    /// The broker's headline figures, as the JSON document `GET /v1/stats` answers (see
+    /// the README): topics, groups with their lag, connections, disk. With `--auth` it
+    /// needs `describe` on every topic.
+    pub async fn stats(&self) -> Result<String> {
+        Ok(expect_reply!(self.call(herald_protocol::GetStats {}).await?, Stats)?.json)
+    }
+}

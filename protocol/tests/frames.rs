@@ -367,6 +367,11 @@ fn samples() -> Vec<Frame> {
         }
         .into(),
         RemoveAcl { id: 7 }.into(),
+        GetStats {}.into(),
+        Stats {
+            json: s("{\"uptime_ms\":1}"),
+        }
+        .into(),
     ]
 }
 

@@ -76,6 +76,14 @@ pub fn into_frame(result: Result<Frame, BrokerError>) -> Frame {
     }
 }
 
+/// The headline figures (`herald stats`), as the JSON of `GET /v1/stats`.
+async fn stats(ctx: Context) -> Result<Frame, BrokerError> {
+    ctx.core
+        .check_everything(crate::auth::rules::Operation::Describe)?;
+    let json = crate::metrics::stats(&ctx.core).await.to_string();
+    Ok(herald_protocol::Stats { json }.into())
+}
+
 /// Routes a request to its handler. The returned future does the part of the request that
 /// must happen in arrival order (for a publish: validating and queueing the append).
 pub async fn dispatch(ctx: &Context, frame: Frame) -> Reply {
@@ -114,6 +122,7 @@ pub async fn dispatch(ctx: &Context, frame: Frame) -> Reply {
         Frame::AddAcl(req) => Reply::later(security::add_acl(ctx, req)),
         Frame::ListAcls(_) => Reply::Now(into_frame(security::list_acls(&ctx))),
         Frame::RemoveAcl(req) => Reply::later(security::remove_acl(ctx, req)),
+        Frame::GetStats(_) => Reply::later(stats(ctx)),
         other => Reply::Now(
             ErrorFrame::new(
                 ErrorCode::UnexpectedFrame,

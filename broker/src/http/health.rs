@@ -57,10 +57,20 @@ pub async fn metrics(Authed(gateway): Authed) -> Result<Response, HttpError> {
         .core
         .check_everything(crate::auth::rules::Operation::Describe)?;
     let started = gateway.core.shared().started;
-    let snapshot = crate::metrics::gather(&gateway.core, started).await;
+    let max_topics = gateway.core.config().metrics_max_topics;
+    let snapshot = crate::metrics::gather(&gateway.core, started, max_topics).await;
     let text = crate::metrics::encode(snapshot);
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     Ok(([(header::CONTENT_TYPE, content_type)], text).into_response())
+}
+
+/// `GET /v1/stats`: the headline figures as JSON (see `metrics::stats`); the same rule as
+/// `/metrics`.
+pub async fn stats(Authed(gateway): Authed) -> Result<Response, HttpError> {
+    gateway
+        .core
+        .check_everything(crate::auth::rules::Operation::Describe)?;
+    Ok(axum::Json(crate::metrics::stats(&gateway.core).await).into_response())
 }
 
 /// Counts each request under its route (`other` for a path no route takes) and the class

@@ -98,11 +98,10 @@ pub struct Snapshot {
     pub fsync: &'static str,
 }
 
-/// Reads everything a scrape reports.
-pub async fn gather(core: &Core, started: Instant) -> Snapshot {
+/// Reads everything a scrape reports, topics past `max_topics` summed as [`OTHER`].
+pub async fn gather(core: &Core, started: Instant, max_topics: usize) -> Snapshot {
     let core = core.acting_for(Principal::Broker);
     let shared = core.shared();
-    let max_topics = shared.config.metrics_max_topics;
     let mut topics = shared.topics.list();
     topics.sort_by(|a, b| a.name().cmp(b.name()));
     let mut snapshot = Snapshot::default();
@@ -228,6 +227,94 @@ fn process_figures() -> (u64, u64) {
         .map_or(0, |pages| pages * page);
     let fds = std::fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count() as u64);
     (rss, fds)
+}
+
+/// The broker's headline figures as JSON: what `herald stats` prints and the management
+/// page shows (`GET /v1/stats`, and the TCP protocol's `Stats`). Every topic and group,
+/// none summed.
+///
+/// ```text
+/// {"version", "fsync", "uptime_ms",
+///  "connections": {"tcp", "http", "sse", "websocket"},
+///  "disk": {"store_bytes", "free_bytes", "reserve_bytes"},
+///  "resident_memory_bytes",
+///  "topics": [{"name", "records", "stored_bytes", "appended_bytes",
+///              "partitions": [{"partition", "first_offset", "next_offset", "stored_bytes"}]}],
+///  "groups": [{"topic", "group", "mode", "members", "in_flight", "lag", "redelivered",
+///              "dead_lettered", "partitions": [{"partition", "lag"}]}]}
+/// ```
+pub async fn stats(core: &Core) -> serde_json::Value {
+    use serde_json::json;
+    let snapshot = gather(core, core.shared().started, usize::MAX).await;
+    let mut topics: Vec<serde_json::Value> = Vec::new();
+    let mut current: Option<(String, Vec<&PartitionFigures>)> = None;
+    let mut flush = |name: String, parts: Vec<&PartitionFigures>| {
+        topics.push(json!({
+            "name": name,
+            "records": parts.iter().map(|p| p.next_offset - p.first_offset).sum::<u64>(),
+            "stored_bytes": parts.iter().map(|p| p.stored_bytes).sum::<u64>(),
+            "appended_bytes": parts.iter().map(|p| p.appended_bytes).sum::<u64>(),
+            "partitions": parts.iter().map(|p| json!({
+                "partition": p.partition.parse::<u32>().unwrap_or(0),
+                "first_offset": p.first_offset,
+                "next_offset": p.next_offset,
+                "stored_bytes": p.stored_bytes,
+            })).collect::<Vec<_>>(),
+        }));
+    };
+    for p in &snapshot.partitions {
+        match &mut current {
+            Some((name, parts)) if *name == p.topic => parts.push(p),
+            _ => {
+                if let Some((name, parts)) = current.take() {
+                    flush(name, parts);
+                }
+                current = Some((p.topic.clone(), vec![p]));
+            }
+        }
+    }
+    if let Some((name, parts)) = current {
+        flush(name, parts);
+    }
+    let groups: Vec<_> = snapshot
+        .groups
+        .iter()
+        .map(|g| {
+            json!({
+                "topic": g.topic,
+                "group": g.group,
+                "mode": g.mode,
+                "members": g.members,
+                "in_flight": g.in_flight,
+                "lag": g.lag.iter().map(|(_, lag)| lag).sum::<u64>(),
+                "redelivered": g.redelivered,
+                "dead_lettered": g.dead_lettered,
+                "partitions": g.lag.iter().map(|(p, lag)| json!({
+                    "partition": p.parse::<u32>().unwrap_or(0),
+                    "lag": lag,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let connections: serde_json::Map<String, serde_json::Value> = snapshot
+        .connections
+        .iter()
+        .map(|(way, open, _, _)| (way.to_string(), json!(open)))
+        .collect();
+    json!({
+        "version": snapshot.version,
+        "fsync": snapshot.fsync,
+        "uptime_ms": (snapshot.uptime_seconds * 1000.0) as u64,
+        "connections": connections,
+        "disk": {
+            "store_bytes": snapshot.disk_bytes,
+            "free_bytes": snapshot.free_disk_bytes,
+            "reserve_bytes": snapshot.reserve_bytes,
+        },
+        "resident_memory_bytes": snapshot.resident_memory_bytes,
+        "topics": topics,
+        "groups": groups,
+    })
 }
 
 /// The snapshot in the Prometheus text format.

@@ -7,6 +7,7 @@ mod group;
 pub mod login_flag;
 mod publish;
 mod security;
+mod stats;
 mod topic;
 
 use clap::{Parser, Subcommand};
@@ -133,6 +134,8 @@ pub enum Command {
     /// Grant, list and remove permission rules.
     #[command(subcommand)]
     Acl(security::AclCommand),
+    /// The broker's headline figures: throughput, connections, disk, top lagging groups.
+    Stats(stats::StatsArgs),
 }
 
 /// Runs one command against the broker.
@@ -147,6 +150,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::User(command) => security::user(&connect(&target).await?, command).await,
         Command::Token(command) => security::token(&connect(&target).await?, command).await,
         Command::Acl(command) => security::acl(&connect(&target).await?, command).await,
+        Command::Stats(args) => stats::run(&connect(&target).await?, args).await,
     }
 }
 

@@ -212,6 +212,11 @@ frames! {
     AclList(AclList) = 0x060E,
     /// Remove a rule.
     RemoveAcl(RemoveAcl) = 0x060F,
+    // Operations: 0x07xx
+    /// Ask for the broker's headline figures.
+    GetStats(GetStats) = 0x0701,
+    /// The figures, as JSON.
+    Stats(Stats) = 0x0702,
 }
 
 /// A frame split from the stream whose body is not decoded yet.

@@ -150,3 +150,17 @@ wire_struct! {
         pub id: u64,
     }
 }
+
+wire_struct! {
+    /// Client → broker: the broker's headline figures. Empty body; answered by `Stats`.
+    /// Needs `describe` on every topic with `--auth`.
+    pub struct GetStats {}
+}
+
+wire_struct! {
+    /// Broker → client: `json string`, the same JSON document as `GET /v1/stats` (see the
+    /// README): one shape for the CLI and the web page, so they cannot drift apart.
+    pub struct Stats {
+        pub json: String,
+    }
+}
