@@ -163,3 +163,101 @@ async fn follow_in_chromium(tls: Option<TestCerts>) {
     );
     broker.stop().await;
 }
+
+/// Where the README's screenshot of the management page is kept; the test below writes a
+/// fresh one when `HERALD_SCREENSHOT` is set (`HERALD_SCREENSHOT=1 cargo test --test
+/// browser management`), and otherwise to a temporary file.
+const SCREENSHOT: &str = "docs/management-page.png";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_management_page_logs_in_publishes_and_follows_in_chromium() {
+    let Some(browser) = chromium() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have chromium (.ci/run installs it)"
+        );
+        eprintln!("not run: no chromium installed");
+        return;
+    };
+    let broker = TestBroker::start_with(|c| {
+        c.http_listen = Listen::At("127.0.0.1:0".parse().unwrap());
+        c.auth = true;
+        c.admin_password = Some(herald_broker::auth::secrets::Secret::new("admin-pw"));
+    })
+    .await;
+    let admin = broker
+        .client_as(herald_client::Credentials::password("admin", "admin-pw"))
+        .await
+        .unwrap();
+    admin.create_topic("orders", 2).await.unwrap();
+    admin.create_topic("payments", 1).await.unwrap();
+    admin
+        .create_push_group("orders", "workers", Default::default())
+        .await
+        .unwrap();
+    let records = (0..5).map(|i| Record::new(format!("order {i}"))).collect();
+    admin
+        .producer()
+        .send_batch("orders", records)
+        .await
+        .unwrap();
+    admin.create_user("operator", "pw", false).await.unwrap();
+    admin.add_acl("operator", "*", &["describe"]).await.unwrap();
+    admin
+        .add_acl("operator", "orders", &["publish", "consume"])
+        .await
+        .unwrap();
+    let token = admin.create_token("operator", None).await.unwrap().token;
+
+    let dir = tempfile::tempdir().unwrap();
+    let shot = match std::env::var_os("HERALD_SCREENSHOT") {
+        Some(_) => format!("{}/{SCREENSHOT}", env!("CARGO_MANIFEST_DIR")).into(),
+        None => dir.path().join("page.png"),
+    };
+    let url = format!("http://{}/", broker.http_addr());
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        Command::new("python3")
+            .arg(herald_suite::python_script("page_cdp.py"))
+            .args([browser, &url, &token])
+            .arg(&shot)
+            .output(),
+    )
+    .await
+    .expect("the page test ends")
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(seen["lag_before"], 5, "{seen}");
+    assert_eq!(seen["lag_after"], 6, "{seen}");
+    assert_eq!(
+        seen["topics"],
+        serde_json::json!(["orders", "payments"]),
+        "{seen}"
+    );
+    assert!(
+        seen["tail"]
+            .as_str()
+            .unwrap()
+            .ends_with("hello from the page"),
+        "{seen}"
+    );
+    assert!(
+        seen["published"]
+            .as_str()
+            .unwrap()
+            .starts_with("published to orders"),
+        "{seen}"
+    );
+    let png = std::fs::read(&shot).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "a PNG screenshot");
+    // The page's own requests went through the broker's check, as the operator.
+    let stats: Value = serde_json::from_str(&admin.stats().await.unwrap()).unwrap();
+    assert_eq!(stats["topics"][0]["records"], 6);
+    broker.stop().await;
+}

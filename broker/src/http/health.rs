@@ -1,5 +1,6 @@
 //! For operators and their monitoring: `GET /healthz`, `GET /readyz` and `GET /metrics`,
-//! and the count of every HTTP request by route and status class.
+//! the management page at `GET /` with its data at `GET /v1/stats`, and the count of every
+//! HTTP request by route and status class.
 //!
 //! - `/healthz`: 200 while the process serves (a liveness probe). No credentials.
 //! - `/readyz`: 200 when the broker takes writes: the store is open, its writer is not
@@ -62,6 +63,21 @@ pub async fn metrics(Authed(gateway): Authed) -> Result<Response, HttpError> {
     let text = crate::metrics::encode(snapshot);
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     Ok(([(header::CONTENT_TYPE, content_type)], text).into_response())
+}
+
+/// `GET /`: the management page (HTML, CSS and JavaScript in one file, in the binary). It
+/// holds no data: what it shows it fetches from the endpoints above, with the credentials
+/// its login form takes, so it is behind the same authentication as everything else.
+pub async fn page() -> Response {
+    let html = include_str!("page.html");
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        html,
+    )
+        .into_response()
 }
 
 /// `GET /v1/stats`: the headline figures as JSON (see `metrics::stats`); the same rule as

@@ -17,8 +17,8 @@
 //! - `GET /v1/ws`: a WebSocket session with push-group subscriptions, log tails, answers
 //!   and publishing (see `ws`).
 //!
-//! - `GET /healthz`, `GET /readyz`, `GET /metrics`, `GET /v1/stats`: for operators (see
-//!   `health`).
+//! - `GET /healthz`, `GET /readyz`, `GET /metrics`, `GET /v1/stats`, and the management
+//!   page at `GET /`: for operators (see `health`).
 //!
 //! `--http-allow-origin` turns on CORS for the origins it names (`*` for any).
 //!
@@ -121,6 +121,7 @@ pub fn router(core: Core, origins: &[String]) -> (Router, TaskTracker) {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .route("/v1/stats", get(health::stats))
+        .route("/", get(health::page))
         .fallback(|| async { HttpError::not_found("no such path") });
     let gateway = Gateway {
         core,

@@ -30,7 +30,7 @@ impl Way {
 }
 
 /// The HTTP routes, as the `type` label of HTTP requests names them.
-pub const HTTP_ROUTES: [&str; 16] = [
+pub const HTTP_ROUTES: [&str; 17] = [
     "GET /v1/topics",
     "GET /v1/topics/{topic}",
     "POST /v1/topics/{topic}/records",
@@ -46,6 +46,7 @@ pub const HTTP_ROUTES: [&str; 16] = [
     "GET /healthz",
     "GET /readyz",
     "GET /v1/stats",
+    "GET /",
     "other",
 ];
 
