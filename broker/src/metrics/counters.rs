@@ -50,6 +50,15 @@ pub const HTTP_ROUTES: [&str; 17] = [
     "other",
 ];
 
+/// Rows of the TCP request table: an opcode's high byte (its group, 0x00 to 0x07) times 16
+/// plus its low byte (below 16 in every group), so finding a row is arithmetic.
+const OPCODE_ROWS: usize = 8 * 16;
+
+fn opcode_row(opcode: Opcode) -> usize {
+    let code = opcode as u16 as usize;
+    ((code >> 8) * 16 + (code & 0xff)).min(OPCODE_ROWS - 1)
+}
+
 /// Outcomes a request is counted under: `ok`, then each error code.
 fn outcomes() -> usize {
     1 + ErrorCode::ALL.len()
@@ -74,7 +83,7 @@ impl Default for Counters {
             connections: Default::default(),
             opened: Default::default(),
             expired: Default::default(),
-            tcp_requests: zeros(Opcode::ALL.len() * outcomes()),
+            tcp_requests: zeros(OPCODE_ROWS * outcomes()),
             http_requests: zeros(HTTP_ROUTES.len() * 5),
         }
     }
@@ -107,7 +116,7 @@ impl Counters {
 
     /// A TCP request of `opcode` was answered with `code` (`None`: it succeeded).
     pub fn tcp_request(&self, opcode: Opcode, code: Option<ErrorCode>) {
-        let row = Opcode::ALL.iter().position(|&o| o == opcode).unwrap_or(0);
+        let row = opcode_row(opcode);
         let column = code
             .and_then(|code| ErrorCode::ALL.iter().position(|&c| c == code))
             .map_or(0, |at| at + 1);
@@ -144,7 +153,8 @@ impl Counters {
     /// `(type, outcome, count)` of every TCP request type and outcome seen.
     pub fn tcp_requests(&self) -> Vec<(&'static str, &'static str, u64)> {
         let mut seen = Vec::new();
-        for (row, opcode) in Opcode::ALL.iter().enumerate() {
+        for opcode in Opcode::ALL {
+            let row = opcode_row(*opcode);
             for column in 0..outcomes() {
                 let count = self.tcp_requests[row * outcomes() + column].load(Relaxed);
                 if count == 0 {
@@ -179,6 +189,15 @@ impl Counters {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_opcode_has_a_row_of_its_own() {
+        let mut rows: Vec<usize> = Opcode::ALL.iter().map(|&o| opcode_row(o)).collect();
+        rows.sort_unstable();
+        rows.dedup();
+        assert_eq!(rows.len(), Opcode::ALL.len());
+        assert!(rows.iter().all(|&r| r < OPCODE_ROWS - 1));
+    }
 
     #[test]
     fn counts_go_where_they_belong() {
