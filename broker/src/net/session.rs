@@ -29,7 +29,7 @@ use tracing::Instrument;
 use crate::auth::access::{Channel, Hold, Principal};
 use crate::cmd::{self, Reply};
 use crate::core::{Core, Secure};
-use crate::metrics::counters::Way;
+use crate::metrics::counters::{Counters, Way};
 use crate::net::login::{Exchange, Step};
 use crate::net::outbound::{Outbound, Queued, Ticket};
 use crate::shared::Shared;
@@ -318,8 +318,11 @@ impl Session {
                 )
                 .await;
         };
-        let (opcode, counters) = (frame.opcode(), Arc::clone(&self.shared.counters));
-        let count = move |reply: &Frame| counters.tcp_request(opcode, outcome(reply));
+        // Counted where the reply is made; the counters' `Arc` is cloned only for a reply
+        // that a task finishes later, so a request answered at once touches one atomic.
+        let opcode = frame.opcode();
+        let count =
+            move |counters: &Counters, reply: &Frame| counters.tcp_request(opcode, outcome(reply));
         let context = cmd::Context {
             core: self.core.clone(),
             peer: self.peer,
@@ -328,21 +331,22 @@ impl Session {
         };
         match cmd::dispatch(&context, frame).await {
             Reply::Now(reply) => {
-                count(&reply);
+                count(&self.shared.counters, &reply);
                 self.reply(correlation_id, reply).await
             }
             Reply::Later(mut pending) => {
                 // A publish the storage wrote in place is ready now: answer it without a task.
                 if let Poll::Ready(reply) = futures::poll!(&mut pending) {
-                    count(&reply);
+                    count(&self.shared.counters, &reply);
                     drop(permit);
                     return self.reply(correlation_id, reply).await;
                 }
                 let (out, gone) = (self.out.clone(), self.client_gone.clone());
+                let counters = Arc::clone(&self.shared.counters);
                 self.requests.spawn(async move {
                     tokio::select! {
                         reply = pending => {
-                            count(&reply);
+                            count(&counters, &reply);
                             let _ = out.send(Message::new(correlation_id, reply)).await;
                         }
                         _ = gone.cancelled() => {}
@@ -356,6 +360,7 @@ impl Session {
                     self.client_gone.clone(),
                     self.over.clone(),
                 );
+                let counters = Arc::clone(&self.shared.counters);
                 self.requests.spawn(async move {
                     let subscribed = tokio::select! {
                         subscribed = pending => subscribed,
@@ -364,7 +369,7 @@ impl Session {
                     drop(permit);
                     let mut deliveries = match subscribed {
                         Ok(cmd::Subscribed { reply, deliveries }) => {
-                            count(&reply);
+                            count(&counters, &reply);
                             if out.send(Message::new(correlation_id, reply)).await.is_err() {
                                 return;
                             }
@@ -372,7 +377,7 @@ impl Session {
                         }
                         Err(err) => {
                             let error = cmd::into_frame(Err(err));
-                            count(&error);
+                            count(&counters, &error);
                             let _ = out.send(Message::new(correlation_id, error)).await;
                             return;
                         }
