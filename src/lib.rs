@@ -58,6 +58,17 @@ impl TestBroker {
         }
     }
 
+    /// Runs the `herald` CLI against this broker with `args` and waits for it.
+    pub async fn cli(&self, args: &[&str]) -> std::process::Output {
+        tokio::process::Command::new(binary("herald"))
+            .arg("--broker")
+            .arg(self.addr().to_string())
+            .args(args)
+            .output()
+            .await
+            .expect("the herald CLI runs")
+    }
+
     /// Stops the broker cleanly and starts it again on the same data directory and
     /// settings (on a new port: clients connect again to [`TestBroker::addr`]).
     pub async fn restart(self) -> TestBroker {

@@ -11,8 +11,7 @@ use herald_client::{
     StartPosition,
 };
 use herald_protocol::{Commit, Frame, JoinGroup, PartitionOffset};
-use herald_suite::{binary, publish_records, Raw, TestBroker};
-use tokio::process::Command;
+use herald_suite::{publish_records, Raw, TestBroker};
 
 /// Publishes `count` keyed records (spread over the topic's partitions by key hash).
 async fn publish_keyed(client: &Client, topic: &str, count: usize) {
@@ -347,16 +346,6 @@ async fn a_consumer_resumes_after_a_broker_restart_at_what_it_committed() {
     broker.stop().await;
 }
 
-async fn herald(broker: &TestBroker, args: &[&str]) -> std::process::Output {
-    Command::new(binary("herald"))
-        .arg("--broker")
-        .arg(broker.addr().to_string())
-        .args(args)
-        .output()
-        .await
-        .unwrap()
-}
-
 fn stdout(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
@@ -378,15 +367,15 @@ async fn the_cli_lists_describes_and_resets_groups() {
         "--idle-timeout-ms",
         "500",
     ];
-    let out = herald(&broker, &consume).await;
+    let out = broker.cli(&consume).await;
     assert!(out.status.success(), "{out:?}");
     assert_eq!(stdout(&out).lines().count(), 40);
 
-    let out = herald(&broker, &["group", "list", "clicks"]).await;
+    let out = broker.cli(&["group", "list", "clicks"]).await;
     assert!(out.status.success(), "{out:?}");
     assert_eq!(stdout(&out), "stats\n");
 
-    let out = herald(&broker, &["group", "describe", "clicks", "stats"]).await;
+    let out = broker.cli(&["group", "describe", "clicks", "stats"]).await;
     assert!(out.status.success(), "{out:?}");
     let text = stdout(&out);
     assert!(
@@ -408,56 +397,50 @@ async fn the_cli_lists_describes_and_resets_groups() {
     }
 
     // Committed after printing: a second run finds nothing new.
-    let out = herald(&broker, &consume).await;
+    let out = broker.cli(&consume).await;
     assert!(out.status.success() && stdout(&out).is_empty(), "{out:?}");
 
-    let out = herald(
-        &broker,
-        &["group", "reset", "clicks", "stats", "--to", "earliest"],
-    )
-    .await;
+    let out = broker
+        .cli(&["group", "reset", "clicks", "stats", "--to", "earliest"])
+        .await;
     assert!(out.status.success(), "{out:?}");
-    let out = herald(&broker, &consume).await;
+    let out = broker.cli(&consume).await;
     assert_eq!(
         stdout(&out).lines().count(),
         40,
         "read again from the start"
     );
 
-    let out = herald(
-        &broker,
-        &["group", "reset", "clicks", "stats", "--to", "latest"],
-    )
-    .await;
+    let out = broker
+        .cli(&["group", "reset", "clicks", "stats", "--to", "latest"])
+        .await;
     assert!(out.status.success(), "{out:?}");
     let info = client.describe_group("clicks", "stats").await.unwrap();
     assert!(info.partitions.iter().all(|p| p.lag == 0));
 
-    let out = herald(&broker, &["group", "reset", "clicks", "stats", "--to", "3"]).await;
+    let out = broker
+        .cli(&["group", "reset", "clicks", "stats", "--to", "3"])
+        .await;
     assert!(out.status.success(), "{out:?}");
     let info = client.describe_group("clicks", "stats").await.unwrap();
     assert!(info.partitions.iter().all(|p| p.committed == 3), "{info:?}");
 
     // Not while the group has a member; bad targets and unknown groups are errors.
     let member = client.pull_consumer("clicks", "stats").await.unwrap();
-    let out = herald(
-        &broker,
-        &["group", "reset", "clicks", "stats", "--to", "earliest"],
-    )
-    .await;
+    let out = broker
+        .cli(&["group", "reset", "clicks", "stats", "--to", "earliest"])
+        .await;
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("member"), "{err}");
-    let out = herald(&broker, &["group", "describe", "clicks", "stats"]).await;
+    let out = broker.cli(&["group", "describe", "clicks", "stats"]).await;
     assert!(stdout(&out).contains("members: 1"), "{out:?}");
     member.close().await.unwrap();
-    let out = herald(
-        &broker,
-        &["group", "reset", "clicks", "stats", "--to", "soon"],
-    )
-    .await;
+    let out = broker
+        .cli(&["group", "reset", "clicks", "stats", "--to", "soon"])
+        .await;
     assert!(!out.status.success());
-    let out = herald(&broker, &["group", "describe", "clicks", "nobody"]).await;
+    let out = broker.cli(&["group", "describe", "clicks", "nobody"]).await;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown group"));
     broker.stop().await;

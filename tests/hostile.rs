@@ -9,9 +9,9 @@ use std::time::Duration;
 use bytes::BytesMut;
 use herald_client::{FetchRequest, Record};
 use herald_protocol::{
-    encode_batch, Ack, Commit, CreateTopic, DescribeTopic, Fetch, Frame, Hello, JoinGroup,
-    ListTopics, Message, OffsetRange, PartitionOffset, Publish, Retention, StartPosition,
-    Subscribe,
+    encode_batch, encode_batch_with, Ack, Codec, Commit, CreateTopic, DescribeTopic, Fetch, Frame,
+    Hello, JoinGroup, ListTopics, Message, OffsetRange, PartitionOffset, Publish, Retention,
+    StartPosition, Subscribe,
 };
 use herald_suite::TestBroker;
 use proptest::prelude::*;
@@ -43,6 +43,9 @@ fn hello() -> Vec<u8> {
 /// Well-formed frames of many kinds, to be mutated.
 fn templates() -> Vec<Vec<u8>> {
     let batch = encode_batch(&[Record::new("payload").with_key("key")]);
+    let records: Vec<Record> = (0..20)
+        .map(|i| Record::new(format!("compressed {i}")))
+        .collect();
     vec![
         hello(),
         encode(2, ListTopics {}),
@@ -63,6 +66,26 @@ fn templates() -> Vec<Vec<u8>> {
                 producer_id: 9,
                 sequence: 1,
                 batch,
+            },
+        ),
+        encode(
+            5,
+            Publish {
+                topic: "t".into(),
+                partition: 1,
+                producer_id: 0,
+                sequence: 0,
+                batch: encode_batch_with(&records, Codec::Lz4),
+            },
+        ),
+        encode(
+            5,
+            Publish {
+                topic: "t".into(),
+                partition: 1,
+                producer_id: 0,
+                sequence: 0,
+                batch: encode_batch_with(&records, Codec::Zstd),
             },
         ),
         encode(

@@ -506,16 +506,6 @@ async fn a_frozen_consumer_holds_no_more_than_its_window_and_stalls_nobody() {
     broker.stop().await;
 }
 
-async fn herald(broker: &TestBroker, args: &[&str]) -> std::process::Output {
-    tokio::process::Command::new(herald_suite::binary("herald"))
-        .arg("--broker")
-        .arg(broker.addr().to_string())
-        .args(args)
-        .output()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_creates_describes_and_consumes_push_groups() {
     let broker = TestBroker::start().await;
@@ -523,9 +513,8 @@ async fn the_cli_creates_describes_and_consumes_push_groups() {
     admin.create_topic("mail", 2).await.unwrap();
     publish(&admin, "mail", 30).await;
 
-    let out = herald(
-        &broker,
-        &[
+    let out = broker
+        .cli(&[
             "group",
             "create",
             "mail",
@@ -538,15 +527,12 @@ async fn the_cli_creates_describes_and_consumes_push_groups() {
             "3",
             "--dead-letter",
             "mail.failed",
-        ],
-    )
-    .await;
+        ])
+        .await;
     assert!(out.status.success(), "{out:?}");
-    let out = herald(
-        &broker,
-        &["group", "create", "mail", "senders", "--mode", "push"],
-    )
-    .await;
+    let out = broker
+        .cli(&["group", "create", "mail", "senders", "--mode", "push"])
+        .await;
     assert!(!out.status.success(), "a second create fails");
     assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
 
@@ -568,7 +554,7 @@ async fn the_cli_creates_describes_and_consumes_push_groups() {
             "json",
         ]
     };
-    let out = herald(&broker, &consume("10")).await;
+    let out = broker.cli(&consume("10")).await;
     assert!(out.status.success(), "{out:?}");
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -581,7 +567,7 @@ async fn the_cli_creates_describes_and_consumes_push_groups() {
 
     // Acked after printing: the next run gets the other 20 (and anything unacked
     // by the first run comes back to it).
-    let out = herald(&broker, &consume("100")).await;
+    let out = broker.cli(&consume("100")).await;
     assert!(out.status.success(), "{out:?}");
     let second: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -597,7 +583,7 @@ async fn the_cli_creates_describes_and_consumes_push_groups() {
     assert_eq!(rest.len(), 20);
     assert!(rest.is_disjoint(&first));
 
-    let out = herald(&broker, &["group", "describe", "mail", "senders"]).await;
+    let out = broker.cli(&["group", "describe", "mail", "senders"]).await;
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout);
     for expected in [
@@ -611,13 +597,11 @@ async fn the_cli_creates_describes_and_consumes_push_groups() {
     ] {
         assert!(text.contains(&expected), "{expected} in {text}");
     }
-    let list = herald(&broker, &["group", "list", "mail"]).await;
+    let list = broker.cli(&["group", "list", "mail"]).await;
     assert_eq!(String::from_utf8_lossy(&list.stdout), "senders\n");
-    let out = herald(
-        &broker,
-        &["consume", "mail", "--group", "senders", "--mode", "pull"],
-    )
-    .await;
+    let out = broker
+        .cli(&["consume", "mail", "--group", "senders", "--mode", "pull"])
+        .await;
     assert!(!out.status.success(), "a push group cannot be pulled");
     broker.stop().await;
 }

@@ -45,7 +45,7 @@ pub use connection::{ConnectOptions, ConnectionEvent, ConnectionState, Reconnect
 pub use consumer::{ConsumerStats, Membership, PullConsumer, PullConsumerConfig, PulledRecord};
 pub use error::{BrokerError, Error, Result};
 pub use herald_protocol::{
-    AclRule, Assignment, Durability, ErrorCode, GroupInfo, GroupMode, GroupSummary, Record,
+    AclRule, Assignment, Codec, Durability, ErrorCode, GroupInfo, GroupMode, GroupSummary, Record,
     ResetTarget, Retention, StartPosition, StoredRecord, TokenCreated, TokenSummary, TopicInfo,
     TopicSummary, UserSummary,
 };

@@ -32,7 +32,7 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use herald_protocol::{
-    encode_batch, partition_for_key, Durability, ErrorCode, Publish, PublishOk, Record,
+    encode_batch_with, partition_for_key, Codec, Durability, ErrorCode, Publish, PublishOk, Record,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -54,6 +54,9 @@ pub struct ProducerConfig {
     pub max_in_flight: usize,
     /// Records queued for the producer task before `send` waits.
     pub queue: usize,
+    /// How each batch's records are compressed: they travel and are stored so, and
+    /// consumers decompress them (`Codec::None` by default).
+    pub compression: Codec,
 }
 
 impl Default for ProducerConfig {
@@ -64,6 +67,7 @@ impl Default for ProducerConfig {
             batch_bytes: 1024 * 1024,
             max_in_flight: 8,
             queue: 16 * 1024,
+            compression: Codec::None,
         }
     }
 }
@@ -422,7 +426,7 @@ impl Batcher {
         let batch = Unconfirmed {
             id: self.next_batch,
             sequence: lane.next_sequence,
-            batch: encode_batch(&open.records),
+            batch: encode_batch_with(&open.records, self.config.compression),
             confirms: open.confirms,
             awaiting: false,
         };

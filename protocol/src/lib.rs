@@ -3,6 +3,7 @@
 //!
 //! - [`frame`]: the frame header, the opcode table and every frame's body.
 //! - [`record`]: records and record batches, the unit published, stored and fetched.
+//! - [`compression`]: the codecs a batch's records may be compressed with.
 //! - [`codec`]: [`FrameCodec`] splits a byte stream into frames, checking the declared length
 //!   against the maximum frame size before buffering anything.
 //! - [`error`]: decoding errors and the stable [`ErrorCode`]s sent in error frames.
@@ -23,6 +24,7 @@
 //! ```
 
 pub mod codec;
+pub mod compression;
 pub mod error;
 pub mod frame;
 pub mod record;
@@ -30,9 +32,12 @@ pub mod scram;
 pub mod wire;
 
 pub use codec::{FrameCodec, DEFAULT_MAX_FRAME_BYTES};
+pub use compression::Codec;
 pub use error::{CodecError, DecodeError, ErrorCode};
 pub use frame::*;
-pub use record::{encode_batch, partition_for_key, read_batches, Batch, Record, StoredRecord};
+pub use record::{
+    encode_batch, encode_batch_with, partition_for_key, read_batches, Batch, Record, StoredRecord,
+};
 
 /// The protocol versions this crate speaks.
 pub const PROTOCOL_VERSION: u16 = 1;

@@ -3,11 +3,13 @@
 //!
 //! ```text
 //! batch header (32 bytes, big-endian)
-//! +-------------+----------------+----------------+--------------+-------------+
-//! | base_offset | append_time_ms | base_timestamp | record_count | records_len |
-//! |     u64     |      u64       |   u64 (ms)     |     u32      |     u32     |
-//! +-------------+----------------+----------------+--------------+-------------+
-//! followed by records_len bytes holding record_count records:
+//! +-------------+----------------+----------------+------------+--------------+-------------+
+//! | base_offset | append_time_ms | base_timestamp | attributes | record_count | records_len |
+//! |     u64     |      u64       |   u64 (ms)     |     u8     |     u24      |     u32     |
+//! +-------------+----------------+----------------+------------+--------------+-------------+
+//! attributes  the codec: 0 none, 1 lz4, 2 zstd; every other value is refused
+//! followed by records_len bytes holding record_count records, or with a codec those
+//! records compressed (see [`crate::compression`]):
 //!
 //! record
 //! +--------+-----------------+---------+-----+--------------+---------+-------------+---------+
@@ -21,15 +23,21 @@
 //!
 //! Record `i` of a batch has offset `base_offset + i` and timestamp
 //! `base_timestamp + timestamp_delta`. A producer sends `base_offset` and `append_time_ms` as
-//! 0; the broker writes both when it appends, and never re-encodes the records.
+//! 0; the broker writes both when it appends, and never re-encodes the records. The
+//! attributes byte was the top byte of a 32-bit record count before batches had codecs, so
+//! every batch stored before then reads as uncompressed.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::compression::{self, Codec};
 use crate::error::DecodeError;
 use crate::wire::{put_varint, unzigzag, varint_size, zigzag, Reader};
 
 /// Size of the batch header in bytes.
 pub const BATCH_HEADER_LEN: usize = 32;
+
+/// The most records one batch holds (its count is 24 bits).
+pub const MAX_BATCH_RECORDS: u32 = (1 << 24) - 1;
 
 /// One record as an application builds it or a consumer receives it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -125,8 +133,18 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Encodes records into one batch.
+/// Encodes records into one uncompressed batch.
 pub fn encode_batch(records: &[Record]) -> Bytes {
+    encode_batch_with(records, Codec::None)
+}
+
+/// Encodes records into one batch compressed with `codec`. At most [`MAX_BATCH_RECORDS`]
+/// records, and at most 4 GiB of them before compression.
+pub fn encode_batch_with(records: &[Record], codec: Codec) -> Bytes {
+    assert!(
+        records.len() <= MAX_BATCH_RECORDS as usize,
+        "a batch holds at most {MAX_BATCH_RECORDS} records"
+    );
     let base_timestamp = records.iter().map(|r| r.timestamp).min().unwrap_or(0);
     let len: usize = records
         .iter()
@@ -135,26 +153,40 @@ pub fn encode_batch(records: &[Record]) -> Bytes {
             varint_size(body as u64) + body
         })
         .sum();
-    let mut dst = BytesMut::with_capacity(BATCH_HEADER_LEN + len);
-    put_header(
-        &mut dst,
-        0,
-        0,
-        base_timestamp,
-        records.len() as u32,
-        len as u32,
-    );
-    for record in records {
-        record.encode(base_timestamp, &mut dst);
+    let count = records.len() as u32;
+    if codec == Codec::None {
+        let mut dst = BytesMut::with_capacity(BATCH_HEADER_LEN + len);
+        put_header(&mut dst, 0, 0, base_timestamp, codec, count, len as u32);
+        for record in records {
+            record.encode(base_timestamp, &mut dst);
+        }
+        return dst.freeze();
     }
+    let mut plain = BytesMut::with_capacity(len);
+    for record in records {
+        record.encode(base_timestamp, &mut plain);
+    }
+    let packed = compression::compress(codec, &plain);
+    let mut dst = BytesMut::with_capacity(BATCH_HEADER_LEN + packed.len());
+    let packed_len = u32::try_from(packed.len()).expect("compressed records fit u32");
+    put_header(&mut dst, 0, 0, base_timestamp, codec, count, packed_len);
+    dst.put_slice(&packed);
     dst.freeze()
 }
 
-fn put_header(dst: &mut BytesMut, base: u64, append: u64, ts: u64, count: u32, len: u32) {
+fn put_header(
+    dst: &mut BytesMut,
+    base: u64,
+    append: u64,
+    ts: u64,
+    codec: Codec,
+    count: u32,
+    len: u32,
+) {
     dst.put_u64(base);
     dst.put_u64(append);
     dst.put_u64(ts);
-    dst.put_u32(count);
+    dst.put_u32(u32::from(codec.bits()) << 24 | count);
     dst.put_u32(len);
 }
 
@@ -164,8 +196,11 @@ pub struct Batch {
     pub base_offset: u64,
     pub append_time_ms: u64,
     pub base_timestamp: u64,
+    /// How `records` are compressed.
+    pub codec: Codec,
+    /// At most [`MAX_BATCH_RECORDS`].
     pub record_count: u32,
-    /// The encoded records (`records_len` bytes).
+    /// The encoded records (`records_len` bytes), compressed with `codec`.
     pub records: Bytes,
 }
 
@@ -176,7 +211,9 @@ impl Batch {
         let base_offset = u64::get(src)?;
         let append_time_ms = u64::get(src)?;
         let base_timestamp = u64::get(src)?;
-        let record_count = u32::get(src)?;
+        let word = u32::get(src)?;
+        let codec = Codec::from_bits((word >> 24) as u8)?;
+        let record_count = word & MAX_BATCH_RECORDS;
         let len = u32::get(src)? as usize;
         let records = src
             .take(len)
@@ -185,6 +222,7 @@ impl Batch {
             base_offset,
             append_time_ms,
             base_timestamp,
+            codec,
             record_count,
             records,
         })
@@ -216,6 +254,7 @@ impl Batch {
             base_offset,
             append_time_ms,
             self.base_timestamp,
+            self.codec,
             self.record_count,
             len,
         );
@@ -227,14 +266,46 @@ impl Batch {
         self.encode_as(self.base_offset, self.append_time_ms, dst);
     }
 
-    /// Iterates the records, decoding each on demand.
+    /// Iterates the records, decoding each on demand; a compressed batch is decompressed
+    /// first (a failure to is the iterator's one error).
     pub fn iter(&self) -> RecordIter {
+        let (records, failed) = match self.plain_records() {
+            Ok(records) => (records, None),
+            Err(err) => (Bytes::new(), Some(err)),
+        };
         RecordIter {
-            reader: Reader::new(self.records.clone()),
+            reader: Reader::new(records),
             offset: self.base_offset,
             left: self.record_count,
             base_timestamp: self.base_timestamp,
+            failed,
         }
+    }
+
+    /// The records' encoding, decompressed if need be.
+    fn plain_records(&self) -> Result<Bytes, DecodeError> {
+        match self.codec {
+            Codec::None => Ok(self.records.clone()),
+            codec => compression::decompress(codec, &self.records),
+        }
+    }
+
+    /// The bytes the records take uncompressed, as a compressed batch declares them;
+    /// refused above `limit` (which decompressing never exceeds).
+    pub fn uncompressed_len(&self, limit: usize) -> Result<usize, DecodeError> {
+        match self.codec {
+            Codec::None => Ok(self.records.len()),
+            _ => compression::declared_len(&self.records, limit),
+        }
+    }
+
+    /// The same batch uncompressed (itself when it is).
+    pub fn decompressed(&self) -> Result<Batch, DecodeError> {
+        Ok(Batch {
+            codec: Codec::None,
+            records: self.plain_records()?,
+            ..self.clone()
+        })
     }
 
     /// Checks every record and returns the batch's statistics; see [`BatchStats`].
@@ -276,6 +347,11 @@ impl Batch {
         if whole && self.encoded_len() <= max_bytes {
             return Ok(Some(self.clone()));
         }
+        if self.codec != Codec::None {
+            // Compressed bytes cannot be cut at a record: hand out the part asked for
+            // uncompressed, so a slice holds exactly its records whatever the codec.
+            return self.decompressed()?.slice(from, max_records, max_bytes);
+        }
         let mut reader = Reader::new(self.records.clone());
         let next_len = |reader: &mut Reader| -> Result<usize, DecodeError> {
             let before = reader.remaining();
@@ -300,6 +376,7 @@ impl Batch {
             base_offset: start,
             append_time_ms: self.append_time_ms,
             base_timestamp: self.base_timestamp,
+            codec: Codec::None,
             record_count: count as u32,
             records: self.records.slice(head..head + body),
         }))
@@ -329,6 +406,8 @@ pub struct RecordIter {
     offset: u64,
     left: u32,
     base_timestamp: u64,
+    /// Why a compressed batch's records could not be read: the iterator's only item.
+    failed: Option<DecodeError>,
 }
 
 impl RecordIter {
@@ -373,6 +452,10 @@ impl Iterator for RecordIter {
     type Item = Result<StoredRecord, DecodeError>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        if let Some(err) = self.failed.take() {
+            self.left = 0;
+            return Some(Err(err));
+        }
         if self.left == 0 {
             return None;
         }
@@ -453,6 +536,65 @@ mod tests {
         assert_eq!(offsets, vec![40, 41, 42]);
         let originals: Vec<Record> = records.into_iter().map(|r| r.record).collect();
         assert_eq!(originals, sample());
+    }
+
+    #[test]
+    fn compressed_batches_round_trip_and_slice_exactly() {
+        for codec in [Codec::Lz4, Codec::Zstd] {
+            let batch = Batch::parse(encode_batch_with(&sample(), codec)).unwrap();
+            assert_eq!(batch.codec, codec);
+            assert_eq!(batch.validate().unwrap().largest_record, 6);
+            let mut stored = BytesMut::new();
+            batch.encode_as(10, 77, &mut stored);
+            let stored = Batch::parse(stored.freeze()).unwrap();
+            assert_eq!((stored.codec, stored.base_offset), (codec, 10));
+            let records: Vec<Record> = stored.iter().map(|r| r.unwrap().record).collect();
+            assert_eq!(records, sample());
+            // The whole batch travels compressed; a part of it, uncompressed and exact.
+            assert_eq!(stored.slice(10, 3, usize::MAX).unwrap().unwrap(), stored);
+            let middle = stored.slice(11, 1, usize::MAX).unwrap().unwrap();
+            assert_eq!(
+                (middle.codec, middle.base_offset, middle.record_count),
+                (Codec::None, 11, 1)
+            );
+            let only: Vec<_> = middle.iter().map(|r| r.unwrap().record.payload).collect();
+            assert_eq!(only, vec![Bytes::from_static(b"two")]);
+            let plain = Batch::parse(encode_batch(&sample())).unwrap();
+            assert_eq!(batch.decompressed().unwrap().records, plain.records);
+            assert_eq!(
+                batch.uncompressed_len(1 << 20).unwrap(),
+                plain.records.len()
+            );
+            assert!(batch.uncompressed_len(4).is_err());
+        }
+    }
+
+    #[test]
+    fn a_compressed_batch_that_lies_about_its_records_is_refused() {
+        for codec in [Codec::Lz4, Codec::Zstd] {
+            let good = encode_batch_with(&sample(), codec).to_vec();
+            // Claims one record more, and one fewer, than it holds.
+            for count in [4u32, 2] {
+                let mut lying = good.clone();
+                lying[24..28]
+                    .copy_from_slice(&(u32::from(codec.bits()) << 24 | count).to_be_bytes());
+                let batch = Batch::parse(lying.into()).unwrap();
+                assert!(
+                    batch.validate().is_err(),
+                    "{codec}: {count} records claimed"
+                );
+            }
+            // Claims another codec, or one that does not exist.
+            let mut other = good.clone();
+            other[24] = if codec == Codec::Lz4 { 2 } else { 1 };
+            assert!(Batch::parse(other.into()).unwrap().validate().is_err());
+            let mut plain = good.clone();
+            plain[24] = 0;
+            assert!(Batch::parse(plain.into()).unwrap().validate().is_err());
+            let mut unknown = good.clone();
+            unknown[24] = 7;
+            assert!(Batch::parse(unknown.into()).is_err());
+        }
     }
 
     #[test]

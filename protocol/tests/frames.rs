@@ -533,6 +533,39 @@ proptest! {
     }
 
     #[test]
+    fn damaged_compressed_batches_are_refused_and_never_panic(
+        payloads in proptest::collection::vec("[a-z ]{0,80}", 1..40),
+        zstd in any::<bool>(),
+        flips in proptest::collection::vec((any::<usize>(), 1u8..), 1..4),
+    ) {
+        let records: Vec<Record> = payloads.iter().map(|p| Record::new(p.clone())).collect();
+        let codec = if zstd { Codec::Zstd } else { Codec::Lz4 };
+        let good = encode_batch_with(&records, codec);
+        let batch = Batch::parse(good.clone()).unwrap();
+        let decoded: Vec<Record> = batch.iter().map(|r| r.unwrap().record).collect();
+        prop_assert_eq!(&decoded, &records);
+        // Damage anywhere in the records (the length, the checksum, the compressed bytes)
+        // is refused; damage in the header may be, and never panics.
+        let header = herald_protocol::record::BATCH_HEADER_LEN;
+        let mut data = good.to_vec();
+        let (at, flip) = flips[0];
+        let at = header + at % (data.len() - header);
+        data[at] ^= flip;
+        let damaged = Batch::parse(data.clone().into()).unwrap();
+        prop_assert!(damaged.validate().is_err());
+        prop_assert!(damaged.slice(0, 1, 16).is_err());
+        for (at, flip) in &flips {
+            let mut data = good.to_vec();
+            data[at % header] ^= flip;
+            if let Ok(batch) = Batch::parse(data.into()) {
+                let _ = batch.validate();
+                let _ = batch.iter().count();
+                let _ = batch.slice(batch.base_offset + 1, 1, 64);
+            }
+        }
+    }
+
+    #[test]
     fn hostile_authentication_payloads_never_panic(
         payload in proptest::collection::vec(any::<u8>(), 0..256),
         scramish in "(n|y|p)?,,(n=[a-z=,0-9]{0,8})?,?(r=[ -~]{0,16})?(,[a-z]=[ -~]{0,8}){0,3}",

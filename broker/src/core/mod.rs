@@ -246,6 +246,11 @@ impl Core {
             self.check(Operation::Create, topic)?;
         }
         let batch = Batch::parse(batch).map_err(BrokerError::BadBatch)?;
+        // A compressed batch may not unpack to more than an uncompressed one could be; this
+        // bounds what validating it decompresses before anything is allocated.
+        batch
+            .uncompressed_len(self.shared.config.max_frame_bytes as usize)
+            .map_err(BrokerError::BadBatch)?;
         self.check_room(batch.encoded_len() as u64)?;
         let max = self.shared.config.max_batch_records;
         if batch.record_count > max {

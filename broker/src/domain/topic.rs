@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use herald_protocol::{encode_batch, partition_for_key, Batch, Record};
+use herald_protocol::{encode_batch_with, partition_for_key, Batch, Record};
 
 use crate::error::BrokerError;
 use crate::storage::{Appended, Durability, PartitionLog, ProducerBatch, Store, TopicRecord};
@@ -167,7 +167,9 @@ impl Topic {
         by_partition
             .into_iter()
             .map(|(p, (records, indices))| {
-                let part = Batch::parse(encode_batch(&records)).map_err(BrokerError::BadBatch)?;
+                // Each partition's part keeps the codec the producer chose.
+                let part = Batch::parse(encode_batch_with(&records, batch.codec))
+                    .map_err(BrokerError::BadBatch)?;
                 Ok((&self.partitions[p as usize], p, part, Some(indices)))
             })
             .collect()

@@ -13,7 +13,9 @@
 //! the stored values). So a published batch is stored as consecutive chunks of at most
 //! [`CHUNK_BYTES`] each (cut at record boundaries; each is a batch of its own, offsets and
 //! append time filled in), which keeps every leaf below the blob threshold; one record
-//! larger than that is stored in pieces of that size under keys of its own.
+//! larger than that is stored in pieces of that size under keys of its own. A compressed
+//! batch cannot be cut at a record without decompressing it, so it is one chunk, in pieces
+//! when it is larger than [`CHUNK_BYTES`]: its compressed bytes are what is stored.
 //!
 //! # Layout
 //!
@@ -37,7 +39,7 @@
 //! one atomic sled batch, so a crash never leaves part of a batch stored.
 
 use bytes::{Bytes, BytesMut};
-use herald_protocol::{record::BATCH_HEADER_LEN, Batch};
+use herald_protocol::{record::BATCH_HEADER_LEN, Batch, Codec};
 
 use super::producers::ProducerBatch;
 use super::StorageError;
@@ -109,6 +111,11 @@ pub fn cut(
         append_time_ms,
         ..batch.clone()
     };
+    if rest.codec != Codec::None {
+        // Compressed bytes cannot be cut at a record: the batch is one chunk, stored in
+        // pieces when it is larger than one.
+        return Ok(vec![encode(rest, tag, buf)?]);
+    }
     while rest.record_count > 0 {
         let chunk = rest
             .slice(rest.base_offset, u32::MAX, CHUNK_BYTES)

@@ -210,6 +210,7 @@ mod tests {
             base_offset: base,
             append_time_ms: 0,
             base_timestamp: 0,
+            codec: herald_protocol::Codec::None,
             record_count: count,
             records: Bytes::from(vec![0u8; len]),
         }

@@ -1,4 +1,4 @@
-//! `herald publish TOPIC [--key K] [--header NAME=VALUE]... [--print-offsets] [MESSAGE]...`
+//! `herald publish TOPIC [--key K] [--header NAME=VALUE]... [--print-offsets] [--compression CODEC] [MESSAGE]...`
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -7,7 +7,7 @@ use bytes::Bytes;
 use clap::Args;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use herald_client::{Client, PendingConfirm, Producer, Record};
+use herald_client::{Client, Codec, PendingConfirm, Producer, ProducerConfig, Record};
 
 /// Most unconfirmed messages held at once while reading stdin.
 const WINDOW: usize = 16 * 1024;
@@ -24,6 +24,9 @@ pub struct PublishArgs {
     /// Print "PARTITION:OFFSET" for each confirmed message, in confirmation order.
     #[arg(long)]
     pub print_offsets: bool,
+    /// Compress each batch: none, lz4 or zstd (consumers decompress it).
+    #[arg(long, value_name = "CODEC", default_value = "none")]
+    pub compression: Codec,
     /// Messages to publish; with none, each line of stdin is one message.
     pub messages: Vec<String>,
 }
@@ -37,7 +40,10 @@ fn parse_header(text: &str) -> Result<(String, String), String> {
 
 /// Publishes every message; fails (non-zero exit) unless all are confirmed.
 pub async fn run(client: &Client, args: PublishArgs) -> anyhow::Result<()> {
-    let producer = client.producer();
+    let producer = client.producer_with(ProducerConfig {
+        compression: args.compression,
+        ..ProducerConfig::default()
+    });
     let mut publisher = Publisher {
         producer,
         args: &args,
