@@ -76,6 +76,60 @@ async fn publish_reports_confirm_latency_and_no_consume_section() {
 }
 
 #[tokio::test]
+async fn compression_and_payloads_report_bytes_on_the_wire_and_on_disk() {
+    let run = |payload: &'static str, codec: &'static str| async move {
+        let args = [
+            "--embedded",
+            "--fsync",
+            "never",
+            "--messages",
+            "4000",
+            "--size",
+            "512",
+            "--payload",
+            payload,
+            "--compression",
+            codec,
+        ];
+        let report = bench_json(&args).await;
+        assert_eq!(
+            (report["payload"].as_str(), report["compression"].as_str()),
+            (Some(payload), Some(codec))
+        );
+        assert_eq!(report["verified"], true);
+        assert_throughput(&report["publish"]);
+        let bytes = &report["bytes_per_record"];
+        assert_eq!(bytes["payload"], 512);
+        (
+            bytes["wire"].as_f64().unwrap(),
+            bytes["disk"].as_f64().unwrap(),
+        )
+    };
+    let (plain_wire, plain_disk) = run("json", "none").await;
+    // Uncompressed: the payload plus a few bytes of record and batch framing.
+    assert!((512.0..540.0).contains(&plain_wire), "{plain_wire}");
+    assert!(plain_disk >= plain_wire, "{plain_disk} {plain_wire}");
+    let (lz4_wire, lz4_disk) = run("json", "lz4").await;
+    let (zstd_wire, zstd_disk) = run("json", "zstd").await;
+    assert!(
+        lz4_wire * 2.0 < plain_wire,
+        "lz4 {lz4_wire} of {plain_wire}"
+    );
+    assert!(zstd_wire < lz4_wire, "zstd {zstd_wire}, lz4 {lz4_wire}");
+    assert!(lz4_disk < plain_disk / 2.0 && zstd_disk < lz4_disk);
+    // Random letters and digits hardly compress.
+    let (random_wire, _) = run("random", "lz4").await;
+    assert!(random_wire > 0.7 * 512.0, "{random_wire}");
+
+    let out = bench(&["--embedded", "--compression", "brotli"]).await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("brotli"));
+    let out = bench(&["--embedded", "--payload", "json", "--size", "40"]).await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--payload json"));
+}
+
+#[tokio::test]
 async fn consume_pubsub_and_fanout_report_their_sections() {
     let common = [
         "--embedded",

@@ -24,6 +24,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -108,6 +110,7 @@ enum Command {
 pub struct Producer {
     commands: mpsc::Sender<Command>,
     max_message_bytes: usize,
+    sent_bytes: Arc<AtomicU64>,
 }
 
 impl Client {
@@ -120,6 +123,7 @@ impl Client {
     /// A producer with the given settings; see [`Client::producer`].
     pub fn producer_with(&self, config: ProducerConfig) -> Producer {
         let (commands, rx) = mpsc::channel(config.queue.max(1));
+        let sent_bytes = Arc::new(AtomicU64::new(0));
         let max_message_bytes = self.session().max_message_bytes as usize;
         let task = Batcher {
             client: self.clone(),
@@ -134,16 +138,24 @@ impl Client {
             unconfirmed: 0,
             next_batch: 0,
             flushes: Vec::new(),
+            sent_bytes: Arc::clone(&sent_bytes),
         };
         tokio::spawn(task.run(rx));
         Producer {
             commands,
             max_message_bytes,
+            sent_bytes,
         }
     }
 }
 
 impl Producer {
+    /// Bytes of record batches (as encoded, compressed or not) this producer has handed to
+    /// its connection, resends included: what its records cost on the wire.
+    pub fn batch_bytes_sent(&self) -> u64 {
+        self.sent_bytes.load(Ordering::Relaxed)
+    }
+
     /// Publishes one record and waits for its confirm.
     pub async fn send(&self, topic: &str, record: Record) -> Result<Confirm> {
         self.enqueue(topic, record).await?.await
@@ -254,6 +266,7 @@ struct Batcher {
     unconfirmed: usize,
     next_batch: u64,
     flushes: Vec<oneshot::Sender<()>>,
+    sent_bytes: Arc<AtomicU64>,
 }
 
 impl Batcher {
@@ -451,8 +464,11 @@ impl Batcher {
             sequence: batch.sequence,
             batch: batch.batch.clone(),
         };
-        let (key, id) = (key.clone(), batch.id);
+        let (key, id, len) = (key.clone(), batch.id, batch.batch.len() as u64);
         let started = self.client.start(publish).await;
+        if started.is_ok() {
+            self.sent_bytes.fetch_add(len, Ordering::Relaxed);
+        }
         self.replies.push(Box::pin(async move {
             let reply = match started {
                 Ok(rx) => await_reply(rx)

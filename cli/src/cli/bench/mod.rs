@@ -28,10 +28,11 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
-use herald_client::{Client, Durability, ErrorCode};
+use herald_client::{Client, Codec, Durability, ErrorCode};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use report::{Latencies, Machine, Percentiles, Report, Throughput};
+use payload::Filler;
+use report::{BytesPerRecord, Latencies, Machine, Percentiles, Report, Throughput};
 use verify::Expected;
 use workload::{ConsumePlan, ConsumeVia, PublishPlan};
 
@@ -136,6 +137,13 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Compress each published batch: none, lz4 or zstd (over tcp).
+    #[arg(long, value_name = "CODEC", default_value = "none")]
+    pub compression: Codec,
+    /// What fills each payload after the bench's header: fill ('.', as before), random
+    /// (letters and digits: hardly compressible), json (realistic, compressible events).
+    #[arg(long, value_enum, default_value = "fill")]
+    pub payload: Filler,
 }
 
 impl BenchArgs {
@@ -144,6 +152,18 @@ impl BenchArgs {
             anyhow::bail!(
                 "--size must be at least {} bytes (the bench's sequence header)",
                 payload::HEADER_LEN
+            );
+        }
+        if self.payload == Filler::Json && self.size < payload::JSON_MIN_LEN {
+            anyhow::bail!(
+                "--payload json needs --size of at least {} bytes",
+                payload::JSON_MIN_LEN
+            );
+        }
+        if self.compression != Codec::None && self.via == Via::Http {
+            anyhow::bail!(
+                "--compression applies to the Rust client's producers (--via tcp); the HTTP \
+                 gateway takes records as JSON"
             );
         }
         for (name, value) in [
@@ -379,6 +399,8 @@ impl<'a> Bench<'a> {
             batch: self.args.batch,
             rate: self.args.rate,
             http: (self.args.via == Via::Http).then(|| self.http.clone()),
+            filler: self.args.payload,
+            compression: self.args.compression,
         }
     }
 
@@ -571,6 +593,7 @@ impl<'a> Bench<'a> {
             published.elapsed,
         ));
         report.latency_us.confirm = Percentiles::of(&published.confirm);
+        report.bytes_per_record = Some(self.bytes_per_record(&published).await?);
         report.fsync = match published.durability {
             Some(Durability::Synced) => "confirms synced",
             Some(Durability::Written) => "confirms written",
@@ -578,6 +601,23 @@ impl<'a> Bench<'a> {
         }
         .to_string();
         Ok(())
+    }
+
+    /// What a record cost on the wire (its share of the batches sent) and on disk (its
+    /// share of what the topic's partitions store, asked of the broker after publishing).
+    async fn bytes_per_record(
+        &self,
+        published: &workload::Published,
+    ) -> anyhow::Result<BytesPerRecord> {
+        let client = workload::connect(&self.broker).await?;
+        let info = client.describe_topic(&self.topic).await?;
+        let stored: u64 = info.partitions.iter().map(|p| p.bytes).sum();
+        let records = self.args.messages as f64;
+        Ok(BytesPerRecord {
+            payload: self.args.size,
+            wire: published.batch_bytes.map(|b| b as f64 / records),
+            disk: stored as f64 / records,
+        })
     }
 
     fn empty_report(&self) -> Report {
@@ -607,6 +647,9 @@ impl<'a> Bench<'a> {
             mode: if a.push() { "push" } else { "pull" },
             topic: self.topic.clone(),
             verified: false,
+            compression: a.compression.name(),
+            payload: a.payload.name(),
+            bytes_per_record: None,
             idle: None,
             connect: None,
             machine: Machine::this(),

@@ -1,13 +1,20 @@
-//! Bench payloads: who sent a message, its number, and when, as text.
+//! Bench payloads: who sent a message, its number, and when, as text, then filler.
 //!
 //! ```text
 //! +----------+------------------+------------------+-----------------------------+
-//! | producer | sequence         | sent_ns          | '.' padding up to --size    |
+//! | producer | sequence         | sent_ns          | filler up to --size         |
 //! |  8 hex   |     16 hex       |     16 hex       |                             |
 //! +----------+------------------+------------------+-----------------------------+
 //! ```
 //! `sent_ns` counts from the bench process's start, so publish→delivery latency is exact
 //! when producers and consumers run in the same bench process.
+//!
+//! The filler (`--payload`): `fill`, '.' repeated (the default, what every figure before
+//! compression was measured with); `random`, letters and digits drawn at random (about 6
+//! bits in every 8, so no codec shrinks it much: the worst case for compression); `json`,
+//! a JSON object of the kind services publish (an event with a user, a product, a price,
+//! a region and tags, each drawn from a realistic range) with the header as its first
+//! field, `{"trace":"<header>",...}`, and a note of words up to --size.
 //!
 //! Text, because that is what services in other languages and browsers send: the web
 //! front door carries it as a JSON string as it is (bytes that are not UTF-8 would go as
@@ -28,16 +35,146 @@ pub fn now_ns() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
-/// A payload of exactly `size` bytes (at least [`HEADER_LEN`]).
-pub fn encode(producer: u32, sequence: u64, sent_ns: u64, size: usize) -> Bytes {
-    let mut buf = BytesMut::with_capacity(size.max(HEADER_LEN));
-    buf.put_slice(format!("{producer:08x}{sequence:016x}{sent_ns:016x}").as_bytes());
-    buf.resize(size.max(HEADER_LEN), b'.');
+/// The smallest `--size` a `json` payload can have: `{"trace":"<header>"}`.
+pub const JSON_MIN_LEN: usize = JSON_PREFIX.len() + HEADER_LEN + 2;
+
+const JSON_PREFIX: &str = r#"{"trace":""#;
+
+/// What follows the header; see the module's documentation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Filler {
+    Fill,
+    Random,
+    Json,
+}
+
+impl Filler {
+    pub fn name(self) -> &'static str {
+        match self {
+            Filler::Fill => "fill",
+            Filler::Random => "random",
+            Filler::Json => "json",
+        }
+    }
+}
+
+/// A payload of exactly `size` bytes (at least [`HEADER_LEN`]; [`JSON_MIN_LEN`] for json).
+pub fn encode(filler: Filler, producer: u32, sequence: u64, sent_ns: u64, size: usize) -> Bytes {
+    let header = format!("{producer:08x}{sequence:016x}{sent_ns:016x}");
+    let size = size.max(HEADER_LEN);
+    let mut buf = BytesMut::with_capacity(size);
+    match filler {
+        Filler::Fill => {
+            buf.put_slice(header.as_bytes());
+            buf.resize(size, b'.');
+        }
+        Filler::Random => {
+            buf.put_slice(header.as_bytes());
+            let pool = random_pool();
+            // Consecutive messages take consecutive stretches of the pool, so a batch
+            // (at most 1 MiB) never holds the same stretch twice for a codec to find.
+            let want = size - HEADER_LEN;
+            let start = (sequence as usize * want + producer as usize * 7919) % (pool.len() - want);
+            buf.put_slice(&pool[start..start + want]);
+        }
+        Filler::Json => json(&mut buf, &header, sequence, size),
+    }
     buf.freeze()
+}
+
+/// 8 MiB of random letters and digits, made once.
+fn random_pool() -> &'static [u8] {
+    static POOL: OnceLock<Vec<u8>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+        let mut rng = fastrand::Rng::with_seed(0x4e7a1d);
+        (0..8 << 20)
+            .map(|_| ALPHABET[rng.usize(..ALPHABET.len())])
+            .collect()
+    })
+}
+
+/// An event as a service would publish it, fields drawn from realistic ranges and added
+/// while they fit, then a note of words filling the rest (spaces pad the last few bytes).
+fn json(buf: &mut BytesMut, header: &str, sequence: u64, size: usize) {
+    const EVENTS: [&str; 6] = [
+        "page_view",
+        "add_to_cart",
+        "checkout",
+        "search",
+        "login",
+        "refund",
+    ];
+    const REGIONS: [&str; 4] = ["eu-west-1", "us-east-1", "ap-south-1", "sa-east-1"];
+    const TAGS: [&str; 8] = [
+        "mobile",
+        "web",
+        "beta",
+        "returning",
+        "promo",
+        "gift",
+        "vip",
+        "new",
+    ];
+    const WORDS: [&str; 12] = [
+        "delivered",
+        "to",
+        "the",
+        "customer",
+        "order",
+        "item",
+        "was",
+        "in",
+        "stock",
+        "and",
+        "shipped",
+        "today",
+    ];
+    let mut rng = fastrand::Rng::with_seed(sequence);
+    let tags: Vec<String> = (0..rng.usize(1..4))
+        .map(|_| format!("\"{}\"", TAGS[rng.usize(..TAGS.len())]))
+        .collect();
+    let fields = [
+        format!(r#","user":"user-{:05}""#, rng.u32(..50_000)),
+        format!(r#","event":"{}""#, EVENTS[rng.usize(..EVENTS.len())]),
+        format!(r#","sku":"SKU-{:06}""#, rng.u32(..1_000_000)),
+        format!(r#","price":{}.{:02}"#, rng.u32(1..500), rng.u32(..100)),
+        format!(r#","qty":{}"#, rng.u32(1..10)),
+        format!(r#","region":"{}""#, REGIONS[rng.usize(..REGIONS.len())]),
+        format!(r#","tags":[{}]"#, tags.join(",")),
+        format!(r#","ok":{}"#, rng.bool()),
+    ];
+    buf.put_slice(JSON_PREFIX.as_bytes());
+    buf.put_slice(header.as_bytes());
+    buf.put_slice(b"\"");
+    for field in &fields {
+        if buf.len() + field.len() < size {
+            buf.put_slice(field.as_bytes());
+        }
+    }
+    // A note of words fills what is left, so padding is at most a word's worth.
+    const NOTE: &str = r#","note":""#;
+    if buf.len() + NOTE.len() + 2 < size {
+        buf.put_slice(NOTE.as_bytes());
+        loop {
+            let word = WORDS[rng.usize(..WORDS.len())];
+            if buf.len() + word.len() + 3 > size {
+                break;
+            }
+            buf.put_slice(word.as_bytes());
+            buf.put_u8(b' ');
+        }
+        buf.put_u8(b'"');
+    }
+    buf.resize(size - 1, b' ');
+    buf.put_u8(b'}');
 }
 
 /// `(producer, sequence, sent_ns)`, or `None` for a payload no bench wrote.
 pub fn decode(payload: &[u8]) -> Option<(u32, u64, u64)> {
+    let payload = payload
+        .strip_prefix(JSON_PREFIX.as_bytes())
+        .unwrap_or(payload);
     let header = std::str::from_utf8(payload.get(..HEADER_LEN)?).ok()?;
     let field = |range: std::ops::Range<usize>| u64::from_str_radix(&header[range], 16).ok();
     let producer = u32::try_from(field(0..8)?).ok()?;
@@ -50,13 +187,34 @@ mod tests {
 
     #[test]
     fn payloads_round_trip_at_the_requested_size() {
-        let payload = encode(3, 77, 123_456, 100);
-        assert_eq!(payload.len(), 100);
-        assert_eq!(decode(&payload), Some((3, 77, 123_456)));
-        assert_eq!(decode(&payload[..39]), None);
-        assert!(
-            payload.iter().all(u8::is_ascii_graphic),
-            "text: {payload:?}"
+        for filler in [Filler::Fill, Filler::Random, Filler::Json] {
+            for size in [JSON_MIN_LEN, 100, 1024] {
+                let payload = encode(filler, 3, 77, 123_456, size);
+                assert_eq!(payload.len(), size, "{filler:?}");
+                assert_eq!(decode(&payload), Some((3, 77, 123_456)), "{filler:?}");
+                assert!(
+                    payload.iter().all(|b| b.is_ascii_graphic() || *b == b' '),
+                    "text: {payload:?}"
+                );
+            }
+        }
+        assert_eq!(decode(&encode(Filler::Fill, 3, 77, 1, 100)[..39]), None);
+    }
+
+    #[test]
+    fn json_payloads_are_json_and_random_ones_differ() {
+        for size in [JSON_MIN_LEN, 100, 300, 1024] {
+            let payload = encode(Filler::Json, 1, 9, 5, size);
+            let value: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+            assert_eq!(value["trace"].as_str().unwrap().len(), HEADER_LEN);
+        }
+        let full: serde_json::Value =
+            serde_json::from_slice(&encode(Filler::Json, 1, 9, 5, 1024)).unwrap();
+        assert!(full["user"].is_string() && full["price"].is_number() && full["note"].is_string());
+        let (a, b) = (
+            encode(Filler::Random, 1, 1, 0, 200),
+            encode(Filler::Random, 1, 2, 0, 200),
         );
+        assert_ne!(a[HEADER_LEN..], b[HEADER_LEN..]);
     }
 }

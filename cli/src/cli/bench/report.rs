@@ -140,11 +140,28 @@ pub struct Report {
     pub mode: &'static str,
     pub topic: String,
     pub verified: bool,
+    /// The producers' codec and what filled the payloads.
+    pub compression: &'static str,
+    pub payload: &'static str,
+    /// What one record took, when the run published.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_per_record: Option<BytesPerRecord>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idle: Option<Idle>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connect: Option<super::connect::Connect>,
     pub machine: Machine,
+}
+
+/// Bytes one record took: its payload, its share of the batches producers sent (record
+/// encoding, batch headers, compression), and its share of what the broker stores (also
+/// chunk checksums and producer tags).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct BytesPerRecord {
+    pub payload: usize,
+    /// `None` when publishing went over HTTP.
+    pub wire: Option<f64>,
+    pub disk: f64,
 }
 
 impl Report {
@@ -168,7 +185,7 @@ impl Report {
         )?;
         writeln!(
             out,
-            "settings: {} messages of {} B, {} producer(s), {} consumer(s), {} partition(s), batch {}, rate {}, groups {}, fsync {}",
+            "settings: {} messages of {} B, {} producer(s), {} consumer(s), {} partition(s), batch {}, rate {}, groups {}, fsync {}, payload {}, compression {}",
             self.messages,
             self.size,
             self.producers,
@@ -177,7 +194,9 @@ impl Report {
             self.batch,
             if self.rate == 0 { "unlimited".to_string() } else { format!("{}/s", self.rate) },
             self.groups,
-            self.fsync
+            self.fsync,
+            self.payload,
+            self.compression
         )?;
         writeln!(out, "{}", self.machine)?;
         writeln!(out, "verified: every message delivered exactly once")?;
@@ -191,6 +210,14 @@ impl Report {
                     name, t.msgs_per_sec, t.mb_per_sec
                 )?;
             }
+        }
+        if let Some(b) = self.bytes_per_record {
+            let wire = b.wire.map_or("-".to_string(), |w| format!("{w:.1}"));
+            writeln!(
+                out,
+                "bytes/record: payload {}, wire {wire}, disk {:.1}",
+                b.payload, b.disk
+            )?;
         }
         writeln!(out)?;
         writeln!(

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use herald_client::{
-    Client, Confirm, ConnectOptions, Durability, Error, ProducerConfig, PullConsumer,
+    Client, Codec, Confirm, ConnectOptions, Durability, Error, ProducerConfig, PullConsumer,
     PullConsumerConfig, PushConsumer, PushConsumerConfig, Reconnect, Record, StartPosition,
 };
 use indicatif::ProgressBar;
@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::pacer::Pacer;
-use super::payload;
+use super::payload::{self, Filler};
 use super::report::histogram;
 use super::verify::{Expected, Verifier};
 use super::web;
@@ -36,13 +36,23 @@ pub struct PublishPlan {
     pub rate: u64,
     /// Publish by HTTP to this gateway instead of over TCP.
     pub http: Option<String>,
+    /// What follows each payload's header.
+    pub filler: Filler,
+    /// The producers' codec (TCP only).
+    pub compression: Codec,
 }
+
+/// What one producer measured: its publish→confirm latencies, the durability its confirms
+/// reported, and the bytes of batches it sent (`None` over HTTP).
+pub type ProducerFigures = (Histogram<u64>, Option<Durability>, Option<u64>);
 
 /// What the producers measured.
 pub struct Published {
     pub elapsed: Duration,
     pub confirm: Histogram<u64>,
     pub durability: Option<Durability>,
+    /// Bytes of record batches the producers sent (TCP; `None` over HTTP).
+    pub batch_bytes: Option<u64>,
 }
 
 /// A connection for the bench. It connects again after a break, but gives up after a few
@@ -78,15 +88,20 @@ pub async fn publish(plan: &PublishPlan, progress: &ProgressBar) -> anyhow::Resu
     }
     let mut confirm = histogram();
     let mut durability = None;
+    let mut batch_bytes = None;
     for producer in producers {
-        let (latencies, seen) = producer.await??;
+        let (latencies, seen, sent) = producer.await??;
         confirm.add(&latencies)?;
         durability = durability.or(seen);
+        if let Some(sent) = sent {
+            *batch_bytes.get_or_insert(0) += sent;
+        }
     }
     Ok(Published {
         elapsed: start.elapsed(),
         confirm,
         durability,
+        batch_bytes,
     })
 }
 
@@ -95,9 +110,10 @@ async fn run_producer(
     plan: PublishPlan,
     producer: usize,
     progress: ProgressBar,
-) -> anyhow::Result<(Histogram<u64>, Option<Durability>)> {
+) -> anyhow::Result<ProducerFigures> {
     let config = ProducerConfig {
         batch_records: plan.batch.max(1),
+        compression: plan.compression,
         ..ProducerConfig::default()
     };
     let sender = client.producer_with(config);
@@ -125,7 +141,7 @@ async fn run_producer(
             None => count,
         };
         for _ in 0..due.min(count - sequence) {
-            let (sent_ns, record) = stamped(producer, sequence, plan.size);
+            let (sent_ns, record) = stamped(plan.filler, producer, sequence, plan.size);
             let pending = sender.enqueue(&plan.topic, record).await?;
             if pending_tx.send((sent_ns, pending)).await.is_err() {
                 break 'publishing; // the confirmer failed; its error is reported below
@@ -134,13 +150,14 @@ async fn run_producer(
         }
     }
     drop(pending_tx);
-    Ok(confirmer.await??)
+    let (latencies, durability) = confirmer.await??;
+    Ok((latencies, durability, Some(sender.batch_bytes_sent())))
 }
 
 /// Message `sequence` of `producer`, stamped with the time it leaves.
-fn stamped(producer: usize, sequence: u64, size: usize) -> (u64, Record) {
+fn stamped(filler: Filler, producer: usize, sequence: u64, size: usize) -> (u64, Record) {
     let sent_ns = payload::now_ns();
-    let body = payload::encode(producer as u32, sequence, sent_ns, size);
+    let body = payload::encode(filler, producer as u32, sequence, sent_ns, size);
     (sent_ns, Record::new(body))
 }
 

@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use hdrhistogram::Histogram;
 use herald_client::Durability;
 use indicatif::ProgressBar;
 use serde::Deserialize;
@@ -14,7 +13,7 @@ use super::Http;
 use crate::cli::bench::pacer::Pacer;
 use crate::cli::bench::payload;
 use crate::cli::bench::report::histogram;
-use crate::cli::bench::workload::PublishPlan;
+use crate::cli::bench::workload::{ProducerFigures, PublishPlan};
 
 #[derive(Deserialize)]
 struct Published {
@@ -29,7 +28,7 @@ pub async fn run_producer(
     plan: PublishPlan,
     producer: usize,
     progress: ProgressBar,
-) -> anyhow::Result<(Histogram<u64>, Option<Durability>)> {
+) -> anyhow::Result<ProducerFigures> {
     let mut connection = Http::connect(&http).await?;
     let path = format!("/v1/topics/{}/records", plan.topic);
     let count = plan.expected.count(producer);
@@ -59,7 +58,13 @@ pub async fn run_producer(
                 body.push(b',');
             }
             let sent_ns = payload::now_ns();
-            let message = payload::encode(producer as u32, sequence + i, sent_ns, plan.size);
+            let message = payload::encode(
+                plan.filler,
+                producer as u32,
+                sequence + i,
+                sent_ns,
+                plan.size,
+            );
             super::json_record(&message, &mut body);
             stamps.push(sent_ns);
         }
@@ -88,5 +93,5 @@ pub async fn run_producer(
         sequence += n;
         due -= n;
     }
-    Ok((latencies, durability))
+    Ok((latencies, durability, None))
 }
