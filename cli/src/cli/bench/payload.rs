@@ -58,28 +58,66 @@ impl Filler {
     }
 }
 
-/// A payload of exactly `size` bytes (at least [`HEADER_LEN`]; [`JSON_MIN_LEN`] for json).
-pub fn encode(filler: Filler, producer: u32, sequence: u64, sent_ns: u64, size: usize) -> Bytes {
-    let header = format!("{producer:08x}{sequence:016x}{sent_ns:016x}");
-    let size = size.max(HEADER_LEN);
-    let mut buf = BytesMut::with_capacity(size);
-    match filler {
-        Filler::Fill => {
-            buf.put_slice(header.as_bytes());
-            buf.resize(size, b'.');
+/// Makes a run's payloads: each exactly `size` bytes (at least [`HEADER_LEN`];
+/// [`JSON_MIN_LEN`] for json). What a payload holds beyond its header is made before the
+/// run, so that making a message costs a copy whatever the filler, and the producer's
+/// speed is the broker's, not the generator's.
+pub struct Payloads {
+    filler: Filler,
+    size: usize,
+    /// json: [`JSON_BODIES`] finished bodies of `size` bytes, end to end.
+    bodies: Vec<u8>,
+}
+
+/// Distinct json bodies a run cycles through: more than a batch holds by default, so no
+/// codec finds a whole record repeated within one batch.
+const JSON_BODIES: usize = 1021;
+
+impl Payloads {
+    pub fn new(filler: Filler, size: usize) -> Payloads {
+        let size = size.max(HEADER_LEN);
+        let bodies = match filler {
+            Filler::Json => (0..JSON_BODIES as u64)
+                .flat_map(|n| json(&"0".repeat(HEADER_LEN), n, size))
+                .collect(),
+            Filler::Fill | Filler::Random => Vec::new(),
+        };
+        Payloads {
+            filler,
+            size,
+            bodies,
         }
-        Filler::Random => {
-            buf.put_slice(header.as_bytes());
-            let pool = random_pool();
-            // Consecutive messages take consecutive stretches of the pool, so a batch
-            // (at most 1 MiB) never holds the same stretch twice for a codec to find.
-            let want = size - HEADER_LEN;
-            let start = (sequence as usize * want + producer as usize * 7919) % (pool.len() - want);
-            buf.put_slice(&pool[start..start + want]);
-        }
-        Filler::Json => json(&mut buf, &header, sequence, size),
     }
-    buf.freeze()
+
+    /// Message `sequence` of `producer`, sent at `sent_ns`.
+    pub fn encode(&self, producer: u32, sequence: u64, sent_ns: u64) -> Bytes {
+        let header = format!("{producer:08x}{sequence:016x}{sent_ns:016x}");
+        let size = self.size;
+        let mut buf = BytesMut::with_capacity(size);
+        match self.filler {
+            Filler::Fill => {
+                buf.put_slice(header.as_bytes());
+                buf.resize(size, b'.');
+            }
+            Filler::Random => {
+                buf.put_slice(header.as_bytes());
+                let pool = random_pool();
+                // Consecutive messages take consecutive stretches of the pool, so a batch
+                // (at most 1 MiB) never holds the same stretch twice for a codec to find.
+                let want = size - HEADER_LEN;
+                let start =
+                    (sequence as usize * want + producer as usize * 7919) % (pool.len() - want);
+                buf.put_slice(&pool[start..start + want]);
+            }
+            Filler::Json => {
+                let n = (sequence as usize + producer as usize) % JSON_BODIES;
+                buf.put_slice(&self.bodies[n * size..(n + 1) * size]);
+                let at = JSON_PREFIX.len();
+                buf[at..at + HEADER_LEN].copy_from_slice(header.as_bytes());
+            }
+        }
+        buf.freeze()
+    }
 }
 
 /// 8 MiB of random letters and digits, made once.
@@ -96,7 +134,8 @@ fn random_pool() -> &'static [u8] {
 
 /// An event as a service would publish it, fields drawn from realistic ranges and added
 /// while they fit, then a note of words filling the rest (spaces pad the last few bytes).
-fn json(buf: &mut BytesMut, header: &str, sequence: u64, size: usize) {
+fn json(header: &str, sequence: u64, size: usize) -> BytesMut {
+    let mut buf = BytesMut::with_capacity(size);
     const EVENTS: [&str; 6] = [
         "page_view",
         "add_to_cart",
@@ -168,6 +207,7 @@ fn json(buf: &mut BytesMut, header: &str, sequence: u64, size: usize) {
     }
     buf.resize(size - 1, b' ');
     buf.put_u8(b'}');
+    buf
 }
 
 /// `(producer, sequence, sent_ns)`, or `None` for a payload no bench wrote.
@@ -189,7 +229,7 @@ mod tests {
     fn payloads_round_trip_at_the_requested_size() {
         for filler in [Filler::Fill, Filler::Random, Filler::Json] {
             for size in [JSON_MIN_LEN, 100, 1024] {
-                let payload = encode(filler, 3, 77, 123_456, size);
+                let payload = Payloads::new(filler, size).encode(3, 77, 123_456);
                 assert_eq!(payload.len(), size, "{filler:?}");
                 assert_eq!(decode(&payload), Some((3, 77, 123_456)), "{filler:?}");
                 assert!(
@@ -198,23 +238,23 @@ mod tests {
                 );
             }
         }
-        assert_eq!(decode(&encode(Filler::Fill, 3, 77, 1, 100)[..39]), None);
+        let fill = Payloads::new(Filler::Fill, 100).encode(3, 77, 1);
+        assert_eq!(decode(&fill[..39]), None);
     }
 
     #[test]
     fn json_payloads_are_json_and_random_ones_differ() {
         for size in [JSON_MIN_LEN, 100, 300, 1024] {
-            let payload = encode(Filler::Json, 1, 9, 5, size);
+            let payload = Payloads::new(Filler::Json, size).encode(1, 9, 5);
             let value: serde_json::Value = serde_json::from_slice(&payload).unwrap();
             assert_eq!(value["trace"].as_str().unwrap().len(), HEADER_LEN);
         }
-        let full: serde_json::Value =
-            serde_json::from_slice(&encode(Filler::Json, 1, 9, 5, 1024)).unwrap();
+        let json = Payloads::new(Filler::Json, 1024);
+        let full: serde_json::Value = serde_json::from_slice(&json.encode(1, 9, 5)).unwrap();
         assert!(full["user"].is_string() && full["price"].is_number() && full["note"].is_string());
-        let (a, b) = (
-            encode(Filler::Random, 1, 1, 0, 200),
-            encode(Filler::Random, 1, 2, 0, 200),
-        );
+        assert_ne!(json.encode(1, 9, 5)[50..], json.encode(1, 10, 5)[50..]);
+        let random = Payloads::new(Filler::Random, 200);
+        let (a, b) = (random.encode(1, 1, 0), random.encode(1, 2, 0));
         assert_ne!(a[HEADER_LEN..], b[HEADER_LEN..]);
     }
 }

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::pacer::Pacer;
-use super::payload::{self, Filler};
+use super::payload::{self, Filler, Payloads};
 use super::report::histogram;
 use super::verify::{Expected, Verifier};
 use super::web;
@@ -117,6 +117,7 @@ async fn run_producer(
         ..ProducerConfig::default()
     };
     let sender = client.producer_with(config);
+    let payloads = Payloads::new(plan.filler, plan.size);
     let (pending_tx, mut pending_rx) = mpsc::channel(64 * 1024);
     let confirmer = tokio::spawn(async move {
         let mut latencies = histogram();
@@ -141,7 +142,7 @@ async fn run_producer(
             None => count,
         };
         for _ in 0..due.min(count - sequence) {
-            let (sent_ns, record) = stamped(plan.filler, producer, sequence, plan.size);
+            let (sent_ns, record) = stamped(&payloads, producer, sequence);
             let pending = sender.enqueue(&plan.topic, record).await?;
             if pending_tx.send((sent_ns, pending)).await.is_err() {
                 break 'publishing; // the confirmer failed; its error is reported below
@@ -155,9 +156,9 @@ async fn run_producer(
 }
 
 /// Message `sequence` of `producer`, stamped with the time it leaves.
-fn stamped(filler: Filler, producer: usize, sequence: u64, size: usize) -> (u64, Record) {
+fn stamped(payloads: &Payloads, producer: usize, sequence: u64) -> (u64, Record) {
     let sent_ns = payload::now_ns();
-    let body = payload::encode(filler, producer as u32, sequence, sent_ns, size);
+    let body = payloads.encode(producer as u32, sequence, sent_ns);
     (sent_ns, Record::new(body))
 }
 

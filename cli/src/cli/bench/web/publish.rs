@@ -38,6 +38,7 @@ pub async fn run_producer(
         .transpose()?;
     let mut latencies = histogram();
     let mut durability = None;
+    let payloads = payload::Payloads::new(plan.filler, plan.size);
     let mut stamps = Vec::with_capacity(plan.batch);
     let mut body = Vec::new();
     let mut sequence = 0;
@@ -58,13 +59,7 @@ pub async fn run_producer(
                 body.push(b',');
             }
             let sent_ns = payload::now_ns();
-            let message = payload::encode(
-                plan.filler,
-                producer as u32,
-                sequence + i,
-                sent_ns,
-                plan.size,
-            );
+            let message = payloads.encode(producer as u32, sequence + i, sent_ns);
             super::json_record(&message, &mut body);
             stamps.push(sent_ns);
         }
