@@ -139,6 +139,7 @@ impl Client {
             next_batch: 0,
             flushes: Vec::new(),
             sent_bytes: Arc::clone(&sent_bytes),
+            full: 0,
         };
         tokio::spawn(task.run(rx));
         Producer {
@@ -221,6 +222,11 @@ struct OpenBatch {
     since: Instant,
 }
 
+/// Whether `batch` takes no more records.
+fn full(config: &ProducerConfig, batch: &OpenBatch) -> bool {
+    batch.records.len() >= config.batch_records || batch.bytes >= config.batch_bytes
+}
+
 /// What the producer knows of a topic.
 struct TopicState {
     partitions: u32,
@@ -267,6 +273,8 @@ struct Batcher {
     next_batch: u64,
     flushes: Vec<oneshot::Sender<()>>,
     sent_bytes: Arc<AtomicU64>,
+    /// Open batches that are full (new records wait while there is one).
+    full: usize,
 }
 
 impl Batcher {
@@ -283,7 +291,7 @@ impl Batcher {
                 }
             }
             // A full batch waiting for a slot holds up new records (backpressure).
-            let accepting = open && !self.open.values().any(|b| self.is_full(b));
+            let accepting = open && self.full == 0;
             let linger = self
                 .order
                 .first()
@@ -298,7 +306,7 @@ impl Batcher {
                     Some(command) => {
                         self.take(command).await;
                         // Take what else is queued, so records queued together leave together.
-                        while !self.open.values().any(|b| self.is_full(b)) {
+                        while self.full == 0 {
                             match commands.try_recv() {
                                 Ok(command) => self.take(command).await,
                                 Err(_) => break,
@@ -329,7 +337,7 @@ impl Batcher {
     }
 
     fn is_full(&self, batch: &OpenBatch) -> bool {
-        batch.records.len() >= self.config.batch_records || batch.bytes >= self.config.batch_bytes
+        full(&self.config, batch)
     }
 
     /// Sends open batches while slots are free: full ones, and (without linger) the rest.
@@ -378,25 +386,34 @@ impl Batcher {
                 return;
             }
         };
-        let state = self.topics.get_mut(&topic).expect("looked up above");
         let partition = match &record.key {
             Some(key) => partition_for_key(key, partitions),
-            None => state.sticky,
+            None => self.topics[&topic].sticky,
         };
         let key = (topic, partition);
         let size = record.size();
-        let open = self.open.entry(key.clone()).or_insert_with(|| {
-            self.order.push(key);
-            OpenBatch {
-                records: Vec::new(),
-                confirms: Vec::new(),
-                bytes: 0,
-                since: Instant::now(),
+        // Per record this is the hot path: one lookup, and the key cloned only for a new
+        // batch, whose vectors are sized for a whole batch up front.
+        let open = match self.open.get_mut(&key) {
+            Some(open) => open,
+            None => {
+                let room = self.config.batch_records.clamp(1, 1024);
+                self.order.push(key.clone());
+                self.open.entry(key).or_insert_with(|| OpenBatch {
+                    records: Vec::with_capacity(room),
+                    confirms: Vec::with_capacity(room),
+                    bytes: 0,
+                    since: Instant::now(),
+                })
             }
-        });
+        };
+        let was_full = full(&self.config, open);
         open.records.push(record);
         open.confirms.push(confirm);
         open.bytes += size;
+        if !was_full && full(&self.config, open) {
+            self.full += 1;
+        }
     }
 
     /// The topic's partition count, asked of the broker the first time. A topic that
@@ -428,6 +445,9 @@ impl Batcher {
         let Some(open) = self.open.remove(&key) else {
             return;
         };
+        if full(&self.config, &open) {
+            self.full -= 1;
+        }
         self.order.retain(|k| *k != key);
         if let Some(state) = self.topics.get_mut(&key.0) {
             if state.sticky == key.1 {
