@@ -5,6 +5,8 @@
 //! queued, writes it all to sled, flushes once (under `--fsync always`), and only then makes
 //! the records readable and answers each publisher. Publishes that arrive during a flush wait
 //! for the next one and share it: that is group commit, and it is why `always` stays fast.
+//! When more is queued behind a group, the writer hands the group to the committer thread
+//! to flush and answer, and goes on writing the next one meanwhile (see [`committer`]).
 //!
 //! Under `interval` and `never` nothing waits for a flush, and a small write that finds the
 //! writer idle (nothing queued, nobody writing) is carried out by its caller instead, under
@@ -28,7 +30,9 @@ use super::stats::StoreStats;
 use super::sync::Syncer;
 use super::{PartitionLog, RetentionPolicy, StorageError};
 
+mod committer;
 mod writer;
+use committer::*;
 use writer::*;
 
 /// The most operations one commit gathers, so one flush never waits on an unbounded backlog.
@@ -144,6 +148,8 @@ struct Shared {
     queued: AtomicUsize,
     /// Whether the writer is stuck (see [`Watchdog`]).
     watchdog: Watchdog,
+    /// Whether the committer (under `always`) is stuck in a flush.
+    committing: Arc<Watchdog>,
     /// What the writer measures of itself (the same as the [`Writer`]'s).
     stats: Arc<StoreStats>,
 }
@@ -164,6 +170,14 @@ struct Watchdog {
 }
 
 impl Watchdog {
+    fn new(limit: Duration) -> Watchdog {
+        Watchdog {
+            epoch: Instant::now(),
+            busy_since: AtomicU64::new(0),
+            limit,
+        }
+    }
+
     fn start(&self) {
         let now = self.epoch.elapsed().as_micros() as u64 + 1;
         self.busy_since.store(now, SeqCst);
@@ -188,6 +202,12 @@ impl Watchdog {
 }
 
 impl Shared {
+    /// How long the writer, or the committer in a flush, has been stuck, if longer than
+    /// the limit.
+    fn stuck_for(&self) -> Option<Duration> {
+        self.watchdog.stuck_for().max(self.committing.stuck_for())
+    }
+
     fn writer(&self) -> MutexGuard<'_, Writer> {
         self.writer.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -248,19 +268,33 @@ impl CommitWriter {
             .map_err(|e| StorageError::Sled(format!("cannot start the offsets recorder: {e}")))?;
         let (tx, rx) = channel::unbounded();
         let stats = Arc::new(StoreStats::default());
+        let durable = Arc::new(Mutex::new(Durable {
+            syncer,
+            marks,
+            recorder,
+            marks_offered: Instant::now(),
+        }));
+        let committing = Arc::new(Watchdog::new(timeout));
+        let committer = match policy {
+            FsyncPolicy::Always => Some(Committer::start(
+                db.clone(),
+                Arc::clone(&durable),
+                Arc::clone(&stats),
+                Arc::clone(&committing),
+            )?),
+            _ => None,
+        };
         let shared = Arc::new(Shared {
             writer: Mutex::new(Writer {
                 db,
                 policy,
-                syncer,
+                durable,
+                committer,
                 last_flush: Instant::now(),
                 unsaved: Vec::new(),
                 bounds_saved: Instant::now(),
                 unsynced: Vec::new(),
                 stats: Arc::clone(&stats),
-                marks,
-                recorder,
-                marks_offered: Instant::now(),
                 producers: Producers::new(producers),
                 encode_buf: BytesMut::new(),
                 trimmed: false,
@@ -268,11 +302,8 @@ impl CommitWriter {
             }),
             in_place: policy != FsyncPolicy::Always,
             queued: AtomicUsize::new(0),
-            watchdog: Watchdog {
-                epoch: Instant::now(),
-                busy_since: AtomicU64::new(0),
-                limit: timeout,
-            },
+            watchdog: Watchdog::new(timeout),
+            committing,
             stats,
         });
         let (exited_tx, exited) = channel::bounded(1);
@@ -302,7 +333,7 @@ impl CommitWriter {
 
     /// Whether the writer is stuck in one commit group past the storage timeout.
     pub(super) fn stalled(&self) -> bool {
-        self.shared.watchdog.stuck_for().is_some()
+        self.shared.stuck_for().is_some()
     }
 
     /// Operations queued for the writer thread and not carried out yet.
@@ -314,7 +345,7 @@ impl CommitWriter {
     /// the thread has stopped, the operation and its reply are dropped, and the receiver
     /// reports that.
     fn send(&self, op: Op) {
-        if let Some(busy) = self.shared.watchdog.stuck_for() {
+        if let Some(busy) = self.shared.stuck_for() {
             return op.fail(stuck(busy));
         }
         let Some(op) = self.shared.write_in_place(op) else {

@@ -33,9 +33,26 @@ pub(super) fn run(shared: &Shared, rx: Receiver<Op>) -> Result<(), StorageError>
         shared.stats.group_size.record(taken as f64);
         let (stopping, trimmed) = (writer.stopped, std::mem::take(&mut writer.trimmed));
         let saved = writer.save_bounds(trimmed || stopping);
-        let commit = saved.and_then(|()| writer.commit(stopping));
-        shared.watchdog.finish();
-        writer.answer(done, commit);
+        let more = shared.queued.load(SeqCst) > taken;
+        if writer.committer.is_some() && more && !stopping {
+            // Under `always`: the committer syncs and answers; the writer goes on.
+            let synced = writer.take_unsynced();
+            if let Some(committer) = &writer.committer {
+                committer.hand_off(Handoff::Group {
+                    done,
+                    synced,
+                    failed: saved.err(),
+                });
+            }
+            shared.watchdog.finish();
+        } else {
+            if let Some(committer) = &writer.committer {
+                committer.drain();
+            }
+            let commit = saved.and_then(|()| writer.commit(stopping));
+            shared.watchdog.finish();
+            writer.answer(done, commit);
+        }
         shared.queued.fetch_sub(taken, SeqCst);
         if stopping {
             break;
@@ -44,17 +61,61 @@ pub(super) fn run(shared: &Shared, rx: Receiver<Op>) -> Result<(), StorageError>
     let mut guard = shared.writer();
     let writer = &mut *guard;
     writer.stopped = true;
+    // Everything handed over is answered before the last flush.
+    drop(writer.committer.take());
     let flushed = writer.flush_and_sync();
-    if let Err(err) = writer.recorder.finish(&writer.marks) {
+    let mut durable = lock(&writer.durable);
+    let durable = &mut *durable;
+    if let Err(err) = durable.recorder.finish(&durable.marks) {
         tracing::error!(%err, "cannot record synced offsets");
     }
     flushed
 }
 
+/// What a flush makes true and records: kept where the writer and the committer both
+/// reach it, taken by whoever flushes.
+pub(super) struct Durable {
+    pub(super) syncer: Syncer,
+    /// Each log's next offset as of its last sync.
+    pub(super) marks: checkpoint::Marks,
+    pub(super) recorder: checkpoint::Recorder,
+    pub(super) marks_offered: Instant,
+}
+
+impl Durable {
+    /// Flushes sled and syncs what it wrote; then each of `synced` (a log with its next
+    /// offset as of before the flush began) has that offset as its mark.
+    pub(super) fn flush(
+        &mut self,
+        db: &sled::Db,
+        synced: Vec<(Arc<PartitionLog>, u64)>,
+        stats: &StoreStats,
+    ) -> Result<(), StorageError> {
+        let began = Instant::now();
+        db.flush()?;
+        self.syncer
+            .sync()
+            .map_err(|e| StorageError::Sled(format!("fdatasync failed: {e}")))?;
+        stats.flush_seconds.record_duration(began.elapsed());
+        for (log, next) in synced {
+            if !log.is_retired() {
+                self.marks.insert(log.name(), next);
+            }
+        }
+        if self.marks_offered.elapsed() >= checkpoint::EVERY {
+            self.recorder.offer(self.marks.clone());
+            self.marks_offered = Instant::now();
+        }
+        Ok(())
+    }
+}
+
 pub(super) struct Writer {
     pub(super) db: sled::Db,
     pub(super) policy: FsyncPolicy,
-    pub(super) syncer: Syncer,
+    pub(super) durable: Arc<Mutex<Durable>>,
+    /// Under `always`: the thread that syncs and answers written groups.
+    pub(super) committer: Option<Committer>,
     pub(super) last_flush: Instant,
     /// Logs written since their bounds were last saved, and when that was.
     pub(super) unsaved: Vec<Arc<PartitionLog>>,
@@ -63,10 +124,6 @@ pub(super) struct Writer {
     pub(super) unsynced: Vec<Arc<PartitionLog>>,
     /// What the writer measures of itself (shared with [`Shared`]).
     pub(super) stats: Arc<StoreStats>,
-    /// Each log's next offset as of its last sync.
-    pub(super) marks: checkpoint::Marks,
-    pub(super) recorder: checkpoint::Recorder,
-    pub(super) marks_offered: Instant,
     /// Idempotent producers' recent batches.
     pub(super) producers: Producers,
     /// Scratch space for encoding stored values, reused across writes.
@@ -150,8 +207,13 @@ impl Writer {
                 result: job(),
             }),
             Op::Forget { logs, job, reply } => {
+                // No group handed over may move a forgotten log's mark after this.
+                if let Some(committer) = &self.committer {
+                    committer.drain();
+                }
+                let mut durable = lock(&self.durable);
                 for log in &logs {
-                    self.marks.remove(log);
+                    durable.marks.remove(log);
                 }
                 let forgotten: Result<(), StorageError> =
                     logs.iter().try_for_each(|log| self.producers.forget(log));
@@ -159,9 +221,9 @@ impl Writer {
                 // their trees can be dropped: see `Store::drop_retired`).
                 self.unsynced.retain(|log| !logs.contains(&log.name()));
                 self.unsaved.retain(|log| !logs.contains(&log.name()));
-                let written = self
+                let written = durable
                     .recorder
-                    .write_now(self.marks.clone())
+                    .write_now(durable.marks.clone())
                     .map_err(|e| StorageError::Sled(format!("cannot record synced offsets: {e}")));
                 done.push(Done::Run {
                     reply,
@@ -214,23 +276,21 @@ impl Writer {
     }
 
     pub(super) fn flush_and_sync(&mut self) -> Result<(), StorageError> {
-        let began = Instant::now();
-        self.db.flush()?;
-        self.syncer
-            .sync()
-            .map_err(|e| StorageError::Sled(format!("fdatasync failed: {e}")))?;
+        let synced = self.take_unsynced();
+        lock(&self.durable).flush(&self.db, synced, &self.stats)?;
         self.last_flush = Instant::now();
-        self.stats.flush_seconds.record_duration(began.elapsed());
-        for log in self.unsynced.drain(..) {
-            if !log.is_retired() {
-                self.marks.insert(log.name(), log.write_next());
-            }
-        }
-        if self.marks_offered.elapsed() >= checkpoint::EVERY {
-            self.recorder.offer(self.marks.clone());
-            self.marks_offered = Instant::now();
-        }
         Ok(())
+    }
+
+    /// The logs written since the last hand-over or sync, each with its next offset now.
+    pub(super) fn take_unsynced(&mut self) -> Vec<(Arc<PartitionLog>, u64)> {
+        self.unsynced
+            .drain(..)
+            .map(|log| {
+                let next = log.write_next();
+                (log, next)
+            })
+            .collect()
     }
 
     /// Makes this group's writes as durable as the policy asks.

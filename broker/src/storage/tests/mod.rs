@@ -535,3 +535,83 @@ fn users_tokens_and_rules_survive_a_reopen_and_go_with_their_user() {
     assert_eq!(store.delete_token("t2").unwrap(), None);
     assert!(!store.delete_rule(99).unwrap());
 }
+
+#[test]
+fn under_always_groups_handed_to_the_committer_are_answered_in_order_synced_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        Store::open(
+            dir.path(),
+            StoreConfig {
+                fsync: FsyncPolicy::Always,
+                ..StoreConfig::default()
+            },
+        )
+        .unwrap()
+    };
+    let store = open();
+    let (_, logs) = store
+        .create_topic("t", 2, RetentionPolicy::default())
+        .unwrap();
+    let (doomed_record, doomed) = store
+        .create_topic("doomed", 1, RetentionPolicy::default())
+        .unwrap();
+    // Hold the writer while more than one group's worth (`MAX_GROUP`) queues up behind
+    // it: the first group is full with more queued behind it, so it goes to the committer
+    // while the writer takes the rest.
+    let (held_tx, held) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel::<()>();
+    let holder = {
+        let store = Arc::clone(&store);
+        std::thread::spawn(move || {
+            store.writer.run(move || {
+                held_tx.send(()).unwrap();
+                release_rx.recv().unwrap();
+                Ok(())
+            })
+        })
+    };
+    held.recv().unwrap();
+    const EACH: u64 = 2100;
+    let mut pending = [Vec::new(), Vec::new()];
+    for sequence in 1..=EACH {
+        for (p, log) in logs.iter().enumerate() {
+            let item = format!("p{p}-{sequence}");
+            let producer = numbered(7 + p as u64, sequence);
+            pending[p].push(store.append_as(log, batch(&[item.as_str()]), producer));
+        }
+    }
+    let gone = store.append(&doomed[0], batch(&["gone"]));
+    // Deleting a topic while groups are with the committer: its marks go for good.
+    let deleter = {
+        let (store, doomed) = (Arc::clone(&store), doomed.clone());
+        std::thread::spawn(move || store.delete_topic(&doomed_record, &doomed))
+    };
+    release.send(()).unwrap();
+    holder.join().unwrap().unwrap();
+    for (p, appends) in pending.into_iter().enumerate() {
+        for (offset, appended) in (0u64..).zip(appends) {
+            let appended = futures::executor::block_on(appended).unwrap().unwrap();
+            assert_eq!(appended.durability, Durability::Synced);
+            assert_eq!(appended.base_offset, offset, "partition {p} in order");
+        }
+    }
+    let _ = futures::executor::block_on(gone).unwrap();
+    deleter.join().unwrap().unwrap();
+    assert!(store.stats().flush_seconds.snapshot().count >= 1);
+    for (p, log) in logs.iter().enumerate() {
+        let expected: Vec<String> = (1..=EACH).map(|s| format!("p{p}-{s}")).collect();
+        assert_eq!(
+            payloads(&log.read(0, 10_000, usize::MAX).unwrap()),
+            expected
+        );
+    }
+    // The marks the committer recorded agree with what is stored: the store reopens.
+    store.close().unwrap();
+    drop((store, logs, doomed));
+    let store = open();
+    let topics = store.load_topics().unwrap();
+    assert_eq!(topics.len(), 1);
+    let logs = store.open_logs(&topics[0]).unwrap();
+    assert_eq!(logs.iter().map(|l| l.next_offset()).sum::<u64>(), 2 * EACH);
+}
