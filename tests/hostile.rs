@@ -46,7 +46,19 @@ fn templates() -> Vec<Vec<u8>> {
     let records: Vec<Record> = (0..20)
         .map(|i| Record::new(format!("compressed {i}")))
         .collect();
-    vec![
+    let compressed = [Codec::Lz4, Codec::Zstd].map(|codec| {
+        encode(
+            5,
+            Publish {
+                topic: "t".into(),
+                partition: 1,
+                producer_id: 0,
+                sequence: 0,
+                batch: encode_batch_with(&records, codec),
+            },
+        )
+    });
+    let mut templates = vec![
         hello(),
         encode(2, ListTopics {}),
         encode(3, DescribeTopic { name: "t".into() }),
@@ -66,26 +78,6 @@ fn templates() -> Vec<Vec<u8>> {
                 producer_id: 9,
                 sequence: 1,
                 batch,
-            },
-        ),
-        encode(
-            5,
-            Publish {
-                topic: "t".into(),
-                partition: 1,
-                producer_id: 0,
-                sequence: 0,
-                batch: encode_batch_with(&records, Codec::Lz4),
-            },
-        ),
-        encode(
-            5,
-            Publish {
-                topic: "t".into(),
-                partition: 1,
-                producer_id: 0,
-                sequence: 0,
-                batch: encode_batch_with(&records, Codec::Zstd),
             },
         ),
         encode(
@@ -143,7 +135,9 @@ fn templates() -> Vec<Vec<u8>> {
                 }],
             },
         ),
-    ]
+    ];
+    templates.extend(compressed);
+    templates
 }
 
 /// What one hostile connection sends.

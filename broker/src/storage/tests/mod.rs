@@ -426,19 +426,18 @@ async fn under_never_an_idle_writer_has_a_small_append_written_before_append_ret
     );
 }
 
-#[test]
-fn appends_queued_while_the_writer_is_busy_are_not_overtaken_by_later_ones() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store_with_tail(dir.path(), 1 << 20);
-    let (_, logs) = store
-        .create_topic("t", 1, RetentionPolicy::default())
-        .unwrap();
-    // A job that finds the writer idle runs in place on its caller's thread, holding the
-    // writer until it is released.
+/// Runs a job on the writer (in place, or on its thread under `always`) that holds it until
+/// the returned sender says go; returns once the job runs.
+fn hold_writer(
+    store: &Arc<Store>,
+) -> (
+    std::thread::JoinHandle<Result<(), StorageError>>,
+    std::sync::mpsc::Sender<()>,
+) {
     let (held_tx, held) = std::sync::mpsc::channel();
     let (release, release_rx) = std::sync::mpsc::channel::<()>();
     let holder = {
-        let store = Arc::clone(&store);
+        let store = Arc::clone(store);
         std::thread::spawn(move || {
             store.writer.run(move || {
                 held_tx.send(()).unwrap();
@@ -448,6 +447,19 @@ fn appends_queued_while_the_writer_is_busy_are_not_overtaken_by_later_ones() {
         })
     };
     held.recv().unwrap();
+    (holder, release)
+}
+
+#[test]
+fn appends_queued_while_the_writer_is_busy_are_not_overtaken_by_later_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_tail(dir.path(), 1 << 20);
+    let (_, logs) = store
+        .create_topic("t", 1, RetentionPolicy::default())
+        .unwrap();
+    // A job that finds the writer idle runs in place on its caller's thread, holding the
+    // writer until it is released.
+    let (holder, release) = hold_writer(&store);
     let mut first = store.append_as(&logs[0], batch(&["r1"]), numbered(5, 1));
     assert!(
         matches!(
@@ -559,19 +571,7 @@ fn under_always_groups_handed_to_the_committer_are_answered_in_order_synced_and_
     // Hold the writer while more than one group's worth (`MAX_GROUP`) queues up behind
     // it: the first group is full with more queued behind it, so it goes to the committer
     // while the writer takes the rest.
-    let (held_tx, held) = std::sync::mpsc::channel();
-    let (release, release_rx) = std::sync::mpsc::channel::<()>();
-    let holder = {
-        let store = Arc::clone(&store);
-        std::thread::spawn(move || {
-            store.writer.run(move || {
-                held_tx.send(()).unwrap();
-                release_rx.recv().unwrap();
-                Ok(())
-            })
-        })
-    };
-    held.recv().unwrap();
+    let (holder, release) = hold_writer(&store);
     const EACH: u64 = 2100;
     let mut pending = [Vec::new(), Vec::new()];
     for sequence in 1..=EACH {
