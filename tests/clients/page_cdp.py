@@ -53,14 +53,21 @@ class Page:
         return result["result"].get("value")
 
     async def until(self, expression, what, timeout=30):
+        """Waits for `expression` to be truthy. Until then it may also throw: right after
+        Page.navigate the old document (about:blank) is still the one evaluated in."""
         deadline = time.monotonic() + timeout
+        failed = None
         while time.monotonic() < deadline:
-            value = await self.eval(expression)
-            if value:
-                return value
+            try:
+                value = await self.eval(expression)
+                if value:
+                    return value
+            except RuntimeError as err:
+                failed = err
             await asyncio.sleep(0.2)
-        body = await self.eval("document.body.innerText")
-        raise AssertionError(f"no {what} within {timeout} s; the page says:\n{body}")
+        body = await self.eval("document.body ? document.body.innerText : ''")
+        raise AssertionError(
+            f"no {what} within {timeout} s (last error: {failed}); the page says:\n{body}")
 
 
 async def main(chromium, url, token, screenshot):
