@@ -91,25 +91,38 @@ async fn gateway(adjust: impl FnOnce(&mut herald_broker::Config)) -> TestBroker 
     .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_move_with_publishing_consuming_answering_expiring_and_failed_logins() {
-    let broker = gateway(|c| c.min_session_timeout_ms = 100).await;
-    let client = broker.client().await;
-    client.create_topic("orders", 1).await.unwrap();
-    let settings = PushGroupSettings {
-        ack_timeout: Some(Duration::from_secs(60)),
-        ..Default::default()
-    };
+/// Topic "orders" with `partitions`, push group "workers" with `settings`, and `records`
+/// records "order N" published to it.
+async fn orders_with_workers(
+    client: &herald_client::Client,
+    partitions: u32,
+    settings: PushGroupSettings,
+    records: usize,
+) {
+    client.create_topic("orders", partitions).await.unwrap();
     client
         .create_push_group("orders", "workers", settings)
         .await
         .unwrap();
-    let records = (0..10).map(|i| Record::new(format!("order {i}"))).collect();
+    let records = (0..records)
+        .map(|i| Record::new(format!("order {i}")))
+        .collect();
     client
         .producer()
         .send_batch("orders", records)
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_with_publishing_consuming_answering_expiring_and_failed_logins() {
+    let broker = gateway(|c| c.min_session_timeout_ms = 100).await;
+    let client = broker.client().await;
+    let settings = PushGroupSettings {
+        ack_timeout: Some(Duration::from_secs(60)),
+        ..Default::default()
+    };
+    orders_with_workers(&client, 1, settings, 10).await;
 
     let before = Scrape::of(&broker).await;
     let orders = [("topic", "orders"), ("partition", "0")];
@@ -396,17 +409,7 @@ async fn a_real_prometheus_scrapes_the_broker_and_answers_a_lag_query() {
     }
     let broker = gateway(|_| {}).await;
     let client = broker.client().await;
-    client.create_topic("orders", 1).await.unwrap();
-    client
-        .create_push_group("orders", "workers", PushGroupSettings::default())
-        .await
-        .unwrap();
-    let records = (0..7).map(|i| Record::new(format!("order {i}"))).collect();
-    client
-        .producer()
-        .send_batch("orders", records)
-        .await
-        .unwrap();
+    orders_with_workers(&client, 1, PushGroupSettings::default(), 7).await;
 
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
@@ -470,19 +473,10 @@ async fn a_real_prometheus_scrapes_the_broker_and_answers_a_lag_query() {
 async fn herald_stats_shows_what_v1_stats_answers() {
     let broker = gateway(|_| {}).await;
     let client = broker.client().await;
-    client.create_topic("orders", 2).await.unwrap();
-    client
-        .create_push_group("orders", "workers", PushGroupSettings::default())
-        .await
-        .unwrap();
+    orders_with_workers(&client, 2, PushGroupSettings::default(), 10).await;
+    // Created after the publish, at the earliest offset: everything is its lag.
     client
         .create_pull_group("orders", "audit", herald_client::StartPosition::Earliest)
-        .await
-        .unwrap();
-    let records = (0..10).map(|i| Record::new(format!("order {i}"))).collect();
-    client
-        .producer()
-        .send_batch("orders", records)
         .await
         .unwrap();
 
