@@ -180,6 +180,7 @@ async fn bad_requests_get_an_error_body_and_the_gateway_serves_on() {
     let broker = gateway_with(|c| {
         c.no_auto_create_topics = true;
         c.max_message_bytes = 1000;
+        c.max_batch_records = 3;
     })
     .await;
     let client = broker.client().await;
@@ -235,6 +236,15 @@ async fn bad_requests_get_an_error_body_and_the_gateway_serves_on() {
             Some(json!({"records": [{"value": big}]})),
             413,
             "MessageTooLarge",
+        ),
+        (
+            "POST",
+            "/v1/topics/kept/records",
+            Some(
+                json!({"records": [{"value": "1"}, {"value": "2"}, {"value": "3"}, {"value": "4"}]}),
+            ),
+            413,
+            "BatchTooLarge",
         ),
         (
             "POST",

@@ -33,6 +33,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
+use herald_protocol::record::MAX_BATCH_RECORDS;
 use herald_protocol::{
     encode_batch_with, partition_for_key, Codec, Durability, ErrorCode, Publish, PublishOk, Record,
 };
@@ -47,7 +48,7 @@ use crate::error::{Error, Result};
 pub struct ProducerConfig {
     /// How long a partial batch may wait for more records once a slot is free (0 = none).
     pub linger: Duration,
-    /// Most records in one batch.
+    /// Most records in one batch (at most 16,777,215, what a batch's count holds).
     pub batch_records: usize,
     /// Most payload bytes in one batch (a larger single record goes alone).
     pub batch_bytes: usize,
@@ -121,7 +122,9 @@ impl Client {
     }
 
     /// A producer with the given settings; see [`Client::producer`].
-    pub fn producer_with(&self, config: ProducerConfig) -> Producer {
+    pub fn producer_with(&self, mut config: ProducerConfig) -> Producer {
+        // A batch's record count is 24 bits: a larger setting could not be encoded.
+        config.batch_records = config.batch_records.min(MAX_BATCH_RECORDS as usize);
         let (commands, rx) = mpsc::channel(config.queue.max(1));
         let sent_bytes = Arc::new(AtomicU64::new(0));
         let max_message_bytes = self.session().max_message_bytes as usize;

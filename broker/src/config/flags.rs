@@ -123,8 +123,10 @@ pub struct Flags {
     #[arg(long, env = "HERALD_MIN_FREE_DISK_BYTES")]
     pub min_free_disk_bytes: Option<u64>,
 
-    /// Most records in one published batch; more are refused with BatchTooLarge.
-    #[arg(long, env = "HERALD_MAX_BATCH_RECORDS")]
+    /// Most records in one published batch; more are refused with BatchTooLarge (at most
+    /// 16,777,215, what a batch's count holds).
+    #[arg(long, env = "HERALD_MAX_BATCH_RECORDS",
+          value_parser = clap::value_parser!(u32).range(1..=16_777_215))]
     pub max_batch_records: Option<u32>,
 
     /// Most consumers of one group at once (pull members or push subscribers); more are

@@ -13,6 +13,7 @@ use super::authed::Authed;
 use super::json::{ok, HttpError, InRecord, JsonBody, OutRecord};
 use super::{PathArgs, QueryArgs};
 use crate::core::{Core, FetchArgs};
+use crate::error::BrokerError;
 use crate::storage::Durability;
 
 /// The most a long-poll may wait, so a forgotten request does not hold a connection
@@ -48,6 +49,19 @@ pub(super) async fn publish_records(
 ) -> Result<Value, HttpError> {
     if records.is_empty() {
         return Err(HttpError::bad_request("records is empty"));
+    }
+    // Refused before encoding, as the TCP protocol's batches are (and a batch's count has
+    // 24 bits, which a large enough body could pass).
+    let max = core
+        .config()
+        .max_batch_records
+        .min(herald_protocol::record::MAX_BATCH_RECORDS);
+    if records.len() > max as usize {
+        return Err(BrokerError::BatchTooLarge {
+            records: u32::try_from(records.len()).unwrap_or(u32::MAX),
+            max,
+        }
+        .into());
     }
     let records = records
         .into_iter()
