@@ -25,19 +25,19 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use herald_protocol::record::MAX_BATCH_RECORDS;
 use herald_protocol::{
     encode_batch_with, partition_for_key, Codec, Durability, ErrorCode, Publish, PublishOk, Record,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use crate::client::{await_reply, expect_reply, Client};
@@ -84,34 +84,76 @@ pub struct Confirm {
     pub durability: Durability,
 }
 
-/// A queued record's confirm, to await later.
-pub struct PendingConfirm(oneshot::Receiver<Result<Confirm>>);
+/// A queued record's confirm, to await later. It shares its batch's answer with the
+/// batch's other records: one answer per batch, however many records wait on it.
+pub struct PendingConfirm {
+    outcome: Either,
+    /// The record's place in its batch.
+    index: usize,
+}
+
+enum Either {
+    Batch(Shared<oneshot::Receiver<Arc<Outcome>>>),
+    Failed(Option<Error>),
+}
+
+/// A batch's answer: the broker's, or why there is none.
+type Outcome = Result<PublishOk>;
 
 impl Future for PendingConfirm {
     type Output = Result<Confirm>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.0)
-            .poll(cx)
-            .map(|r| r.unwrap_or_else(|_| Err(Error::Closed("the producer has stopped".into()))))
+        let index = self.index;
+        match &mut self.outcome {
+            Either::Failed(err) => Poll::Ready(Err(err
+                .take()
+                .unwrap_or_else(|| Error::Closed("the confirm was already taken".into())))),
+            Either::Batch(shared) => Pin::new(shared).poll(cx).map(|outcome| match outcome {
+                Ok(outcome) => confirm_of(&outcome, index),
+                Err(_) => Err(Error::Closed("the producer has stopped".into())),
+            }),
+        }
     }
 }
 
-enum Command {
-    Send {
-        topic: String,
-        record: Record,
-        confirm: oneshot::Sender<Result<Confirm>>,
-    },
-    Flush(oneshot::Sender<()>),
+/// Record `index`'s confirm from its batch's answer: the runs cover the batch's records
+/// in order (how many there are was checked when the answer came).
+fn confirm_of(outcome: &Outcome, index: usize) -> Result<Confirm> {
+    let ok = outcome.as_ref().map_err(Error::duplicate)?;
+    let mut skip = index as u64;
+    for run in &ok.runs {
+        if skip < u64::from(run.count) {
+            return Ok(Confirm {
+                partition: run.partition,
+                offset: run.base_offset + skip,
+                durability: ok.durability,
+            });
+        }
+        skip -= u64::from(run.count);
+    }
+    Err(Error::Protocol(format!(
+        "no confirm for record {index} of its batch"
+    )))
 }
 
-/// Publishes records; clones share one producer task.
+/// Publishes records; clones share one producer task, which ends once every clone is
+/// dropped and what they queued has its answer.
 #[derive(Clone)]
 pub struct Producer {
-    commands: mpsc::Sender<Command>,
+    handle: Arc<Handle>,
     max_message_bytes: usize,
     sent_bytes: Arc<AtomicU64>,
+}
+
+/// What the clones of one producer hold; dropping the last closes the intake.
+struct Handle(Arc<Intake>);
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        lock(&self.0.queue).closed = true;
+        self.0.wake.notify_one();
+    }
 }
 
 impl Client {
@@ -125,28 +167,29 @@ impl Client {
     pub fn producer_with(&self, mut config: ProducerConfig) -> Producer {
         // A batch's record count is 24 bits: a larger setting could not be encoded.
         config.batch_records = config.batch_records.min(MAX_BATCH_RECORDS as usize);
-        let (commands, rx) = mpsc::channel(config.queue.max(1));
         let sent_bytes = Arc::new(AtomicU64::new(0));
         let max_message_bytes = self.session().max_message_bytes as usize;
-        let task = Batcher {
+        let intake = Arc::new(Intake {
+            queue: Mutex::new(Queue::default()),
+            wake: Notify::new(),
+            room: Notify::new(),
             client: self.clone(),
+            config: config.clone(),
+        });
+        let task = Batcher {
+            intake: Arc::clone(&intake),
             max_in_flight: config.max_in_flight.clamp(1, MAX_UNCONFIRMED),
             config,
             producer_id: fastrand::u64(1..),
-            topics: HashMap::new(),
-            open: HashMap::new(),
-            order: Vec::new(),
             lanes: HashMap::new(),
             replies: FuturesUnordered::new(),
             unconfirmed: 0,
             next_batch: 0,
-            flushes: Vec::new(),
             sent_bytes: Arc::clone(&sent_bytes),
-            full: 0,
         };
-        tokio::spawn(task.run(rx));
+        tokio::spawn(task.run());
         Producer {
-            commands,
+            handle: Arc::new(Handle(intake)),
             max_message_bytes,
             sent_bytes,
         }
@@ -166,7 +209,8 @@ impl Producer {
     }
 
     /// Queues one record and returns once it is queued; await the result for its confirm.
-    /// Records queued one after another are stored in that order (per partition).
+    /// Records queued one after another are stored in that order (per partition). It
+    /// waits while `queue` records are queued, or a full batch waits for a free slot.
     pub async fn enqueue(&self, topic: &str, record: Record) -> Result<PendingConfirm> {
         if record.size() > self.max_message_bytes {
             return Err(Error::MessageTooLarge {
@@ -174,16 +218,37 @@ impl Producer {
                 max: self.max_message_bytes,
             });
         }
-        let (confirm, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Send {
-                topic: topic.to_string(),
-                record,
-                confirm,
-            })
-            .await
-            .map_err(|_| Error::Closed("the producer has stopped".into()))?;
-        Ok(PendingConfirm(rx))
+        let intake = &self.handle.0;
+        let mut record = record;
+        loop {
+            let full = {
+                let mut queue = lock(&intake.queue);
+                if queue.has_room(&intake.config) {
+                    match queue.add(intake, topic, record) {
+                        Ok(pending) => return Ok(pending),
+                        Err(back) => record = back,
+                    }
+                    false
+                } else {
+                    true
+                }
+            };
+            if full {
+                // Wait for the producer task to take records out; registered before the
+                // second look, so a wakeup in between is not missed.
+                let room = intake.room.notified();
+                tokio::pin!(room);
+                room.as_mut().enable();
+                if !lock(&intake.queue).has_room(&intake.config) {
+                    room.await;
+                }
+            } else if let Err(err) = intake.learn_partitions(topic).await {
+                return Ok(PendingConfirm {
+                    outcome: Either::Failed(Some(err)),
+                    index: 0,
+                });
+            }
+        }
     }
 
     /// Publishes records and waits for all their confirms, returned in record order.
@@ -202,10 +267,8 @@ impl Producer {
     /// Waits until every record queued before this call has its answer.
     pub async fn flush(&self) -> Result<()> {
         let (done, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Flush(done))
-            .await
-            .map_err(|_| Error::Closed("the producer has stopped".into()))?;
+        lock(&self.handle.0.queue).flushes.push(done);
+        self.handle.0.wake.notify_one();
         rx.await
             .map_err(|_| Error::Closed("the producer has stopped".into()))
     }
@@ -217,10 +280,51 @@ const MAX_UNCONFIRMED: usize = 16;
 /// One partition of one topic.
 type PartitionKey = (String, u32);
 
+/// Where records are queued, shared by the producer's clones (which add) and its task
+/// (which takes batches to send). As in Kafka's record accumulator, a record joins its
+/// partition's open batch under one short lock, and every record of a batch waits on the
+/// batch's one answer: nothing per record crosses a channel.
+struct Intake {
+    queue: Mutex<Queue>,
+    /// Tells the task that there is something to send, a flush, or no producer left.
+    wake: Notify,
+    /// Tells waiting callers that the task took records out of the queue.
+    room: Notify,
+    client: Client,
+    config: ProducerConfig,
+}
+
+#[derive(Default)]
+struct Queue {
+    topics: HashMap<String, TopicState>,
+    /// Partitions with an open batch, in the order their first record arrived.
+    order: VecDeque<PartitionKey>,
+    /// Records in open batches.
+    records: usize,
+    /// Open batches that are full (new records wait while there is one).
+    full: usize,
+    flushes: Vec<oneshot::Sender<()>>,
+    /// Every clone of the producer is gone.
+    closed: bool,
+}
+
+/// What the producer knows of a topic, and its open batches.
+struct TopicState {
+    /// Its partition count; `None` once the broker said it does not exist, until asked
+    /// again.
+    partitions: Option<u32>,
+    /// Where records without a key go now.
+    sticky: u32,
+    /// Open batches by partition.
+    open: Vec<Option<OpenBatch>>,
+}
+
 /// Records waiting to be sent to one partition.
 struct OpenBatch {
     records: Vec<Record>,
-    confirms: Vec<oneshot::Sender<Result<Confirm>>>,
+    /// The batch's answer goes here; each record's [`PendingConfirm`] shares `outcome`.
+    answer: oneshot::Sender<Arc<Outcome>>,
+    outcome: Shared<oneshot::Receiver<Arc<Outcome>>>,
     bytes: usize,
     since: Instant,
 }
@@ -230,11 +334,127 @@ fn full(config: &ProducerConfig, batch: &OpenBatch) -> bool {
     batch.records.len() >= config.batch_records || batch.bytes >= config.batch_bytes
 }
 
-/// What the producer knows of a topic.
-struct TopicState {
-    partitions: u32,
-    /// Where records without a key go now.
-    sticky: u32,
+fn lock(queue: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
+    queue.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Intake {
+    /// Asks the broker for the topic's partition count. A topic that does not exist yet
+    /// counts as one partition: publishing creates it so (or fails with `UnknownTopic`
+    /// when the broker does not create topics).
+    async fn learn_partitions(&self, topic: &str) -> Result<()> {
+        let mut tries = 0;
+        let partitions = loop {
+            match self.client.describe_topic(topic).await {
+                Ok(info) => break (info.partitions.len() as u32).max(1),
+                Err(err) if err.code() == Some(ErrorCode::UnknownTopic) => break 1,
+                Err(Error::Disconnected(_)) if tries < 3 => tries += 1,
+                Err(err) => return Err(err),
+            }
+        };
+        let mut queue = lock(&self.queue);
+        let state = queue
+            .topics
+            .entry(topic.to_string())
+            .or_insert_with(|| TopicState {
+                partitions: None,
+                sticky: fastrand::u32(..partitions),
+                open: Vec::new(),
+            });
+        if state.partitions.is_none() {
+            state.partitions = Some(partitions);
+            state.sticky %= partitions;
+        }
+        Ok(())
+    }
+}
+
+impl Queue {
+    /// Whether a record may join now.
+    fn has_room(&self, config: &ProducerConfig) -> bool {
+        !self.closed && self.full == 0 && self.records < config.queue.max(1)
+    }
+
+    /// Adds a record to its partition's open batch, or hands it back when the topic's
+    /// partition count is not known. Per record this is the hot path: one lookup, and the
+    /// key cloned only for a new batch, whose vector is sized for a whole batch up front.
+    fn add(
+        &mut self,
+        intake: &Intake,
+        topic: &str,
+        record: Record,
+    ) -> std::result::Result<PendingConfirm, Record> {
+        let config = &intake.config;
+        let Some(state) = self.topics.get_mut(topic) else {
+            return Err(record);
+        };
+        let Some(partitions) = state.partitions else {
+            return Err(record);
+        };
+        let partition = match &record.key {
+            Some(key) => partition_for_key(key, partitions),
+            None => state.sticky,
+        } as usize;
+        if state.open.len() <= partition {
+            state.open.resize_with(partition + 1, || None);
+        }
+        let open = state.open[partition].get_or_insert_with(|| {
+            let (answer, outcome) = oneshot::channel();
+            self.order.push_back((topic.to_string(), partition as u32));
+            intake.wake.notify_one();
+            OpenBatch {
+                records: Vec::with_capacity(config.batch_records.clamp(1, 1024)),
+                answer,
+                outcome: outcome.shared(),
+                bytes: 0,
+                since: Instant::now(),
+            }
+        });
+        let was_full = full(config, open);
+        let index = open.records.len();
+        open.bytes += record.size();
+        open.records.push(record);
+        self.records += 1;
+        if !was_full && full(config, open) {
+            self.full += 1;
+            intake.wake.notify_one();
+        }
+        Ok(PendingConfirm {
+            outcome: Either::Batch(open.outcome.clone()),
+            index,
+        })
+    }
+
+    /// Takes the open batch of `key` out of the queue, moving the topic's sticky
+    /// partition on when it was that one.
+    fn take(&mut self, config: &ProducerConfig, key: &PartitionKey) -> Option<OpenBatch> {
+        let state = self.topics.get_mut(&key.0)?;
+        let open = state.open.get_mut(key.1 as usize)?.take()?;
+        if let Some(partitions) = state.partitions {
+            if state.sticky == key.1 {
+                state.sticky = (state.sticky + 1) % partitions;
+            }
+        }
+        self.order.retain(|k| k != key);
+        self.records -= open.records.len();
+        if full(config, &open) {
+            self.full -= 1;
+        }
+        Some(open)
+    }
+
+    fn is_full(&self, config: &ProducerConfig, key: &PartitionKey) -> bool {
+        self.topics
+            .get(&key.0)
+            .and_then(|state| state.open.get(key.1 as usize))
+            .and_then(Option::as_ref)
+            .is_some_and(|open| full(config, open))
+    }
+
+    fn since(&self, key: &PartitionKey) -> Option<Instant> {
+        let state = self.topics.get(&key.0)?;
+        Some(state.open.get(key.1 as usize)?.as_ref()?.since)
+    }
 }
 
 /// A batch sent and not yet confirmed or failed.
@@ -242,7 +462,8 @@ struct Unconfirmed {
     id: u64,
     sequence: u64,
     batch: Bytes,
-    confirms: Vec<oneshot::Sender<Result<Confirm>>>,
+    records: usize,
+    answer: oneshot::Sender<Arc<Outcome>>,
     /// Sent and its answer not yet in.
     awaiting: bool,
 }
@@ -260,210 +481,100 @@ struct Lane {
 
 type Reply = (PartitionKey, u64, Result<PublishOk>);
 
+/// The producer's task: takes batches from the [`Intake`] as slots free up, numbers,
+/// encodes and sends them, and settles their answers.
 struct Batcher {
-    client: Client,
+    intake: Arc<Intake>,
     config: ProducerConfig,
     max_in_flight: usize,
     producer_id: u64,
-    topics: HashMap<String, TopicState>,
-    open: HashMap<PartitionKey, OpenBatch>,
-    /// Partitions with an open batch, in the order their first record arrived.
-    order: Vec<PartitionKey>,
     lanes: HashMap<PartitionKey, Lane>,
     replies: FuturesUnordered<BoxFuture<'static, Reply>>,
     /// Batches in every lane.
     unconfirmed: usize,
     next_batch: u64,
-    flushes: Vec<oneshot::Sender<()>>,
     sent_bytes: Arc<AtomicU64>,
-    /// Open batches that are full (new records wait while there is one).
-    full: usize,
 }
 
 impl Batcher {
-    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
-        let mut open = true;
+    async fn run(mut self) {
         loop {
-            self.send_ready().await;
-            if self.open.is_empty() && self.unconfirmed == 0 {
-                for done in self.flushes.drain(..) {
-                    let _ = done.send(());
+            let flushing = self.send_ready().await;
+            let linger = {
+                let mut queue = lock(&self.intake.queue);
+                if queue.order.is_empty() && self.unconfirmed == 0 {
+                    for done in queue.flushes.drain(..) {
+                        let _ = done.send(());
+                    }
+                    if queue.closed {
+                        return;
+                    }
                 }
-                if !open {
-                    return;
-                }
-            }
-            // A full batch waiting for a slot holds up new records (backpressure).
-            let accepting = open && self.full == 0;
-            let linger = self
-                .order
-                .first()
-                .filter(|_| self.unconfirmed < self.max_in_flight)
-                .map(|key| self.open[key].since + self.config.linger);
+                queue
+                    .order
+                    .front()
+                    .filter(|_| self.unconfirmed < self.max_in_flight && !flushing)
+                    .and_then(|key| queue.since(key))
+                    .map(|since| since + self.config.linger)
+            };
             tokio::select! {
                 Some((key, id, reply)) = self.replies.next(), if !self.replies.is_empty() => {
                     self.on_reply(key, id, reply).await;
                 }
-                command = commands.recv(), if accepting => match command {
-                    None => open = false,
-                    Some(command) => {
-                        self.take(command).await;
-                        // Take what else is queued, so records queued together leave together.
-                        while self.full == 0 {
-                            match commands.try_recv() {
-                                Ok(command) => self.take(command).await,
-                                Err(_) => break,
-                            }
-                        }
-                    }
-                },
-                _ = tokio::time::sleep_until(linger.unwrap_or_else(Instant::now)), if linger.is_some() => {
-                    self.send_lingered(true).await;
+                _ = self.intake.wake.notified() => {}
+                _ = tokio::time::sleep_until(linger.unwrap_or_else(Instant::now)), if linger.is_some() => {}
+            }
+        }
+    }
+
+    /// Sends open batches while slots are free: in arrival order, those full and (without
+    /// linger, or on a flush, or once closed) the rest, and those that lingered long
+    /// enough. Returns whether a flush (or closing) is under way.
+    async fn send_ready(&mut self) -> bool {
+        let mut taken = Vec::new();
+        let flushing = {
+            let mut queue = lock(&self.intake.queue);
+            let flushing = !queue.flushes.is_empty() || queue.closed;
+            let now = Instant::now();
+            let every = self.config.linger.is_zero() || flushing;
+            while self.unconfirmed + taken.len() < self.max_in_flight {
+                let key = queue
+                    .order
+                    .iter()
+                    .find(|key| {
+                        every
+                            || queue.is_full(&self.config, key)
+                            || queue
+                                .since(key)
+                                .is_some_and(|s| s + self.config.linger <= now)
+                    })
+                    .cloned();
+                let Some(key) = key else { break };
+                if let Some(open) = queue.take(&self.config, &key) {
+                    taken.push((key, open));
                 }
             }
-        }
-    }
-
-    async fn take(&mut self, command: Command) {
-        match command {
-            Command::Send {
-                topic,
-                record,
-                confirm,
-            } => self.add(topic, record, confirm).await,
-            Command::Flush(done) => {
-                self.flushes.push(done);
-                // Everything open leaves now, linger or not.
-                self.send_lingered(false).await;
-            }
-        }
-    }
-
-    fn is_full(&self, batch: &OpenBatch) -> bool {
-        full(&self.config, batch)
-    }
-
-    /// Sends open batches while slots are free: full ones, and (without linger) the rest.
-    async fn send_ready(&mut self) {
-        if self.config.linger.is_zero() || !self.flushes.is_empty() {
-            self.send_lingered(false).await;
-            return;
-        }
-        while self.unconfirmed < self.max_in_flight {
-            let Some(key) = self
-                .order
-                .iter()
-                .find(|k| self.is_full(&self.open[*k]))
-                .cloned()
-            else {
-                return;
-            };
-            self.send(key).await;
-        }
-    }
-
-    /// Sends open batches in arrival order while slots are free; with `due_only`, only
-    /// those that have lingered long enough.
-    async fn send_lingered(&mut self, due_only: bool) {
-        while self.unconfirmed < self.max_in_flight {
-            let Some(key) = self.order.first().cloned() else {
-                return;
-            };
-            if due_only && self.open[&key].since + self.config.linger > Instant::now() {
-                return;
-            }
-            self.send(key).await;
-        }
-    }
-
-    async fn add(
-        &mut self,
-        topic: String,
-        record: Record,
-        confirm: oneshot::Sender<Result<Confirm>>,
-    ) {
-        let partitions = match self.partitions(&topic).await {
-            Ok(partitions) => partitions,
-            Err(err) => {
-                let _ = confirm.send(Err(err));
-                return;
-            }
+            flushing
         };
-        let partition = match &record.key {
-            Some(key) => partition_for_key(key, partitions),
-            None => self.topics[&topic].sticky,
-        };
-        let key = (topic, partition);
-        let size = record.size();
-        // Per record this is the hot path: one lookup, and the key cloned only for a new
-        // batch, whose vectors are sized for a whole batch up front.
-        let open = match self.open.get_mut(&key) {
-            Some(open) => open,
-            None => {
-                let room = self.config.batch_records.clamp(1, 1024);
-                self.order.push(key.clone());
-                self.open.entry(key).or_insert_with(|| OpenBatch {
-                    records: Vec::with_capacity(room),
-                    confirms: Vec::with_capacity(room),
-                    bytes: 0,
-                    since: Instant::now(),
-                })
-            }
-        };
-        let was_full = full(&self.config, open);
-        open.records.push(record);
-        open.confirms.push(confirm);
-        open.bytes += size;
-        if !was_full && full(&self.config, open) {
-            self.full += 1;
+        if !taken.is_empty() {
+            self.intake.room.notify_waiters();
         }
+        for (key, open) in taken {
+            self.send(key, open).await;
+        }
+        flushing
     }
 
-    /// The topic's partition count, asked of the broker the first time. A topic that
-    /// does not exist yet counts as one partition: publishing creates it so (or fails
-    /// with `UnknownTopic` when the broker does not create topics).
-    async fn partitions(&mut self, topic: &str) -> Result<u32> {
-        if let Some(state) = self.topics.get(topic) {
-            return Ok(state.partitions);
-        }
-        let mut tries = 0;
-        let partitions = loop {
-            match self.client.describe_topic(topic).await {
-                Ok(info) => break (info.partitions.len() as u32).max(1),
-                Err(err) if err.code() == Some(ErrorCode::UnknownTopic) => break 1,
-                Err(Error::Disconnected(_)) if tries < 3 => tries += 1,
-                Err(err) => return Err(err),
-            }
-        };
-        let state = TopicState {
-            partitions,
-            sticky: fastrand::u32(..partitions),
-        };
-        self.topics.insert(topic.to_string(), state);
-        Ok(partitions)
-    }
-
-    /// Numbers one open batch and sends it.
-    async fn send(&mut self, key: PartitionKey) {
-        let Some(open) = self.open.remove(&key) else {
-            return;
-        };
-        if full(&self.config, &open) {
-            self.full -= 1;
-        }
-        self.order.retain(|k| *k != key);
-        if let Some(state) = self.topics.get_mut(&key.0) {
-            if state.sticky == key.1 {
-                state.sticky = (state.sticky + 1) % state.partitions;
-            }
-        }
+    /// Numbers one batch and sends it.
+    async fn send(&mut self, key: PartitionKey, open: OpenBatch) {
         let lane = self.lanes.entry(key.clone()).or_default();
         lane.next_sequence += 1;
         let batch = Unconfirmed {
             id: self.next_batch,
             sequence: lane.next_sequence,
             batch: encode_batch_with(&open.records, self.config.compression),
-            confirms: open.confirms,
+            records: open.records.len(),
+            answer: open.answer,
             awaiting: false,
         };
         self.next_batch += 1;
@@ -488,7 +599,7 @@ impl Batcher {
             batch: batch.batch.clone(),
         };
         let (key, id, len) = (key.clone(), batch.id, batch.batch.len() as u64);
-        let started = self.client.start(publish).await;
+        let started = self.intake.client.start(publish).await;
         if started.is_ok() {
             self.sent_bytes.fetch_add(len, Ordering::Relaxed);
         }
@@ -513,7 +624,7 @@ impl Batcher {
         match reply {
             Ok(ok) => {
                 let batch = lane.batches.remove(index).expect("found above");
-                deliver_confirms(Ok(ok), batch.confirms);
+                settle(batch, Ok(ok));
                 self.unconfirmed -= 1;
             }
             Err(err) if Self::worth_resending(lane, index, &err) => {
@@ -530,9 +641,12 @@ impl Batcher {
                 lane.next_sequence -= 1;
                 lane.resend |= lane.batches.len() > index;
                 if err.code() == Some(ErrorCode::UnknownTopic) {
-                    self.topics.remove(&key.0);
+                    // Asked again before the next record goes.
+                    if let Some(state) = lock(&self.intake.queue).topics.get_mut(&key.0) {
+                        state.partitions = None;
+                    }
                 }
-                deliver_confirms(Err(err), batch.confirms);
+                settle(batch, Err(err));
                 self.unconfirmed -= 1;
             }
         }
@@ -557,36 +671,18 @@ impl Batcher {
     }
 }
 
-/// Hands each record its confirm: the runs cover the batch's records in order.
-fn deliver_confirms(reply: Result<PublishOk>, confirms: Vec<oneshot::Sender<Result<Confirm>>>) {
-    let reply = reply.and_then(|ok| {
+/// Gives a batch's records their answer, checking first that a confirm covers them all.
+fn settle(batch: Unconfirmed, reply: Result<PublishOk>) {
+    let outcome = reply.and_then(|ok| {
         let total: u64 = ok.runs.iter().map(|r| u64::from(r.count)).sum();
-        if total == confirms.len() as u64 {
+        if total == batch.records as u64 {
             Ok(ok)
         } else {
             Err(Error::Protocol(format!(
                 "confirm covers {total} records, the batch had {}",
-                confirms.len()
+                batch.records
             )))
         }
     });
-    match reply {
-        Ok(ok) => {
-            let offsets = ok.runs.iter().flat_map(|run| {
-                (0..u64::from(run.count)).map(move |i| (run.partition, run.base_offset + i))
-            });
-            for ((partition, offset), confirm) in offsets.zip(confirms) {
-                let _ = confirm.send(Ok(Confirm {
-                    partition,
-                    offset,
-                    durability: ok.durability,
-                }));
-            }
-        }
-        Err(err) => {
-            for confirm in confirms {
-                let _ = confirm.send(Err(err.duplicate()));
-            }
-        }
-    }
+    let _ = batch.answer.send(Arc::new(outcome));
 }

@@ -10,8 +10,9 @@ use bytes::Bytes;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use herald_client::{
-    Client, Codec, Confirm, ConnectOptions, Durability, Error, ProducerConfig, PullConsumer,
-    PullConsumerConfig, PushConsumer, PushConsumerConfig, Reconnect, Record, StartPosition,
+    Client, Codec, Confirm, ConnectOptions, Durability, Error, PendingConfirm, ProducerConfig,
+    PullConsumer, PullConsumerConfig, PushConsumer, PushConsumerConfig, Reconnect, Record,
+    StartPosition,
 };
 use indicatif::ProgressBar;
 use tokio::sync::mpsc;
@@ -118,15 +119,22 @@ async fn run_producer(
     };
     let sender = client.producer_with(config);
     let payloads = Payloads::new(plan.filler, plan.size);
-    let (pending_tx, mut pending_rx) = mpsc::channel(64 * 1024);
+    // Confirms are awaited on a task of their own, handed over in runs (each run at most
+    // CONFIRM_RUN records, and handed over at once whenever the pacer waits), so that
+    // nothing per record crosses a channel.
+    let (pending_tx, mut pending_rx) = mpsc::channel::<Vec<(u64, PendingConfirm)>>(1024);
     let confirmer = tokio::spawn(async move {
         let mut latencies = histogram();
         let mut durability = None;
-        while let Some((sent_ns, pending)) = pending_rx.recv().await {
-            let confirm: Confirm = pending.await?;
-            latencies.saturating_record((payload::now_ns().saturating_sub(sent_ns) / 1000).max(1));
-            durability.get_or_insert(confirm.durability);
-            progress.inc(1);
+        while let Some(run) = pending_rx.recv().await {
+            let confirmed = run.len() as u64;
+            for (sent_ns, pending) in run {
+                let confirm: Confirm = pending.await?;
+                latencies
+                    .saturating_record((payload::now_ns().saturating_sub(sent_ns) / 1000).max(1));
+                durability.get_or_insert(confirm.durability);
+            }
+            progress.inc(confirmed);
         }
         Ok::<_, Error>((latencies, durability))
     });
@@ -136,6 +144,7 @@ async fn run_producer(
         .then(|| Pacer::new(Duration::from_secs_f64(1.0 / per_producer_rate)))
         .transpose()?;
     let mut sequence = 0;
+    let mut run = Vec::with_capacity(CONFIRM_RUN);
     'publishing: while sequence < count {
         let due = match &mut pacer {
             Some(pacer) => pacer.tick().await?,
@@ -143,17 +152,23 @@ async fn run_producer(
         };
         for _ in 0..due.min(count - sequence) {
             let (sent_ns, record) = stamped(&payloads, producer, sequence);
-            let pending = sender.enqueue(&plan.topic, record).await?;
-            if pending_tx.send((sent_ns, pending)).await.is_err() {
-                break 'publishing; // the confirmer failed; its error is reported below
-            }
+            run.push((sent_ns, sender.enqueue(&plan.topic, record).await?));
             sequence += 1;
+            if run.len() == CONFIRM_RUN || sequence == count || pacer.is_some() {
+                let full = std::mem::replace(&mut run, Vec::with_capacity(CONFIRM_RUN));
+                if pending_tx.send(full).await.is_err() {
+                    break 'publishing; // the confirmer failed; its error is reported below
+                }
+            }
         }
     }
     drop(pending_tx);
     let (latencies, durability) = confirmer.await??;
     Ok((latencies, durability, Some(sender.batch_bytes_sent())))
 }
+
+/// Most confirms handed to the confirmer at once.
+const CONFIRM_RUN: usize = 128;
 
 /// Message `sequence` of `producer`, stamped with the time it leaves.
 fn stamped(payloads: &Payloads, producer: usize, sequence: u64) -> (u64, Record) {
