@@ -68,7 +68,7 @@ impl Default for ProducerConfig {
             linger: Duration::ZERO,
             batch_records: 1000,
             batch_bytes: 1024 * 1024,
-            max_in_flight: 8,
+            max_in_flight: 16,
             queue: 16 * 1024,
             compression: Codec::None,
         }
