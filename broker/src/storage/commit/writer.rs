@@ -25,7 +25,15 @@ pub(super) fn run(shared: &Shared, rx: Receiver<Op>) -> Result<(), StorageError>
         let began = Instant::now();
         let mut done = Vec::new();
         let mut taken = 0;
-        for op in std::iter::once(first).chain(rx.try_iter().take(MAX_GROUP - 1)) {
+        // Under `always` a group takes half of what waits (at least one): the other half
+        // is then still queued when this group is written, so it goes to the committer
+        // and the next group is written during its sync (see `committer`).
+        let limit = if writer.committer.is_some() {
+            (shared.queued.load(SeqCst) / 2).clamp(1, MAX_GROUP)
+        } else {
+            MAX_GROUP
+        };
+        for op in std::iter::once(first).chain(rx.try_iter().take(limit - 1)) {
             writer.apply(op, &mut done);
             taken += 1;
         }

@@ -569,8 +569,8 @@ fn under_always_groups_handed_to_the_committer_are_answered_in_order_synced_and_
         .create_topic("doomed", 1, RetentionPolicy::default())
         .unwrap();
     // Hold the writer while more than one group's worth (`MAX_GROUP`) queues up behind
-    // it: the first group is full with more queued behind it, so it goes to the committer
-    // while the writer takes the rest.
+    // it: the first group takes half of the queue and finds the rest behind it, so it goes
+    // to the committer while the writer takes the rest.
     let (holder, release) = hold_writer(&store);
     const EACH: u64 = 2100;
     let mut pending = [Vec::new(), Vec::new()];
@@ -599,6 +599,10 @@ fn under_always_groups_handed_to_the_committer_are_answered_in_order_synced_and_
     let _ = futures::executor::block_on(gone).unwrap();
     deleter.join().unwrap().unwrap();
     assert!(store.stats().flush_seconds.snapshot().count >= 1);
+    // Each group took half of what was queued when it began: 2,100 of the 4,201
+    // operations, then 1,050, … (taking up to `MAX_GROUP` at once would have made two).
+    let groups = store.stats().group_size.snapshot();
+    assert!(groups.count >= 8, "{} groups", groups.count);
     for (p, log) in logs.iter().enumerate() {
         let expected: Vec<String> = (1..=EACH).map(|s| format!("p{p}-{s}")).collect();
         assert_eq!(
