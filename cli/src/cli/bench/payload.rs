@@ -28,11 +28,23 @@ use bytes::{BufMut, Bytes, BytesMut};
 /// The smallest payload a bench message can have.
 pub const HEADER_LEN: usize = 40;
 
-static START: OnceLock<Instant> = OnceLock::new();
+/// When the bench started: on the monotonic clock, and as milliseconds since the Unix
+/// epoch.
+static START: OnceLock<(Instant, u64)> = OnceLock::new();
+
+fn start() -> &'static (Instant, u64) {
+    START.get_or_init(|| (Instant::now(), herald_protocol::record::now_ms()))
+}
 
 /// Nanoseconds since the bench started.
 pub fn now_ns() -> u64 {
-    START.get_or_init(Instant::now).elapsed().as_nanos() as u64
+    start().0.elapsed().as_nanos() as u64
+}
+
+/// The wall-clock time (milliseconds since the Unix epoch) of a [`now_ns`] reading: a
+/// record's timestamp without reading the clock a second time for it.
+pub fn unix_ms_at(ns: u64) -> u64 {
+    start().1 + ns / 1_000_000
 }
 
 /// The smallest `--size` a `json` payload can have: `{"trace":"<header>"}`.

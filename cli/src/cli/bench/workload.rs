@@ -174,7 +174,12 @@ const CONFIRM_RUN: usize = 128;
 fn stamped(payloads: &Payloads, producer: usize, sequence: u64) -> (u64, Record) {
     let sent_ns = payload::now_ns();
     let body = payloads.encode(producer as u32, sequence, sent_ns);
-    (sent_ns, Record::new(body))
+    let record = Record {
+        timestamp: payload::unix_ms_at(sent_ns),
+        payload: body,
+        ..Record::default()
+    };
+    (sent_ns, record)
 }
 
 /// How one group of pull consumers reads.
