@@ -122,7 +122,9 @@ async fn run_producer(
     // Confirms are awaited on a task of their own, handed over in runs (each run at most
     // CONFIRM_RUN records, and handed over at once whenever the pacer waits), so that
     // nothing per record crosses a channel.
-    let (pending_tx, mut pending_rx) = mpsc::channel::<Vec<(u64, PendingConfirm)>>(1024);
+    // Room for as many runs as the records the confirmer may lag behind by (a paced run
+    // may be a single record).
+    let (pending_tx, mut pending_rx) = mpsc::channel::<Vec<(u64, PendingConfirm)>>(64 * 1024);
     let confirmer = tokio::spawn(async move {
         let mut latencies = histogram();
         let mut durability = None;
@@ -150,11 +152,14 @@ async fn run_producer(
             Some(pacer) => pacer.tick().await?,
             None => count,
         };
-        for _ in 0..due.min(count - sequence) {
+        let due = due.min(count - sequence);
+        for i in 0..due {
             let (sent_ns, record) = stamped(&payloads, producer, sequence);
             run.push((sent_ns, sender.enqueue(&plan.topic, record).await?));
             sequence += 1;
-            if run.len() == CONFIRM_RUN || sequence == count || pacer.is_some() {
+            // A run goes when full, at the end, and whenever the pacer is about to wait.
+            let waits = pacer.is_some() && i + 1 == due;
+            if run.len() == CONFIRM_RUN || sequence == count || waits {
                 let full = std::mem::replace(&mut run, Vec::with_capacity(CONFIRM_RUN));
                 if pending_tx.send(full).await.is_err() {
                     break 'publishing; // the confirmer failed; its error is reported below
