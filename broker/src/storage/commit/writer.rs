@@ -25,11 +25,13 @@ pub(super) fn run(shared: &Shared, rx: Receiver<Op>) -> Result<(), StorageError>
         let began = Instant::now();
         let mut done = Vec::new();
         let mut taken = 0;
-        // Under `always` a group takes half of what waits (at least one): the other half
-        // is then still queued when this group is written, so it goes to the committer
-        // and the next group is written during its sync (see `committer`).
-        let limit = if writer.committer.is_some() {
-            (shared.queued.load(SeqCst) / 2).clamp(1, MAX_GROUP)
+        // Under `always` a group takes half of what waits when that is at least
+        // `SPLIT_FROM` operations: the other half is then still queued when this group is
+        // written, so it goes to the committer and the next group is written during its
+        // sync (see `committer`). A shorter queue is committed whole, in line.
+        let queued = shared.queued.load(SeqCst);
+        let limit = if writer.committer.is_some() && queued >= SPLIT_FROM {
+            (queued / 2).clamp(1, MAX_GROUP)
         } else {
             MAX_GROUP
         };
@@ -141,6 +143,9 @@ pub(super) struct Writer {
     /// Set by [`Op::Stop`]: nothing is written in place any more.
     pub(super) stopped: bool,
 }
+
+/// The shortest queue a group under `always` takes only half of.
+pub(super) const SPLIT_FROM: usize = 4;
 
 /// How often the writer records partition bounds when no retention pass asks for it.
 /// Only a log that retention emptied needs its saved next offset (and one is saved at

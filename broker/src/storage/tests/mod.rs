@@ -549,6 +549,48 @@ fn users_tokens_and_rules_survive_a_reopen_and_go_with_their_user() {
 }
 
 #[test]
+fn under_always_a_short_queue_is_committed_as_one_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(
+        dir.path(),
+        StoreConfig {
+            fsync: FsyncPolicy::Always,
+            ..StoreConfig::default()
+        },
+    )
+    .unwrap();
+    let (_, logs) = store
+        .create_topic("t", 1, RetentionPolicy::default())
+        .unwrap();
+    let (holder, release) = hold_writer(&store);
+    let before = store.stats().group_size.snapshot();
+    // Fewer than `SPLIT_FROM` wait: halving would send them one by one through the
+    // committer's wake-ups; they are one group, committed in line.
+    let pending: Vec<_> = ["a", "b", "c"]
+        .into_iter()
+        .map(|p| store.append(&logs[0], batch(&[p])))
+        .collect();
+    release.send(()).unwrap();
+    holder.join().unwrap().unwrap();
+    for appended in pending {
+        let appended = futures::executor::block_on(appended).unwrap().unwrap();
+        assert_eq!(appended.durability, Durability::Synced);
+    }
+    let after = store.stats().group_size.snapshot();
+    let groups_of = |snapshot: &stats::HistogramSnapshot, size: f64| {
+        snapshot
+            .buckets
+            .iter()
+            .find(|(bound, _)| *bound == size)
+            .map_or(0, |(_, n)| *n)
+    };
+    // One group of three (counted under 4); the held operation ran in place, outside
+    // any group.
+    assert_eq!(after.count - before.count, 1);
+    assert_eq!(groups_of(&after, 4.0) - groups_of(&before, 4.0), 1);
+}
+
+#[test]
 fn under_always_groups_handed_to_the_committer_are_answered_in_order_synced_and_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let open = || {
@@ -600,7 +642,8 @@ fn under_always_groups_handed_to_the_committer_are_answered_in_order_synced_and_
     deleter.join().unwrap().unwrap();
     assert!(store.stats().flush_seconds.snapshot().count >= 1);
     // Each group took half of what was queued when it began: 2,100 of the 4,201
-    // operations, then 1,050, … (taking up to `MAX_GROUP` at once would have made two).
+    // operations, then 1,050, … down to `SPLIT_FROM` (taking up to `MAX_GROUP` at once
+    // would have made two groups).
     let groups = store.stats().group_size.snapshot();
     assert!(groups.count >= 8, "{} groups", groups.count);
     for (p, log) in logs.iter().enumerate() {
