@@ -52,10 +52,11 @@ pub struct ProducerConfig {
     pub batch_records: usize,
     /// Most payload bytes in one batch (a larger single record goes alone).
     pub batch_bytes: usize,
-    /// Batches awaiting their confirm at once (1 to 16: the broker remembers a producer's
-    /// last 16 batches per partition, which is what makes resending safe).
+    /// Batches awaiting their confirm at once (1 to 16, and 16 by default: the broker
+    /// remembers a producer's last 16 batches per partition, which is what makes
+    /// resending safe).
     pub max_in_flight: usize,
-    /// Records queued for the producer task before `send` waits.
+    /// Records waiting in open batches (not yet sent) before `enqueue` and `send` wait.
     pub queue: usize,
     /// How each batch's records are compressed: they travel and are stored so, and
     /// consumers decompress them (`Codec::None` by default).
