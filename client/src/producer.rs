@@ -88,12 +88,13 @@ pub struct Confirm {
 /// A queued record's confirm, to await later. It shares its batch's answer with the
 /// batch's other records: one answer per batch, however many records wait on it.
 pub struct PendingConfirm {
-    outcome: Either,
+    outcome: Answer,
     /// The record's place in its batch.
     index: usize,
 }
 
-enum Either {
+/// Where a queued record's answer comes from.
+enum Answer {
     Batch(Shared<oneshot::Receiver<Arc<Outcome>>>),
     Failed(Option<Error>),
 }
@@ -107,10 +108,10 @@ impl Future for PendingConfirm {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let index = self.index;
         match &mut self.outcome {
-            Either::Failed(err) => Poll::Ready(Err(err
+            Answer::Failed(err) => Poll::Ready(Err(err
                 .take()
                 .unwrap_or_else(|| Error::Closed("the confirm was already taken".into())))),
-            Either::Batch(shared) => Pin::new(shared).poll(cx).map(|outcome| match outcome {
+            Answer::Batch(shared) => Pin::new(shared).poll(cx).map(|outcome| match outcome {
                 Ok(outcome) => confirm_of(&outcome, index),
                 Err(_) => Err(Error::Closed("the producer has stopped".into())),
             }),
@@ -170,17 +171,17 @@ impl Client {
         config.batch_records = config.batch_records.min(MAX_BATCH_RECORDS as usize);
         let sent_bytes = Arc::new(AtomicU64::new(0));
         let max_message_bytes = self.session().max_message_bytes as usize;
+        let max_in_flight = config.max_in_flight.clamp(1, MAX_UNCONFIRMED);
         let intake = Arc::new(Intake {
             queue: Mutex::new(Queue::default()),
             wake: Notify::new(),
             room: Notify::new(),
             client: self.clone(),
-            config: config.clone(),
+            config,
         });
         let task = Batcher {
             intake: Arc::clone(&intake),
-            max_in_flight: config.max_in_flight.clamp(1, MAX_UNCONFIRMED),
-            config,
+            max_in_flight,
             producer_id: fastrand::u64(1..),
             lanes: HashMap::new(),
             replies: FuturesUnordered::new(),
@@ -224,6 +225,10 @@ impl Producer {
         loop {
             let full = {
                 let mut queue = lock(&intake.queue);
+                if queue.closed {
+                    // With a clone still here, only the task's end closes the queue.
+                    return Err(Error::Closed("the producer has stopped".into()));
+                }
                 if queue.has_room(&intake.config) {
                     match queue.add(intake, topic, record) {
                         Ok(pending) => return Ok(pending),
@@ -240,12 +245,16 @@ impl Producer {
                 let room = intake.room.notified();
                 tokio::pin!(room);
                 room.as_mut().enable();
-                if !lock(&intake.queue).has_room(&intake.config) {
+                let wait = {
+                    let queue = lock(&intake.queue);
+                    !queue.closed && !queue.has_room(&intake.config)
+                };
+                if wait {
                     room.await;
                 }
             } else if let Err(err) = intake.learn_partitions(topic).await {
                 return Ok(PendingConfirm {
-                    outcome: Either::Failed(Some(err)),
+                    outcome: Answer::Failed(Some(err)),
                     index: 0,
                 });
             }
@@ -305,7 +314,7 @@ struct Queue {
     /// Open batches that are full (new records wait while there is one).
     full: usize,
     flushes: Vec<oneshot::Sender<()>>,
-    /// Every clone of the producer is gone.
+    /// Every clone of the producer is gone, or its task has ended: nothing more joins.
     closed: bool,
 }
 
@@ -421,7 +430,7 @@ impl Queue {
             intake.wake.notify_one();
         }
         Ok(PendingConfirm {
-            outcome: Either::Batch(open.outcome.clone()),
+            outcome: Answer::Batch(open.outcome.clone()),
             index,
         })
     }
@@ -429,6 +438,7 @@ impl Queue {
     /// Takes the open batch of `key` out of the queue, moving the topic's sticky
     /// partition on when it was that one.
     fn take(&mut self, config: &ProducerConfig, key: &PartitionKey) -> Option<OpenBatch> {
+        self.order.retain(|k| k != key);
         let state = self.topics.get_mut(&key.0)?;
         let open = state.open.get_mut(key.1 as usize)?.take()?;
         if let Some(partitions) = state.partitions {
@@ -436,7 +446,6 @@ impl Queue {
                 state.sticky = (state.sticky + 1) % partitions;
             }
         }
-        self.order.retain(|k| k != key);
         self.records -= open.records.len();
         if full(config, &open) {
             self.full -= 1;
@@ -486,7 +495,6 @@ type Reply = (PartitionKey, u64, Result<PublishOk>);
 /// encodes and sends them, and settles their answers.
 struct Batcher {
     intake: Arc<Intake>,
-    config: ProducerConfig,
     max_in_flight: usize,
     producer_id: u64,
     lanes: HashMap<PartitionKey, Lane>,
@@ -495,6 +503,28 @@ struct Batcher {
     unconfirmed: usize,
     next_batch: u64,
     sent_bytes: Arc<AtomicU64>,
+}
+
+impl Drop for Batcher {
+    /// However the task ends (it returns once every clone is gone and everything is
+    /// answered; a panic ends it too), nothing waits on it for ever: open batches are
+    /// dropped, so their records' confirms fail with "the producer has stopped", as do
+    /// flushes, and callers waiting for room are woken to find the queue closed.
+    fn drop(&mut self) {
+        let (open, flushes) = {
+            let mut queue = lock(&self.intake.queue);
+            queue.closed = true;
+            queue.order.clear();
+            let open: Vec<_> = queue
+                .topics
+                .values_mut()
+                .flat_map(|state| state.open.drain(..))
+                .collect();
+            (open, std::mem::take(&mut queue.flushes))
+        };
+        drop((open, flushes));
+        self.intake.room.notify_waiters();
+    }
 }
 
 impl Batcher {
@@ -516,7 +546,7 @@ impl Batcher {
                     .front()
                     .filter(|_| self.unconfirmed < self.max_in_flight && !flushing)
                     .and_then(|key| queue.since(key))
-                    .map(|since| since + self.config.linger)
+                    .map(|since| since + self.intake.config.linger)
             };
             tokio::select! {
                 Some((key, id, reply)) = self.replies.next(), if !self.replies.is_empty() => {
@@ -537,21 +567,20 @@ impl Batcher {
             let mut queue = lock(&self.intake.queue);
             let flushing = !queue.flushes.is_empty() || queue.closed;
             let now = Instant::now();
-            let every = self.config.linger.is_zero() || flushing;
+            let config = &self.intake.config;
+            let every = config.linger.is_zero() || flushing;
             while self.unconfirmed + taken.len() < self.max_in_flight {
                 let key = queue
                     .order
                     .iter()
                     .find(|key| {
                         every
-                            || queue.is_full(&self.config, key)
-                            || queue
-                                .since(key)
-                                .is_some_and(|s| s + self.config.linger <= now)
+                            || queue.is_full(config, key)
+                            || queue.since(key).is_some_and(|s| s + config.linger <= now)
                     })
                     .cloned();
                 let Some(key) = key else { break };
-                if let Some(open) = queue.take(&self.config, &key) {
+                if let Some(open) = queue.take(config, &key) {
                     taken.push((key, open));
                 }
             }
@@ -573,7 +602,7 @@ impl Batcher {
         let batch = Unconfirmed {
             id: self.next_batch,
             sequence: lane.next_sequence,
-            batch: encode_batch_with(&open.records, self.config.compression),
+            batch: encode_batch_with(&open.records, self.intake.config.compression),
             records: open.records.len(),
             answer: open.answer,
             awaiting: false,

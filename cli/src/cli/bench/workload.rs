@@ -119,11 +119,10 @@ async fn run_producer(
     };
     let sender = client.producer_with(config);
     let payloads = Payloads::new(plan.filler, plan.size);
-    // Confirms are awaited on a task of their own, handed over in runs (each run at most
-    // CONFIRM_RUN records, and handed over at once whenever the pacer waits), so that
-    // nothing per record crosses a channel.
-    // Room for as many runs as the records the confirmer may lag behind by (a paced run
-    // may be a single record).
+    // Confirms are awaited on a task of their own, handed over in runs of at most
+    // CONFIRM_RUN records (and whenever the pacer is about to wait), so that nothing per
+    // record crosses a channel. The channel has room for as many runs as the records the
+    // confirmer may lag behind by, since a paced run may be a single record.
     let (pending_tx, mut pending_rx) = mpsc::channel::<Vec<(u64, PendingConfirm)>>(64 * 1024);
     let confirmer = tokio::spawn(async move {
         let mut latencies = histogram();
