@@ -36,7 +36,7 @@ use committer::*;
 use writer::*;
 
 /// The most operations one commit gathers, so one flush never waits on an unbounded backlog.
-const MAX_GROUP: usize = 4096;
+pub(super) const MAX_GROUP: usize = 4096;
 
 /// The largest batch (encoded) a caller writes in place; see [`Shared::write_in_place`].
 /// About thirty records of 100 B. A producer's batches grow when it sends faster than

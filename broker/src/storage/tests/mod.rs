@@ -1,3 +1,4 @@
+use super::commit::MAX_GROUP;
 use super::*;
 use herald_protocol::{encode_batch, Batch, Record};
 
@@ -564,11 +565,13 @@ fn under_always_a_short_queue_is_committed_as_one_group() {
         .unwrap();
     let (holder, release) = hold_writer(&store);
     let before = store.stats().group_size.snapshot();
-    // Fewer than `SPLIT_FROM` wait: halving would send them one by one through the
-    // committer's wake-ups; they are one group, committed in line.
-    let pending: Vec<_> = ["a", "b", "c"]
-        .into_iter()
-        .map(|p| store.append(&logs[0], batch(&[p])))
+    // The group that runs the held job began with one operation queued, so it takes up to
+    // `MAX_GROUP` of what queues meanwhile; three more than that are left for the next
+    // group, which begins with those three queued: fewer than `SPLIT_FROM`, so they are
+    // one group, committed in line (halving would send them one by one through the
+    // committer's wake-ups).
+    let pending: Vec<_> = (0..MAX_GROUP - 1 + 3)
+        .map(|i| store.append(&logs[0], batch(&[&format!("r{i}")])))
         .collect();
     release.send(()).unwrap();
     holder.join().unwrap().unwrap();
@@ -584,9 +587,9 @@ fn under_always_a_short_queue_is_committed_as_one_group() {
             .find(|(bound, _)| *bound == size)
             .map_or(0, |(_, n)| *n)
     };
-    // One group of three (counted under 4); the held operation ran in place, outside
-    // any group.
-    assert_eq!(after.count - before.count, 1);
+    // One group of `MAX_GROUP` (counted under 4096), then one of three (under 4).
+    assert_eq!(after.count - before.count, 2);
+    assert_eq!(groups_of(&after, 4096.0) - groups_of(&before, 4096.0), 1);
     assert_eq!(groups_of(&after, 4.0) - groups_of(&before, 4.0), 1);
 }
 
@@ -611,8 +614,9 @@ fn under_always_groups_handed_to_the_committer_are_answered_in_order_synced_and_
         .create_topic("doomed", 1, RetentionPolicy::default())
         .unwrap();
     // Hold the writer while more than one group's worth (`MAX_GROUP`) queues up behind
-    // it: the first group takes half of the queue and finds the rest behind it, so it goes
-    // to the committer while the writer takes the rest.
+    // it: the group running the held job began with one operation queued and takes up to
+    // `MAX_GROUP`, finds the rest behind it, and goes to the committer while the writer
+    // takes the rest.
     let (holder, release) = hold_writer(&store);
     const EACH: u64 = 2100;
     let mut pending = [Vec::new(), Vec::new()];
@@ -641,9 +645,9 @@ fn under_always_groups_handed_to_the_committer_are_answered_in_order_synced_and_
     let _ = futures::executor::block_on(gone).unwrap();
     deleter.join().unwrap().unwrap();
     assert!(store.stats().flush_seconds.snapshot().count >= 1);
-    // Each group took half of what was queued when it began: 2,100 of the 4,201
-    // operations, then 1,050, … down to `SPLIT_FROM` (taking up to `MAX_GROUP` at once
-    // would have made two groups).
+    // The hundred-odd operations left behind the first group are halved, group by group,
+    // down to `SPLIT_FROM`: 53, 26, 13, … (taking up to `MAX_GROUP` at once would have
+    // made one group of them).
     let groups = store.stats().group_size.snapshot();
     assert!(groups.count >= 8, "{} groups", groups.count);
     for (p, log) in logs.iter().enumerate() {
