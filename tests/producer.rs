@@ -7,6 +7,14 @@ use std::time::Duration;
 use herald_client::{Client, ErrorCode, ProducerConfig, Record};
 use herald_suite::{read_all, TestBroker};
 
+/// A broker, a client of it, and `topic` with `partitions` partitions.
+async fn with_topic(topic: &str, partitions: u32) -> (TestBroker, Client) {
+    let broker = TestBroker::start().await;
+    let client = broker.client().await;
+    client.create_topic(topic, partitions).await.unwrap();
+    (broker, client)
+}
+
 fn body(i: usize) -> Record {
     Record::new(format!("record-{i}"))
 }
@@ -25,9 +33,7 @@ fn expected(count: usize) -> Vec<String> {
 
 #[tokio::test]
 async fn records_share_their_batch_answer_and_get_consecutive_offsets() {
-    let broker = TestBroker::start().await;
-    let client = broker.client().await;
-    client.create_topic("shared", 1).await.unwrap();
+    let (_broker, client) = with_topic("shared", 1).await;
     let producer = client.producer_with(ProducerConfig {
         linger: Duration::from_millis(50),
         ..ProducerConfig::default()
@@ -48,9 +54,7 @@ async fn records_share_their_batch_answer_and_get_consecutive_offsets() {
 
 #[tokio::test]
 async fn linger_holds_a_partial_batch_until_it_is_due_and_flush_sends_it_at_once() {
-    let broker = TestBroker::start().await;
-    let client = broker.client().await;
-    client.create_topic("lingering", 1).await.unwrap();
+    let (_broker, client) = with_topic("lingering", 1).await;
     let producer = client.producer_with(ProducerConfig {
         linger: Duration::from_secs(3600),
         ..ProducerConfig::default()
@@ -81,9 +85,7 @@ async fn linger_holds_a_partial_batch_until_it_is_due_and_flush_sends_it_at_once
 
 #[tokio::test]
 async fn a_full_batch_leaves_before_its_linger() {
-    let broker = TestBroker::start().await;
-    let client = broker.client().await;
-    client.create_topic("full", 1).await.unwrap();
+    let (_broker, client) = with_topic("full", 1).await;
     let producer = client.producer_with(ProducerConfig {
         linger: Duration::from_secs(3600),
         batch_records: 10,
@@ -110,9 +112,7 @@ async fn a_full_batch_leaves_before_its_linger() {
 
 #[tokio::test]
 async fn a_small_queue_makes_callers_wait_and_loses_nothing() {
-    let broker = TestBroker::start().await;
-    let client = broker.client().await;
-    client.create_topic("narrow", 2).await.unwrap();
+    let (_broker, client) = with_topic("narrow", 2).await;
     let producer = client.producer_with(ProducerConfig {
         queue: 3,
         batch_records: 2,
@@ -150,9 +150,7 @@ async fn a_small_queue_makes_callers_wait_and_loses_nothing() {
 
 #[tokio::test]
 async fn a_dropped_producer_still_delivers_what_it_queued() {
-    let broker = TestBroker::start().await;
-    let client = broker.client().await;
-    client.create_topic("dropped", 1).await.unwrap();
+    let (_broker, client) = with_topic("dropped", 1).await;
     let producer = client.producer_with(ProducerConfig {
         linger: Duration::from_secs(3600),
         ..ProducerConfig::default()

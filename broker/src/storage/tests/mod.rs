@@ -549,17 +549,19 @@ fn users_tokens_and_rules_survive_a_reopen_and_go_with_their_user() {
     assert!(!store.delete_rule(99).unwrap());
 }
 
+/// A store under `--fsync always` (so with the committer thread) in `dir`.
+fn store_always(dir: &std::path::Path) -> Arc<Store> {
+    let config = StoreConfig {
+        fsync: FsyncPolicy::Always,
+        ..StoreConfig::default()
+    };
+    Store::open(dir, config).unwrap()
+}
+
 #[test]
 fn under_always_a_short_queue_is_committed_as_one_group() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(
-        dir.path(),
-        StoreConfig {
-            fsync: FsyncPolicy::Always,
-            ..StoreConfig::default()
-        },
-    )
-    .unwrap();
+    let store = store_always(dir.path());
     let (_, logs) = store
         .create_topic("t", 1, RetentionPolicy::default())
         .unwrap();
@@ -596,16 +598,7 @@ fn under_always_a_short_queue_is_committed_as_one_group() {
 #[test]
 fn under_always_groups_handed_to_the_committer_are_answered_in_order_synced_and_reopen() {
     let dir = tempfile::tempdir().unwrap();
-    let open = || {
-        Store::open(
-            dir.path(),
-            StoreConfig {
-                fsync: FsyncPolicy::Always,
-                ..StoreConfig::default()
-            },
-        )
-        .unwrap()
-    };
+    let open = || store_always(dir.path());
     let store = open();
     let (_, logs) = store
         .create_topic("t", 2, RetentionPolicy::default())
