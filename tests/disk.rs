@@ -12,12 +12,57 @@ use herald_suite::TestBroker;
 
 const RESERVE: u64 = 1024 * 1024;
 
-/// A broker whose filesystem reports `available` bytes free, keeping [`RESERVE`].
-async fn broker_on_a_disk(available: &Arc<AtomicU64>) -> TestBroker {
-    let available = Arc::clone(available);
-    let probe = Probe::new(move |_| {
+/// A filesystem with `outside` bytes free besides what the store's own files take: it
+/// reports `outside` less those files (measured at each sample), so the space that deleted
+/// segment files give back shows, as on a real disk.
+struct FakeDisk {
+    outside: AtomicU64,
+    /// The store's files as of the last sample.
+    store: AtomicU64,
+}
+
+impl FakeDisk {
+    fn new() -> Arc<FakeDisk> {
+        Arc::new(FakeDisk {
+            outside: AtomicU64::new(1 << 40),
+            store: AtomicU64::new(0),
+        })
+    }
+
+    /// Another process fills the disk until `free` bytes are left.
+    fn fill_to(&self, free: u64) {
+        self.outside
+            .store(self.store.load(Ordering::Relaxed) + free, Ordering::Relaxed);
+    }
+
+    /// The operator frees plenty.
+    fn free_plenty(&self) {
+        self.outside.store(1 << 40, Ordering::Relaxed);
+    }
+}
+
+/// The bytes of every file under `dir`.
+fn bytes_under(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|entry| match entry.file_type() {
+            Ok(kind) if kind.is_dir() => bytes_under(&entry.path()),
+            _ => entry.metadata().map_or(0, |m| m.len()),
+        })
+        .sum()
+}
+
+/// A broker on `disk`, keeping [`RESERVE`].
+async fn broker_on_a_disk(disk: &Arc<FakeDisk>) -> TestBroker {
+    let disk = Arc::clone(disk);
+    let probe = Probe::new(move |dir| {
+        let store = bytes_under(dir);
+        disk.store.store(store, Ordering::Relaxed);
         Ok(FsSpace {
-            available: available.load(Ordering::Relaxed),
+            available: disk.outside.load(Ordering::Relaxed).saturating_sub(store),
             total: 1 << 40,
         })
     });
@@ -77,8 +122,8 @@ async fn until_refused(client: &Client, topic: &str) -> (String, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn below_the_reserve_publishing_stops_the_rest_goes_on_and_freed_space_resumes_it() {
-    let available = Arc::new(AtomicU64::new(1 << 40));
-    let broker = broker_on_a_disk(&available).await;
+    let disk = FakeDisk::new();
+    let broker = broker_on_a_disk(&disk).await;
     let client = broker.client().await;
     client.create_topic("big", 1).await.unwrap();
     client.create_topic("jobs", 1).await.unwrap();
@@ -93,7 +138,7 @@ async fn below_the_reserve_publishing_stops_the_rest_goes_on_and_freed_space_res
     let mut readers = client.pull_consumer("jobs", "readers").await.unwrap();
 
     // The disk fills up to below the reserve (another process wrote to it).
-    available.store(RESERVE / 2, Ordering::Relaxed);
+    disk.fill_to(RESERVE / 2);
     let (refused, through) = until_refused(&client, "jobs").await;
     assert!(
         refused.contains(&format!("reserve of {RESERVE} bytes"))
@@ -119,16 +164,16 @@ async fn below_the_reserve_publishing_stops_the_rest_goes_on_and_freed_space_res
     client.delete_topic("more").await.unwrap();
 
     // The operator frees disk: publishing resumes by itself.
-    available.store(1 << 40, Ordering::Relaxed);
+    disk.free_plenty();
     let offset = publish_within(&client, "jobs", Duration::from_secs(10))
         .await
         .expect("publishing resumes once the operator frees disk");
     assert_eq!(offset, next, "offsets go on where they stopped");
     next += 1;
 
-    // Full again; deleting the big topic frees its space inside the store (the files keep
-    // their size), and publishing resumes by itself.
-    available.store(RESERVE / 2, Ordering::Relaxed);
+    // Full again; deleting the big topic deletes its segment files, which gives their
+    // space back, and publishing resumes by itself.
+    disk.fill_to(RESERVE / 2);
     let (_, through) = until_refused(&client, "jobs").await;
     next += through;
     assert!(publish_within(&client, "jobs", Duration::from_millis(100))
@@ -139,7 +184,7 @@ async fn below_the_reserve_publishing_stops_the_rest_goes_on_and_freed_space_res
         .await
         .expect("publishing resumes once the deleted topic's space is free");
     assert_eq!(offset, next);
-    available.store(1 << 40, Ordering::Relaxed);
+    disk.free_plenty();
     broker.assert_serving().await;
     broker.stop().await;
 }

@@ -261,31 +261,59 @@ async fn a_store_cut_short_is_refused_or_complete_never_silently_shorter() {
     }
     broker.shutdown().await.unwrap();
 
-    let length = std::fs::metadata(data.join("db")).unwrap().len();
-    let mut refused = 0;
-    for keep in [0.95, 0.8, 0.6, 0.4] {
-        let case = dir.path().join(format!("cut-{keep}"));
+    // Cut sled's file (the index, topics and groups) or the partitions' segment files
+    // (the records) to a fraction of their length.
+    let segment_files = |root: &std::path::Path| -> Vec<std::path::PathBuf> {
+        let mut files = Vec::new();
+        for log in std::fs::read_dir(root.join("segments")).unwrap() {
+            for file in std::fs::read_dir(log.unwrap().path()).unwrap() {
+                files.push(file.unwrap().path());
+            }
+        }
+        files
+    };
+    let mut refused = std::collections::BTreeMap::new();
+    for (what, keep) in [
+        ("db", 0.95),
+        ("db", 0.8),
+        ("db", 0.6),
+        ("db", 0.4),
+        ("segments", 0.95),
+        ("segments", 0.5),
+    ] {
+        let case = dir.path().join(format!("cut-{what}-{keep}"));
         copy_dir(&data, &case);
-        let log = std::fs::OpenOptions::new()
-            .write(true)
-            .open(case.join("db"))
-            .unwrap();
-        log.set_len((length as f64 * keep) as u64).unwrap();
-        drop(log);
+        let files = match what {
+            "db" => vec![case.join("db")],
+            _ => segment_files(&case),
+        };
+        for file in files {
+            let length = std::fs::metadata(&file).unwrap().len();
+            let file = std::fs::OpenOptions::new().write(true).open(file).unwrap();
+            file.set_len((length as f64 * keep) as u64).unwrap();
+        }
         match Broker::start(Config::ephemeral(&case)).await {
             Err(err) => {
                 let message = format!("{err:#}");
                 assert!(message.contains("damaged store"), "{message}");
-                refused += 1;
+                *refused.entry(what).or_insert(0) += 1;
             }
             Ok(broker) => {
                 let client = Client::connect(broker.local_addr()).await.unwrap();
-                assert_eq!(read_all(&client, "kept").await.len(), 3000, "cut to {keep}");
+                assert_eq!(
+                    read_all(&client, "kept").await.len(),
+                    3000,
+                    "{what} cut to {keep}"
+                );
                 broker.shutdown().await.unwrap();
             }
         }
     }
-    assert!(refused > 0, "cutting 60% of the log must lose something");
+    assert_eq!(
+        refused.get("segments"),
+        Some(&2),
+        "synced records cut from the segment files are lost"
+    );
 }
 
 #[tokio::test]

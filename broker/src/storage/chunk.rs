@@ -1,52 +1,54 @@
-//! Stored values: how a published batch is cut into chunks that sled's cache can bound, and
-//! the checksum every stored value carries.
+//! Stored values: how a published batch is cut into chunks, the checksum every chunk
+//! carries, and how chunks are read back, from segment files or (in older stores) sled.
 //!
-//! # Why chunks
+//! # Chunks
 //!
-//! sled 0.34 bounds its page cache by the size each page takes in its log. A page whose
-//! serialized form is larger than a quarter of a segment (128 KiB) is written to a blob
-//! file instead, and is then counted as the few bytes of its pointer while the whole page
-//! stays in memory; and each of the cache's 256 shards keeps at least one page however
-//! large. A leaf holds up to 17 values, so leaves of large values escaped the bound: a
-//! heap profile of a broker that had taken 500 MB of 1 KiB records in batches of 1,000
-//! showed the memory held by sled's nodes growing with every batch (RSS 546 MB, all of it
-//! the stored values). So a published batch is stored as consecutive chunks of at most
-//! [`CHUNK_BYTES`] each (cut at record boundaries; each is a batch of its own, offsets and
-//! append time filled in), which keeps every leaf below the blob threshold; one record
-//! larger than that is stored in pieces of that size under keys of its own. A compressed
-//! batch cannot be cut at a record without decompressing it, so it is one chunk, in pieces
-//! when it is larger than [`CHUNK_BYTES`]: its compressed bytes are what is stored.
+//! A published batch is stored as consecutive chunks of at most [`CHUNK_BYTES`] of batch
+//! encoding each, cut at record boundaries; each is a batch of its own, offsets and append
+//! time filled in, so a fetch returns stored bytes as they are. A record larger than that
+//! is a chunk of its own; a compressed batch cannot be cut at a record without
+//! decompressing it, so it is one chunk whatever its size, and its compressed bytes are
+//! what is stored.
 //!
-//! # Layout
+//! Chunks are appended to the partition's segment files (see `storage::segment`), and the
+//! partition's sled tree keeps its index: under the chunk's base offset, a 20-byte
+//! [`Pointer`] to its frame.
 //!
 //! ```text
-//! key "offset"  (u64 BE, the chunk's base offset)
-//! +--------+-------+--------------------------------------+-------------------+
-//! | crc32c | flags | batch (protocol encoding, 32 B header | tag (flag TAGGED) |
-//! |  u32   |  u8   |  then the records)                    | 24 B              |
-//! +--------+-------+--------------------------------------+-------------------+
-//! key "offset ‖ piece" (u64 BE, u16 BE from 1), only with flag PIECES
-//! +--------+-----------------------------------------------------------------+
-//! | crc32c | the next bytes of `batch ‖ tag`                                 |
-//! +--------+-----------------------------------------------------------------+
+//! frame in a segment file
+//! +--------+--------+-------+--------------------------------------+-------------------+
+//! | len    | crc32c | flags | batch (protocol encoding, 32 B header | tag (flag TAGGED) |
+//! | u32    |  u32   |  u8   |  then the records)                    | 24 B              |
+//! +--------+--------+-------+--------------------------------------+-------------------+
 //! tag: producer id u64, sequence u64, first offset of the published batch u64
 //! ```
 //!
-//! The checksum (CRC-32C, as Kafka's record batches use) covers everything after it in the
-//! value. It is verified whenever a value is read from sled; a mismatch is an error that
-//! names the partition and offset, never bytes handed out. The tag of a producer's
-//! numbered batch rides on the batch's last chunk; the chunks of one batch are written in
-//! one atomic sled batch, so a crash never leaves part of a batch stored.
+//! The checksum (CRC-32C, as Kafka's record batches use) covers everything after it. It is
+//! verified whenever a chunk is read; a mismatch is an error that names the partition and
+//! offset, never bytes handed out. The tag of a producer's numbered batch rides on the
+//! batch's last chunk.
+//!
+//! # Stores written before segment files
+//!
+//! Those kept every chunk in sled itself, under the same key: the value `crc32c ‖ flags ‖
+//! batch ‖ tag`, at most [`CHUNK_BYTES`] of batch each (so sled's cache could bound
+//! them), a larger record in pieces under `offset ‖ piece` (u16 BE from 1), each
+//! `crc32c ‖ the next bytes`, with flag PIECES on the head. They are still read: such a
+//! value is always longer than a pointer (its checksum, flags and a 32-byte header), so the
+//! value's length tells the two apart. New chunks always go to segment files.
 
 use bytes::{Bytes, BytesMut};
 use herald_protocol::{record::BATCH_HEADER_LEN, Batch, Codec};
 
 use super::producers::ProducerBatch;
+use super::segment::{Pointer, Segments, FRAME_HEAD};
 use super::StorageError;
 
-/// The most bytes of batch encoding one stored chunk holds (a single larger record is
-/// stored in pieces of this size). Seventeen of these, sled's largest leaf, stay below the
-/// 128 KiB at which sled moves a page to a blob file.
+/// The most bytes of batch encoding one chunk holds, cut at record boundaries (a single
+/// larger record is a chunk of its own, as is a compressed batch of any size). Retention
+/// deletes whole chunks, and a read from an offset inside a chunk reads the chunk whole,
+/// so this is the grain of both; stores that kept chunks in sled cut them at this size
+/// too.
 pub const CHUNK_BYTES: usize = 6 * 1024;
 
 /// The most bytes reserved up front for a chunk read back from its pieces.
@@ -83,40 +85,65 @@ pub struct Tag {
 pub struct Chunk {
     pub batch: Batch,
     pub tag: Option<Tag>,
-    /// Its value and pieces in sled: the keys to delete it by, and the bytes they take.
+    /// Its index entry and (in stores written before segment files) pieces in sled: the
+    /// keys to delete it by.
     pub keys: Vec<Key>,
+    /// The bytes it takes: its frame in a segment file, or its values in sled.
     pub stored_bytes: u64,
+    /// Where its frame is, when it is in a segment file.
+    pub pointer: Option<Pointer>,
 }
 
-/// A chunk ready to store: its values (one, or a head and its pieces) and the chunk as a
-/// batch to cache, sharing the head value's bytes when it has no pieces.
-pub struct Cut {
-    pub values: Vec<(Key, sled::IVec)>,
-    pub batch: Batch,
+/// The chunks of one published batch, ready to store: their frames end to end, to be
+/// appended in one write, and each chunk as a batch to cache, sharing the frames' bytes.
+pub struct Cuts {
+    pub frames: Bytes,
+    /// Each chunk, with where its frame starts in `frames` and its value's length.
+    pub chunks: Vec<(Batch, usize, u32)>,
+}
+
+impl Cuts {
+    /// Each chunk's base offset and where its frame is, once `frames` are appended at
+    /// `position` of segment file `segment`.
+    pub fn pointers(
+        &self,
+        segment: u64,
+        position: u64,
+    ) -> impl Iterator<Item = (u64, Pointer)> + '_ {
+        self.chunks.iter().map(move |(batch, start, len)| {
+            let pointer = Pointer {
+                segment,
+                position: position + *start as u64,
+                len: *len,
+            };
+            (batch.base_offset, pointer)
+        })
+    }
 }
 
 /// The chunks that store `batch` from `base_offset` on, appended at `append_time_ms`, with
-/// `tag` on the last one; `buf` is scratch space for encoding.
+/// `tag` on the last one; `buf` is where they are encoded (split off it, so its room is
+/// reused once the chunks are dropped).
 pub fn cut(
     batch: &Batch,
     base_offset: u64,
     append_time_ms: u64,
     tag: Option<Tag>,
     buf: &mut BytesMut,
-) -> Result<Vec<Cut>, StorageError> {
+) -> Result<Cuts, StorageError> {
     let invalid = |e: &dyn std::fmt::Display| StorageError::Corrupt(format!("batch to store: {e}"));
-    let mut out = Vec::new();
     let mut rest = Batch {
         base_offset,
         append_time_ms,
         ..batch.clone()
     };
+    buf.clear();
+    let mut placed = Vec::new();
     if rest.codec != Codec::None {
-        // Compressed bytes cannot be cut at a record: the batch is one chunk, stored in
-        // pieces when it is larger than one.
-        return Ok(vec![encode(rest, tag, buf)?]);
+        // Compressed bytes cannot be cut at a record: the batch is one chunk.
+        placed.push(encode(&rest, tag, buf)?);
     }
-    while rest.record_count > 0 {
+    while rest.codec == Codec::None && rest.record_count > 0 {
         let chunk = rest
             .slice(rest.base_offset, u32::MAX, CHUNK_BYTES)
             .map_err(|e| invalid(&e))?
@@ -128,55 +155,80 @@ pub fn cut(
             ..rest
         };
         let last = rest.record_count == 0;
-        out.push(encode(chunk, tag.filter(|_| last), buf)?);
+        placed.push(encode(&chunk, tag.filter(|_| last), buf)?);
     }
-    Ok(out)
+    let frames = buf.split().freeze();
+    let chunks = placed
+        .into_iter()
+        .map(|(start, len, batch_len)| {
+            let at = start + FRAME_HEAD + HEAD_LEN;
+            let batch = Batch::parse(frames.slice(at..at + batch_len))
+                .map_err(|e| StorageError::Corrupt(format!("chunk: {e}")))?;
+            Ok((batch, start, len))
+        })
+        .collect::<Result<_, StorageError>>()?;
+    Ok(Cuts { frames, chunks })
 }
 
-/// One chunk's value, or its head and pieces when it is larger than [`CHUNK_BYTES`].
-/// `buf` is scratch space, reused: a value is encoded there and copied once, into the
-/// value sled keeps.
-fn encode(chunk: Batch, tag: Option<Tag>, buf: &mut BytesMut) -> Result<Cut, StorageError> {
-    buf.clear();
-    buf.extend_from_slice(&[0; HEAD_LEN]);
+/// Appends one chunk's frame to `buf`: its length, then its value (checksum, flags, batch,
+/// tag). Returns where the frame starts, the value's length and the batch's.
+fn encode(
+    chunk: &Batch,
+    tag: Option<Tag>,
+    buf: &mut BytesMut,
+) -> Result<(usize, u32, usize), StorageError> {
+    let start = buf.len();
+    let batch_len = chunk.encoded_len();
+    let len = HEAD_LEN + batch_len + if tag.is_some() { TAG_LEN } else { 0 };
+    let len = u32::try_from(len)
+        .map_err(|_| StorageError::Corrupt("a chunk too large to store".into()))?;
+    buf.reserve(FRAME_HEAD + len as usize);
+    buf.extend_from_slice(&len.to_be_bytes());
+    buf.extend_from_slice(&[0; CRC_LEN]);
+    buf.extend_from_slice(&[if tag.is_some() { TAGGED } else { 0 }]);
     chunk.encode(buf);
     if let Some(tag) = tag {
         buf.extend_from_slice(&tag.producer.producer_id.to_be_bytes());
         buf.extend_from_slice(&tag.producer.sequence.to_be_bytes());
         buf.extend_from_slice(&tag.first_offset.to_be_bytes());
     }
-    let body_len = buf.len() - HEAD_LEN;
-    let in_pieces = body_len > CHUNK_BYTES;
+    let value = start + FRAME_HEAD;
+    let crc = crc32c::crc32c(&buf[value + CRC_LEN..]);
+    buf[value..value + CRC_LEN].copy_from_slice(&crc.to_be_bytes());
+    Ok((start, len, batch_len))
+}
+
+/// The values a store written before segment files kept in sled for `chunk`: one, or a
+/// head and its pieces when the chunk was larger than [`CHUNK_BYTES`]. Tests write
+/// them to check that such stores are still read.
+#[cfg(test)]
+pub fn sled_values(chunk: &Batch, tag: Option<Tag>) -> Vec<(Key, sled::IVec)> {
+    let mut buf = BytesMut::new();
+    buf.extend_from_slice(&[0; HEAD_LEN]);
+    chunk.encode(&mut buf);
+    if let Some(tag) = tag {
+        buf.extend_from_slice(&tag.producer.producer_id.to_be_bytes());
+        buf.extend_from_slice(&tag.producer.sequence.to_be_bytes());
+        buf.extend_from_slice(&tag.first_offset.to_be_bytes());
+    }
+    let in_pieces = buf.len() - HEAD_LEN > CHUNK_BYTES;
     buf[CRC_LEN] = if tag.is_some() { TAGGED } else { 0 } | if in_pieces { PIECES } else { 0 };
     let base = chunk.base_offset;
-    if !in_pieces {
-        let crc = crc32c::crc32c(&buf[CRC_LEN..]);
-        buf[..CRC_LEN].copy_from_slice(&crc.to_be_bytes());
-        let value = sled::IVec::from(&buf[..]);
-        let shared =
-            Bytes::from_owner(value.clone()).slice(HEAD_LEN..HEAD_LEN + chunk.encoded_len());
-        let batch =
-            Batch::parse(shared).map_err(|e| StorageError::Corrupt(format!("chunk: {e}")))?;
-        return Ok(Cut {
-            values: vec![(key(base).to_vec(), value)],
-            batch,
-        });
-    }
-    let head = &buf[CRC_LEN..HEAD_LEN + CHUNK_BYTES];
-    let rest = &buf[HEAD_LEN + CHUNK_BYTES..];
-    let mut values = vec![(key(base).to_vec(), checked_value(head))];
-    for (i, part) in rest.chunks(CHUNK_BYTES).enumerate() {
-        let piece = u16::try_from(i + 1)
-            .map_err(|_| StorageError::Corrupt("a record too large to store".into()))?;
+    let end = if in_pieces {
+        HEAD_LEN + CHUNK_BYTES
+    } else {
+        buf.len()
+    };
+    let mut values = vec![(key(base).to_vec(), checked_value(&buf[CRC_LEN..end]))];
+    for (i, part) in buf[end..].chunks(CHUNK_BYTES).enumerate() {
+        let piece = u16::try_from(i + 1).expect("a test chunk in few pieces");
         values.push((piece_key(base, piece), checked_value(part)));
     }
-    Ok(Cut {
-        values,
-        batch: chunk,
-    })
+    values
 }
 
 /// A value holding `bytes` behind their checksum.
+#[cfg(test)]
 fn checked_value(bytes: &[u8]) -> sled::IVec {
     let mut value = Vec::with_capacity(CRC_LEN + bytes.len());
     value.extend_from_slice(&crc32c::crc32c(bytes).to_be_bytes());
@@ -185,7 +237,7 @@ fn checked_value(bytes: &[u8]) -> sled::IVec {
 }
 
 /// Checks a value's checksum and returns what follows it.
-fn verified(log: &str, key: &[u8], value: sled::IVec) -> Result<Bytes, StorageError> {
+fn verified(log: &str, key: &[u8], value: Bytes) -> Result<Bytes, StorageError> {
     let damaged = |what: &str| corrupt(log, key, what);
     if value.len() < CRC_LEN {
         return Err(damaged("is cut short"));
@@ -194,7 +246,7 @@ fn verified(log: &str, key: &[u8], value: sled::IVec) -> Result<Bytes, StorageEr
     if crc32c::crc32c(&value[CRC_LEN..]) != stored {
         return Err(damaged("fails its checksum"));
     }
-    Ok(Bytes::from_owner(value).slice(CRC_LEN..))
+    Ok(value.slice(CRC_LEN..))
 }
 
 /// The offset a stored key belongs to: a chunk's base offset (a piece's key starts with its
@@ -205,78 +257,151 @@ pub fn offset_of(key: &[u8]) -> u64 {
         .map_or(0, u64::from_be_bytes)
 }
 
-/// The chunks of `tree` from the one starting at `offset` on, in offset order, each read
-/// with its pieces and checked. `log` names the partition log in errors. Blocks.
-///
-/// Each chunk is looked up by its key (the previous chunk's next offset) rather than
-/// walked with one sled iterator: sled counts a page's use in its cache only when the page
-/// is looked up, and applies those counts 64 at a time per cache shard, so a long scan
-/// that looked up each leaf once left up to 63 leaves per shard in memory uncounted
-/// (measured: 410 MB of pages held after replaying 1 GB with a 128 MiB cache). Looked up
-/// once per chunk, a leaf fills its shard's count within a few leaves.
-pub fn walk<'a>(
-    log: &'a str,
-    tree: &'a sled::Tree,
-    offset: u64,
-) -> impl Iterator<Item = Result<Chunk, StorageError>> + 'a {
-    let mut cursor = Some(offset);
-    std::iter::from_fn(move || {
-        let at = cursor.take()?;
-        let chunk = get(log, tree, at).transpose()?;
-        if let Ok(chunk) = &chunk {
-            cursor = Some(chunk.batch.next_offset());
-        }
-        Some(chunk)
-    })
+/// Where a partition's chunks are: its index (and older chunks) in sled, and its segment
+/// files. `log` names the partition in errors.
+#[derive(Clone, Copy)]
+pub struct Source<'a> {
+    pub log: &'a str,
+    pub tree: &'a sled::Tree,
+    pub segments: &'a Segments,
 }
 
-/// The chunk whose key is `offset`, with its pieces, checked. Blocks.
-pub fn get(log: &str, tree: &sled::Tree, offset: u64) -> Result<Option<Chunk>, StorageError> {
-    let head_key = key(offset);
-    let Some(value) = tree.get(head_key)? else {
-        return Ok(None);
-    };
-    let mut stored_bytes = value.len() as u64;
-    let head = verified(log, &head_key, value)?;
-    let flags = *head
-        .first()
-        .ok_or_else(|| corrupt(log, &head_key, "has no flags"))?;
-    let tagged = flags & TAGGED != 0;
-    let mut body = head.slice(1..);
-    let mut keys = vec![head_key.to_vec()];
-    if flags & PIECES != 0 {
-        let records_len = body
-            .get(BATCH_HEADER_LEN - 4..BATCH_HEADER_LEN)
-            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
-            .ok_or_else(|| corrupt(log, &head_key, "is cut short"))?;
-        let whole_len = BATCH_HEADER_LEN + records_len + if tagged { TAG_LEN } else { 0 };
-        // The length comes from the stored header: beyond a first guess, room grows with
-        // the pieces actually found.
-        let mut whole = BytesMut::with_capacity(whole_len.min(PREALLOCATE_MAX));
-        whole.extend_from_slice(&body);
-        for piece in 1..=u16::MAX {
-            if whole.len() >= whole_len {
-                break;
+impl<'a> Source<'a> {
+    /// The chunks from the one starting at `offset` on, in offset order, each read and
+    /// checked. Blocks.
+    ///
+    /// Each chunk is looked up by its key (the previous chunk's next offset) rather than
+    /// walked with one sled iterator: sled counts a page's use in its cache only when the
+    /// page is looked up, and applies those counts 64 at a time per cache shard, so a long
+    /// scan that looked up each leaf once left up to 63 leaves per shard in memory
+    /// uncounted (measured: 410 MB of pages held after replaying 1 GB with a 128 MiB
+    /// cache). Looked up once per chunk, a leaf fills its shard's count within a few
+    /// leaves.
+    pub fn walk(self, offset: u64) -> impl Iterator<Item = Result<Chunk, StorageError>> + 'a {
+        let mut cursor = Some(offset);
+        std::iter::from_fn(move || {
+            let at = cursor.take()?;
+            let chunk = self.get(at).transpose()?;
+            if let Ok(chunk) = &chunk {
+                cursor = Some(chunk.batch.next_offset());
             }
-            let piece_key = piece_key(offset, piece);
-            let value = tree
-                .get(&piece_key)?
-                .ok_or_else(|| corrupt(log, &head_key, &format!("lacks its piece {piece}")))?;
-            stored_bytes += value.len() as u64;
-            whole.extend_from_slice(&verified(log, &piece_key, value)?);
-            keys.push(piece_key);
-        }
-        body = whole.freeze();
+            Some(chunk)
+        })
     }
+
+    /// The chunk whose key is `offset`, read from its segment file (or from sled, with its
+    /// pieces, in stores written before segment files), checked. Blocks.
+    pub fn get(self, offset: u64) -> Result<Option<Chunk>, StorageError> {
+        let head_key = key(offset);
+        let Some(value) = self.tree.get(head_key)? else {
+            return Ok(None);
+        };
+        if let Some(pointer) = Pointer::decode(&value) {
+            let value = self
+                .segments
+                .read(pointer)
+                .map_err(|e| StorageError::Sled(format!("partition log {}: {e}", self.log)))?
+                .ok_or_else(|| {
+                    corrupt(
+                        self.log,
+                        &head_key,
+                        &format!(
+                            "is missing from its segment file {:020}.seg (at byte {})",
+                            pointer.segment, pointer.position
+                        ),
+                    )
+                })?;
+            let chunk = parse(self.log, &head_key, value, Some(pointer))?;
+            if chunk.batch.base_offset != offset {
+                return Err(corrupt(self.log, &head_key, "holds another offset"));
+            }
+            return Ok(Some(chunk));
+        }
+        self.get_from_sled(offset, value)
+    }
+
+    /// A chunk kept in sled itself, whose head value is `value`.
+    fn get_from_sled(self, offset: u64, value: sled::IVec) -> Result<Option<Chunk>, StorageError> {
+        let (log, head_key) = (self.log, key(offset));
+        let mut stored_bytes = value.len() as u64;
+        let head = verified(log, &head_key, Bytes::from_owner(value))?;
+        let flags = *head
+            .first()
+            .ok_or_else(|| corrupt(log, &head_key, "has no flags"))?;
+        let tagged = flags & TAGGED != 0;
+        let mut keys = vec![head_key.to_vec()];
+        let body = if flags & PIECES == 0 {
+            head
+        } else {
+            let body = head.slice(1..);
+            let records_len = body
+                .get(BATCH_HEADER_LEN - 4..BATCH_HEADER_LEN)
+                .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+                .ok_or_else(|| corrupt(log, &head_key, "is cut short"))?;
+            let whole_len = BATCH_HEADER_LEN + records_len + if tagged { TAG_LEN } else { 0 };
+            // The length comes from the stored header: beyond a first guess, room grows
+            // with the pieces actually found.
+            let mut whole = BytesMut::with_capacity(1 + whole_len.min(PREALLOCATE_MAX));
+            whole.extend_from_slice(&[flags]);
+            whole.extend_from_slice(&body);
+            for piece in 1..=u16::MAX {
+                if whole.len() > whole_len {
+                    break;
+                }
+                let piece_key = piece_key(offset, piece);
+                let value = self
+                    .tree
+                    .get(&piece_key)?
+                    .ok_or_else(|| corrupt(log, &head_key, &format!("lacks its piece {piece}")))?;
+                stored_bytes += value.len() as u64;
+                whole.extend_from_slice(&verified(log, &piece_key, Bytes::from_owner(value))?);
+                keys.push(piece_key);
+            }
+            whole.freeze()
+        };
+        let mut chunk = parse_body(log, &head_key, body, None)?;
+        if chunk.batch.base_offset != offset {
+            return Err(corrupt(log, &head_key, "holds another offset"));
+        }
+        chunk.keys = keys;
+        chunk.stored_bytes = stored_bytes;
+        Ok(Some(chunk))
+    }
+}
+
+/// The chunk a segment file's frame holds: `value` (checksum, flags, batch, tag) checked,
+/// `key` naming it in errors.
+pub fn parse(
+    log: &str,
+    key: &[u8],
+    value: Bytes,
+    pointer: Option<Pointer>,
+) -> Result<Chunk, StorageError> {
+    let body = verified(log, key, value)?;
+    if body.first().is_some_and(|flags| flags & PIECES != 0) {
+        return Err(corrupt(log, key, "claims pieces in a segment file"));
+    }
+    parse_body(log, key, body, pointer)
+}
+
+/// A chunk from its flags, batch and tag (the checksum verified).
+fn parse_body(
+    log: &str,
+    key: &[u8],
+    body: Bytes,
+    pointer: Option<Pointer>,
+) -> Result<Chunk, StorageError> {
+    let flags = *body
+        .first()
+        .ok_or_else(|| corrupt(log, key, "has no flags"))?;
+    let tagged = flags & TAGGED != 0;
+    let body = body.slice(1..);
     let batch_len = body.len().saturating_sub(if tagged { TAG_LEN } else { 0 });
     if batch_len < BATCH_HEADER_LEN {
-        return Err(corrupt(log, &head_key, "is cut short"));
+        return Err(corrupt(log, key, "is cut short"));
     }
     let batch = Batch::parse(body.slice(..batch_len))
-        .map_err(|e| corrupt(log, &head_key, &format!("holds no batch: {e}")))?;
-    if batch.base_offset != offset {
-        return Err(corrupt(log, &head_key, "holds another offset"));
-    }
+        .map_err(|e| corrupt(log, key, &format!("holds no batch: {e}")))?;
     let tag = tagged.then(|| {
         let u64_at = |at: usize| {
             let bytes = &body[batch_len + at..batch_len + at + 8];
@@ -290,12 +415,13 @@ pub fn get(log: &str, tree: &sled::Tree, offset: u64) -> Result<Option<Chunk>, S
             first_offset: u64_at(16),
         }
     });
-    Ok(Some(Chunk {
+    Ok(Chunk {
         batch,
         tag,
-        keys,
-        stored_bytes,
-    }))
+        keys: vec![key.to_vec()],
+        stored_bytes: pointer.map_or(0, |p| p.frame_bytes()),
+        pointer,
+    })
 }
 
 fn corrupt(log: &str, key: &[u8], what: &str) -> StorageError {
@@ -309,6 +435,8 @@ fn corrupt(log: &str, key: &[u8], what: &str) -> StorageError {
 mod tests {
     use super::*;
     use herald_protocol::{encode_batch, Record};
+    use std::sync::atomic::AtomicU64;
+    use std::sync::Arc;
 
     fn batch_of(sizes: &[usize]) -> Batch {
         let records: Vec<Record> = sizes
@@ -319,14 +447,47 @@ mod tests {
         Batch::parse(encode_batch(&records)).unwrap()
     }
 
-    fn store(cuts: &[Cut]) -> (tempfile::TempDir, sled::Tree) {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
-        let tree = db.open_tree("log.1.0").unwrap();
-        for (key, value) in cuts.iter().flat_map(|c| &c.values) {
-            tree.insert(&key[..], value.clone()).unwrap();
+    struct Stored {
+        _dir: tempfile::TempDir,
+        tree: sled::Tree,
+        segments: Segments,
+    }
+
+    impl Stored {
+        fn new() -> Stored {
+            let dir = tempfile::tempdir().unwrap();
+            let db = sled::open(dir.path().join("sled")).unwrap();
+            let tree = db.open_tree("log.1.0").unwrap();
+            let segments =
+                Segments::open(dir.path(), "log.1.0", Arc::new(AtomicU64::new(0))).unwrap();
+            Stored {
+                _dir: dir,
+                tree,
+                segments,
+            }
         }
-        (dir, tree)
+
+        fn append(&self, cuts: &Cuts) {
+            let base = cuts.chunks[0].0.base_offset;
+            let (segment, position) = self.segments.append(base, &cuts.frames).unwrap();
+            for (offset, pointer) in cuts.pointers(segment, position) {
+                self.tree
+                    .insert(key(offset), &pointer.encode()[..])
+                    .unwrap();
+            }
+        }
+
+        fn source(&self) -> Source<'_> {
+            Source {
+                log: "log.1.0",
+                tree: &self.tree,
+                segments: &self.segments,
+            }
+        }
+
+        fn read_all(&self, from: u64) -> Result<Vec<Chunk>, StorageError> {
+            self.source().walk(from).collect()
+        }
     }
 
     fn payload_sizes(chunks: &[Chunk]) -> Vec<usize> {
@@ -338,7 +499,7 @@ mod tests {
 
     #[test]
     fn a_batch_is_cut_at_record_boundaries_and_read_back_whole() {
-        let sizes = vec![1000; 50];
+        let sizes = vec![1_000; 60];
         let tag = Tag {
             producer: ProducerBatch {
                 producer_id: 7,
@@ -347,18 +508,16 @@ mod tests {
             first_offset: 100,
         };
         let cuts = cut(&batch_of(&sizes), 100, 42, Some(tag), &mut BytesMut::new()).unwrap();
-        assert!(cuts.len() > 1, "50 KB goes in several chunks");
-        for cut in &cuts {
-            assert_eq!(cut.values.len(), 1, "no record needs pieces");
-            assert!(cut.batch.encoded_len() <= CHUNK_BYTES);
-            assert_eq!(cut.batch.append_time_ms, 42);
+        assert!(cuts.chunks.len() > 1, "60 KB goes in several chunks");
+        for (batch, _, _) in &cuts.chunks {
+            assert!(batch.encoded_len() <= CHUNK_BYTES);
+            assert_eq!(batch.append_time_ms, 42);
         }
-        let (_dir, tree) = store(&cuts);
-        let chunks: Vec<Chunk> = walk("log.1.0", &tree, 100)
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let stored = Stored::new();
+        stored.append(&cuts);
+        let chunks = stored.read_all(100).unwrap();
         assert_eq!(payload_sizes(&chunks), sizes);
-        assert_eq!(chunks.last().unwrap().batch.next_offset(), 150);
+        assert_eq!(chunks.last().unwrap().batch.next_offset(), 160);
         let tags: Vec<_> = chunks.iter().map(|c| c.tag).collect();
         assert_eq!(
             tags.last().unwrap(),
@@ -373,46 +532,94 @@ mod tests {
             ends[..ends.len() - 1],
             "chunks tile the offsets"
         );
+        let framed = cuts.frames.len() as u64;
+        let stored_bytes: u64 = chunks.iter().map(|c| c.stored_bytes).sum();
+        assert_eq!(stored_bytes, framed);
     }
 
     #[test]
-    fn a_record_larger_than_a_chunk_is_stored_in_pieces() {
-        let sizes = [10, 100_000, 10];
+    fn a_record_larger_than_a_chunk_is_a_chunk_of_its_own() {
+        let sizes = [10, 1_000_000, 10];
         let cuts = cut(&batch_of(&sizes), 0, 1, None, &mut BytesMut::new()).unwrap();
-        assert_eq!(cuts.len(), 3);
-        let pieces = cuts[1].values.len();
-        assert_eq!(pieces, 100_000usize.div_ceil(CHUNK_BYTES).max(2));
-        assert!(cuts[1]
-            .values
-            .iter()
-            .all(|(_, v)| v.len() <= CHUNK_BYTES + HEAD_LEN));
-        let (_dir, tree) = store(&cuts);
-        let chunks: Vec<Chunk> = walk("log.1.0", &tree, 0).collect::<Result<_, _>>().unwrap();
-        assert_eq!(payload_sizes(&chunks), sizes);
-        assert_eq!(chunks[1].keys.len(), pieces);
-        let stored: u64 = cuts[1].values.iter().map(|(_, v)| v.len() as u64).sum();
-        assert_eq!(chunks[1].stored_bytes, stored);
+        assert_eq!(cuts.chunks.len(), 3);
+        let stored = Stored::new();
+        stored.append(&cuts);
+        assert_eq!(payload_sizes(&stored.read_all(0).unwrap()), sizes);
+    }
+
+    #[test]
+    fn chunks_kept_in_sled_by_older_stores_are_read_with_their_pieces() {
+        let stored = Stored::new();
+        let old = batch_of(&[10, 20_000, 10]);
+        let mut sled_bytes = 0;
+        for (i, record) in old.iter().enumerate() {
+            let single = batch_of(&[record.unwrap().record.payload.len()]);
+            let single = Batch {
+                base_offset: i as u64,
+                ..single
+            };
+            for (key, value) in sled_values(&single, None) {
+                if i == 1 {
+                    sled_bytes += value.len() as u64;
+                }
+                stored.tree.insert(&key[..], value).unwrap();
+            }
+        }
+        // New chunks follow in a segment file.
+        stored.append(&cut(&batch_of(&[5, 5]), 3, 1, None, &mut BytesMut::new()).unwrap());
+        let chunks = stored.read_all(0).unwrap();
+        assert_eq!(payload_sizes(&chunks), [10, 20_000, 10, 5, 5]);
+        assert_eq!(chunks[1].keys.len(), 20_000usize.div_ceil(CHUNK_BYTES));
+        assert_eq!(chunks[1].stored_bytes, sled_bytes);
+        assert!(chunks[1].pointer.is_none() && chunks[3].pointer.is_some());
     }
 
     #[test]
     fn a_flipped_bit_is_an_error_naming_the_partition_and_offset() {
-        let cuts = cut(&batch_of(&[10, 20_000]), 5, 1, None, &mut BytesMut::new()).unwrap();
-        for (damaged_key, at) in [(key(5).to_vec(), 40), (piece_key(6, 2), 100)] {
-            let (_dir, tree) = store(&cuts);
-            let mut value = tree.get(&damaged_key).unwrap().unwrap().to_vec();
-            value[at] ^= 0x10;
-            tree.insert(&damaged_key, value).unwrap();
-            let offset = offset_of(&damaged_key);
-            let err = walk("log.1.0", &tree, 5)
-                .find_map(Result::err)
-                .expect("the damage is found");
-            let text = err.to_string();
-            assert!(matches!(err, StorageError::Corrupt(_)), "{text}");
-            assert!(
-                text.contains("log.1.0") && text.contains(&format!("offset {offset}")),
-                "{text}"
-            );
-            assert!(text.contains("checksum"), "{text}");
+        let cuts = cut(&batch_of(&[10, 400_000]), 5, 1, None, &mut BytesMut::new()).unwrap();
+        assert_eq!(cuts.chunks.len(), 2);
+        let stored = Stored::new();
+        stored.append(&cuts);
+        let pointer = Pointer::decode(&stored.tree.get(key(6)).unwrap().unwrap()).unwrap();
+        let path = stored
+            ._dir
+            .path()
+            .join("segments/log.1.0")
+            .join(format!("{:020}.seg", 5));
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[pointer.position as usize + 1000] ^= 0x10;
+        std::fs::write(&path, bytes).unwrap();
+        let err = stored.read_all(5).expect_err("the damage is found");
+        let text = err.to_string();
+        assert!(matches!(err, StorageError::Corrupt(_)), "{text}");
+        assert!(
+            text.contains("log.1.0") && text.contains("offset 6"),
+            "{text}"
+        );
+        assert!(text.contains("checksum"), "{text}");
+
+        // A chunk kept in sled by an older store, damaged in one of its pieces.
+        let stored = Stored::new();
+        for (key, value) in sled_values(
+            &Batch {
+                base_offset: 9,
+                ..batch_of(&[20_000])
+            },
+            None,
+        ) {
+            stored.tree.insert(&key[..], value).unwrap();
         }
+        let damaged = piece_key(9, 2);
+        let mut value = stored.tree.get(&damaged).unwrap().unwrap().to_vec();
+        value[100] ^= 0x10;
+        stored.tree.insert(&damaged, value).unwrap();
+        let text = stored
+            .read_all(9)
+            .expect_err("the damage is found")
+            .to_string();
+        assert!(
+            text.contains("offset 9") && text.contains("checksum"),
+            "{text}"
+        );
     }
 }

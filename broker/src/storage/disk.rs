@@ -6,8 +6,12 @@
 //! reserve (`--min-free-disk-bytes`) a publish is refused with `StorageFull`, and
 //! everything else goes on in the room the reserve keeps.
 //!
-//! The room left is the filesystem's free space plus the space inside the store's files
-//! that sled will reuse. sled never gives space back to the filesystem except at the end of
+//! Record batches live in segment files (see `storage::segment`), which retention and topic
+//! deletion delete, giving their space straight back to the filesystem. sled's own file
+//! keeps the index and the rest, and, in stores written before segment files, the records.
+//!
+//! The room left is the filesystem's free space plus the space inside sled's file that sled
+//! will reuse. sled never gives space back to the filesystem except at the end of
 //! its file: segments freed by retention or by a deleted topic are reused for new writes
 //! instead. That reusable space is estimated from the store's own ratio of file size to
 //! record bytes, taken whenever the file grows (sled grows it only when nothing inside is

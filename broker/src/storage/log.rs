@@ -1,8 +1,21 @@
-//! One partition's log: record batches keyed by base offset in a sled tree.
+//! One partition's log: record batches appended to segment files, indexed by base offset
+//! in a sled tree.
 //!
 //! A published batch is stored as chunks of at most `chunk::CHUNK_BYTES`, each the batch
 //! encoding as it travels on the wire (offsets filled in) behind a CRC-32C; a producer's
-//! numbered batch tags its last chunk. See `storage::chunk`.
+//! numbered batch tags its last chunk. See `storage::chunk` and `storage::segment`.
+//!
+//! # Recovery
+//!
+//! The index may lag the segment files, or (after a crash of the machine) name frames the
+//! files never got: a commit under `--fsync always` syncs the files alone, and sled writes
+//! its own file when it likes. So opening a log verifies every chunk from the offset last
+//! recorded as synced (see `storage::checkpoint`; from the start when none is) to the end
+//! of the index, then reads on through the files past the last chunk verified. Every
+//! intact frame that follows in offset order is indexed; at the first that is torn, fails
+//! its checksum, or does not follow, the index and the files are cut, as Kafka recovers the
+//! segments it had not flushed. Below the recorded offset a damaged chunk is an error when
+//! read, and `--repair-store` deals with it.
 //!
 //! The same tree keeps the partition's idempotent-producer state (see
 //! `storage::producers`) under 16-byte keys `FF×8 ‖ producer id`, which sort after every
@@ -15,7 +28,8 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use herald_protocol::Batch;
 
-use super::chunk::{self, Chunk, Cut};
+use super::chunk::{self, Chunk, Cuts, Source};
+use super::segment::{Pointer, Segments};
 use super::tail::{Tail, TailBudget};
 use super::{RetentionPolicy, StorageError};
 
@@ -47,6 +61,8 @@ pub struct PartitionLog {
     states_through: AtomicU64,
     /// The latest committed batches, served without sled (see `storage::tail`).
     tail: Tail,
+    /// Where its chunks are kept.
+    segments: Segments,
 }
 
 /// Where producer-state keys start; batch keys all sort below it.
@@ -78,14 +94,17 @@ impl ReadBatches {
 }
 
 impl PartitionLog {
-    /// Opens a log over `tree`, recovering its bounds. The saved bounds keep offsets from
-    /// restarting when retention emptied the log; the stored batches are the truth for
-    /// anything the saved bounds do not cover yet. Blocks.
+    /// Opens a log over `tree` and `segments`, recovering what the index lacks from the
+    /// files (verifying from offset `synced` on: see the module's docs), then its bounds.
+    /// The saved bounds keep offsets from restarting when retention emptied the log; the
+    /// stored batches are the truth for anything the saved bounds do not cover yet. Blocks.
     pub(super) fn open(
         tree: sled::Tree,
+        segments: Segments,
         bounds: sled::Tree,
         total: Arc<AtomicU64>,
         tail_budget: Arc<TailBudget>,
+        synced: u64,
     ) -> Result<PartitionLog, StorageError> {
         let saved = match bounds.get(tree.name())? {
             Some(value) => Bounds::decode(&value)?,
@@ -97,7 +116,10 @@ impl PartitionLog {
             },
         };
         let name = String::from_utf8_lossy(&tree.name()).into_owned();
-        let next = match last_chunk(&name, &tree)? {
+        let recovered = recover(&name, &tree, &segments, synced, saved.next)?;
+        let next = match last_chunk(&name, &tree, &segments)? {
+            // Bounds saved ahead of what survived a crash name records that are gone.
+            Some(last) if recovered.cut => last.batch.next_offset(),
             Some(last) => last.batch.next_offset().max(saved.next),
             None => saved.next,
         };
@@ -107,7 +129,13 @@ impl PartitionLog {
         };
         // Stores that wrote each producer state with its batch record no watermark.
         let states_through = saved.states_through.unwrap_or(next);
-        total.fetch_add(saved.bytes, Ordering::Relaxed);
+        let bytes = saved.bytes + recovered.bytes;
+        total.fetch_add(bytes, Ordering::Relaxed);
+        // Files left wholly below the first chunk (retention deleted their chunks, and a
+        // crash came before the files went).
+        segments
+            .remove_below(first, next)
+            .map_err(|e| io_error(&name, &e))?;
         Ok(PartitionLog {
             name,
             tree,
@@ -116,13 +144,33 @@ impl PartitionLog {
             next: AtomicU64::new(next),
             write_next: AtomicU64::new(next),
             first: AtomicU64::new(first),
-            bytes: AtomicU64::new(saved.bytes),
+            bytes: AtomicU64::new(bytes),
             appended_bytes: AtomicU64::new(0),
             appended: tokio::sync::Notify::new(),
             retired: AtomicBool::new(false),
             states_through: AtomicU64::new(states_through),
             tail: Tail::new(tail_budget),
+            segments,
         })
+    }
+
+    /// Where its chunks are read from.
+    fn source(&self) -> Source<'_> {
+        Source {
+            log: &self.name,
+            tree: &self.tree,
+            segments: &self.segments,
+        }
+    }
+
+    /// `fdatasync`s the segment files written since the last call. Blocks.
+    pub(super) fn sync(&self) -> Result<(), StorageError> {
+        self.segments.sync().map_err(|e| io_error(&self.name, &e))
+    }
+
+    /// Bytes in its segment files.
+    pub fn segment_bytes(&self) -> u64 {
+        self.segments.bytes()
     }
 
     /// One past the last committed offset: where the next record will go.
@@ -207,7 +255,10 @@ impl PartitionLog {
             Some(entry) => chunk::offset_of(&entry?.0),
             None => offset,
         };
-        let stored = chunk::walk(&self.name, &self.tree, start).map(|chunk| chunk.map(|c| c.batch));
+        let stored = self
+            .source()
+            .walk(start)
+            .map(|chunk| chunk.map(|c| c.batch));
         collect(stored, offset, next, max_records, max_bytes)
     }
 
@@ -234,6 +285,9 @@ impl PartitionLog {
         self.appended.notify_waiters();
         self.tail.clear();
         self.tree.clear()?;
+        self.segments
+            .remove_all()
+            .map_err(|e| io_error(&self.name, &e))?;
         self.shrink(self.size_bytes());
         self.bounds.remove(self.tree.name())?;
         Ok(())
@@ -254,36 +308,42 @@ impl PartitionLog {
         self.write_next.load(Ordering::Relaxed)
     }
 
-    /// Called by the writer: stores the chunks of one published batch, whose offsets
-    /// start at [`write_next`](Self::write_next), in one atomic write. Returns the chunks as
-    /// batches (sharing sled's copy of their bytes) for [`cache`](Self::cache) once they are
-    /// committed.
-    pub(super) fn insert(&self, cuts: Vec<Cut>) -> Result<Vec<Batch>, StorageError> {
+    /// Called by the writer: appends the chunks of one published batch, whose offsets
+    /// start at [`write_next`](Self::write_next), to the segment files, and indexes them
+    /// in one atomic sled write. Returns the chunks as batches (sharing their frames'
+    /// bytes) for [`cache`](Self::cache) once they are committed.
+    pub(super) fn insert(&self, cuts: Cuts) -> Result<Vec<Batch>, StorageError> {
         if self.is_retired() {
             return Err(StorageError::Deleted);
         }
-        let (Some(first), Some(last)) = (cuts.first(), cuts.last()) else {
+        let (Some(first), Some(last)) = (cuts.chunks.first(), cuts.chunks.last()) else {
             return Ok(Vec::new());
         };
-        let next = last.batch.next_offset();
-        debug_assert_eq!(first.batch.base_offset, self.write_next());
-        let mut bytes = 0;
-        let mut values = cuts.iter().flat_map(|cut| &cut.values);
-        if cuts.len() == 1 && cuts[0].values.len() == 1 {
-            let (key, value) = values.next().expect("one value");
-            bytes += value.len() as u64;
-            self.tree.insert(&key[..], value.clone())?;
+        let next = last.0.next_offset();
+        debug_assert_eq!(first.0.base_offset, self.write_next());
+        let (segment, position) = self
+            .segments
+            .append(first.0.base_offset, &cuts.frames)
+            .map_err(|e| io_error(&self.name, &e))?;
+        let bytes = cuts.frames.len() as u64;
+        if let [(chunk, start, len)] = &cuts.chunks[..] {
+            let pointer = Pointer {
+                segment,
+                position: position + *start as u64,
+                len: *len,
+            };
+            self.tree
+                .insert(key(chunk.base_offset), &pointer.encode()[..])?;
         } else {
             let mut batch = sled::Batch::default();
-            for (key, value) in values {
-                bytes += value.len() as u64;
-                batch.insert(&key[..], value.clone());
+            for (offset, pointer) in cuts.pointers(segment, position) {
+                batch.insert(&key(offset)[..], &pointer.encode()[..]);
             }
             self.tree.apply_batch(batch)?;
         }
         self.write_next.store(next, Ordering::Relaxed);
         self.grow(bytes);
-        Ok(cuts.into_iter().map(|cut| cut.batch).collect())
+        Ok(cuts.chunks.into_iter().map(|(batch, _, _)| batch).collect())
     }
 
     /// Producer `producer_id`'s stored state in this partition, if any.
@@ -333,7 +393,7 @@ impl PartitionLog {
         &self,
         offset: u64,
     ) -> impl Iterator<Item = Result<Chunk, StorageError>> + '_ {
-        chunk::walk(&self.name, &self.tree, offset)
+        self.source().walk(offset)
     }
 
     fn grow(&self, bytes: u64) {
@@ -390,6 +450,12 @@ impl PartitionLog {
         self.shrink(freed);
         self.first.store(head, Ordering::Release);
         self.tail.forget_before(head);
+        if self.segments.in_last(head.saturating_sub(1)) {
+            self.segments.roll();
+        }
+        self.segments
+            .remove_below(head, self.write_next())
+            .map_err(|e| io_error(&self.name, &e))?;
         Ok(true)
     }
 
@@ -501,12 +567,189 @@ fn state_key(producer_id: u64) -> [u8; 16] {
     key
 }
 
-/// The last chunk stored in `tree`, read whole. Blocks.
-fn last_chunk(name: &str, tree: &sled::Tree) -> Result<Option<Chunk>, StorageError> {
+/// The last chunk stored, read whole. Blocks.
+fn last_chunk(
+    name: &str,
+    tree: &sled::Tree,
+    segments: &Segments,
+) -> Result<Option<Chunk>, StorageError> {
     let Some((last, _)) = tree.range(..STATE_KEYS).next_back().transpose()? else {
         return Ok(None);
     };
-    chunk::get(name, tree, chunk::offset_of(&last))
+    let source = Source {
+        log: name,
+        tree,
+        segments,
+    };
+    source.get(chunk::offset_of(&last))
+}
+
+/// A segment file's failure, naming the log (a full disk is told apart).
+fn io_error(log: &str, err: &std::io::Error) -> StorageError {
+    let text = format!("partition log {log}: segment file: {err}");
+    if err.kind() == std::io::ErrorKind::StorageFull {
+        StorageError::NoSpace(text)
+    } else {
+        StorageError::Sled(text)
+    }
+}
+
+/// What [`recover`] did.
+#[derive(Debug, Default)]
+struct Recovered {
+    /// Bytes of frames indexed from the files.
+    bytes: u64,
+    /// Whether index entries or frames were cut.
+    cut: bool,
+}
+
+/// Brings the index of log `name` in line with its segment files (see the module's docs):
+/// verifies the indexed chunks from the one holding offset `synced`, indexes the intact
+/// frames the files hold past them, and cuts both at the first damage. Blocks.
+fn recover(
+    name: &str,
+    tree: &sled::Tree,
+    segments: &Segments,
+    synced: u64,
+    saved_next: u64,
+) -> Result<Recovered, StorageError> {
+    let source = Source {
+        log: name,
+        tree,
+        segments,
+    };
+    let io = |e: std::io::Error| io_error(name, &e);
+    let mut recovered = Recovered::default();
+    // Index entries into files retention deleted before a crash (their removal from the
+    // index had not reached the disk): the files are gone, so are the chunks.
+    if let Some(first_file) = segments.first_segment() {
+        let mut stale = sled::Batch::default();
+        for entry in tree.range(..STATE_KEYS) {
+            let (key, value) = entry?;
+            match Pointer::decode(&value) {
+                Some(pointer) if pointer.segment < first_file => stale.remove(key),
+                _ => break,
+            }
+        }
+        tree.apply_batch(stale)?;
+    }
+    let start = match tree.range(..=key(synced)).next_back() {
+        Some(entry) => chunk::offset_of(&entry?.0),
+        None => match tree.range(..STATE_KEYS).next() {
+            Some(entry) => chunk::offset_of(&entry?.0),
+            None => synced,
+        },
+    };
+    // Where the files are read on from, and the offset the next frame must start at.
+    let mut resume: Option<(u64, u64)> = None;
+    let mut expected: Option<u64> = None;
+    let mut bad: Option<u64> = None;
+    for entry in tree.range(key(start)..STATE_KEYS) {
+        let (key, value) = entry?;
+        let offset = chunk::offset_of(&key);
+        if key.len() != 8 {
+            continue; // a piece of an older store's chunk
+        }
+        let pointer = Pointer::decode(&value);
+        match source.get(offset) {
+            Ok(Some(chunk)) if expected.is_none_or(|e| e == offset) => {
+                expected = Some(chunk.batch.next_offset());
+                if let Some(pointer) = pointer {
+                    resume = Some((pointer.segment, pointer.end()));
+                }
+            }
+            // An older store's chunk kept in sled: its damage is for reads to report and
+            // `--repair-store` to deal with, as before.
+            _ if pointer.is_none() => break,
+            // A chunk below the synced offset was synced whole (a commit never splits
+            // one): losing it is damage, not a crash's torn tail.
+            _ if offset < synced => {
+                return Err(StorageError::Corrupt(format!(
+                    "partition log {name}: the chunk at offset {offset}, below the offset                      {synced} recorded as synced, is missing from its segment file or damaged"
+                )));
+            }
+            _ => {
+                bad = Some(offset);
+                break;
+            }
+        }
+    }
+    if let (Some(bad), None) = (bad, expected) {
+        // Nothing verified: the files are read on from the chunk before the bad one.
+        if let Some(entry) = tree.range(..key(bad)).next_back() {
+            let (before, value) = entry?;
+            let chunk = source.get(chunk::offset_of(&before))?.ok_or_else(|| {
+                StorageError::Corrupt(format!("partition log {name}: its index changed"))
+            })?;
+            expected = Some(chunk.batch.next_offset());
+            resume = Pointer::decode(&value).map(|p| (p.segment, p.end()));
+        }
+    }
+    if let Some(bad) = bad {
+        let doomed: Vec<sled::IVec> = tree
+            .range(key(bad)..STATE_KEYS)
+            .keys()
+            .collect::<Result<_, _>>()?;
+        tracing::warn!(
+            log = name,
+            offset = bad,
+            entries = doomed.len(),
+            "index entries past the synced offset name chunks the segment files lack; dropped"
+        );
+        let mut removals = sled::Batch::default();
+        doomed.into_iter().for_each(|k| removals.remove(k));
+        tree.apply_batch(removals)?;
+        recovered.cut = true;
+    }
+    let (segment, position) = match resume {
+        Some(at) => at,
+        None => match segments.first_segment() {
+            Some(first) => (first, 0),
+            None => return Ok(recovered),
+        },
+    };
+    // With nothing indexed, frames below the saved next offset are what retention deleted
+    // (the files go after the index entries): they are passed over, not brought back.
+    let floor = if expected.is_none() { saved_next } else { 0 };
+    let mut index = sled::Batch::default();
+    let mut indexed = 0u64;
+    let mut end = (segment, position);
+    for frame in segments.frames_from(segment, position) {
+        let (pointer, value) = frame.map_err(io)?;
+        let Ok(chunk) = chunk::parse(name, &key(expected.unwrap_or(0)), value, Some(pointer))
+        else {
+            break;
+        };
+        if expected.is_none() && chunk.batch.next_offset() <= floor {
+            end = (pointer.segment, pointer.end());
+            continue;
+        }
+        if expected.is_some_and(|e| e != chunk.batch.base_offset) {
+            break;
+        }
+        expected = Some(chunk.batch.next_offset());
+        index.insert(&key(chunk.batch.base_offset)[..], &pointer.encode()[..]);
+        recovered.bytes += pointer.frame_bytes();
+        indexed += 1;
+        end = (pointer.segment, pointer.end());
+    }
+    tree.apply_batch(index)?;
+    let before = segments.bytes();
+    segments.truncate(end.0, end.1).map_err(io)?;
+    let dropped = before - segments.bytes();
+    if dropped > 0 {
+        recovered.cut = true;
+    }
+    if indexed > 0 || dropped > 0 {
+        tracing::info!(
+            log = name,
+            indexed,
+            dropped_bytes = dropped,
+            next = expected,
+            "recovered the segment files past the index"
+        );
+    }
+    Ok(recovered)
 }
 
 /// The batches from `offset` on in `stored` (batches in offset order, the first holding

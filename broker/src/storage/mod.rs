@@ -6,9 +6,12 @@
 //! ```text
 //! tree "meta"        "format" -> u32 layout version (marks the directory as Herald's)
 //! tree "topics"      topic name -> TopicRecord (id, partitions, retention)
-//! tree "log.ID.P"    base offset (u64 BE) -> one stored chunk of a record batch (protocol
-//!                    encoding, base_offset and append time filled in, behind a CRC-32C;
-//!                    see `chunk`)
+//! tree "log.ID.P"    base offset (u64 BE) -> where one stored chunk of a record batch is
+//!                    in the log's segment files (see `chunk`, `segment`); in stores
+//!                    written before those, the chunk itself
+//! dir  "segments/log.ID.P/"  the log's segment files, `<base offset, 20 digits>.seg`: its
+//!                    chunks (protocol encoding, base_offset and append time filled in,
+//!                    behind a CRC-32C), appended in offset order
 //! tree "groups"      topic id (u64 BE) ++ group name -> GroupRecord (mode)
 //! tree "offsets"     topic id (u64 BE) ++ partition (u32 BE) ++ group name -> offset (u64 BE)
 //! tree "partitions"  "log.ID.P" -> size in bytes (u64 BE) ++ next offset (u64 BE)
@@ -25,7 +28,9 @@
 //!
 //! A chunk is stored exactly as a batch travels, so a fetch returns stored bytes without
 //! re-encoding, and the ordered keys of a partition's tree are its offset index: the chunk
-//! holding offset `o` is the last key `<= o`.
+//! holding offset `o` is the last key `<= o`. The records are durable once their segment
+//! files are synced; the index may lag them, and opening a log rebuilds what it lacks (see
+//! `log`).
 //!
 //! sled calls block, so everything here runs on the writer ([`commit`]: its thread, or a
 //! small write in place) or inside `spawn_blocking`; nothing in this module knows about
@@ -43,6 +48,7 @@ use open::*;
 mod records;
 pub mod repair;
 mod security;
+pub mod segment;
 pub mod stats;
 mod sync;
 mod tail;
@@ -59,8 +65,13 @@ pub use security::{StoredRule, StoredToken, StoredUser};
 
 use commit::CommitWriter;
 
-/// The layout version: 2 stores chunks with checksums (1 stored whole batches).
-const FORMAT_VERSION: u32 = 2;
+/// The layout version: 3 appends chunks to segment files, indexed in sled; 2 kept chunks
+/// with checksums in sled itself (still read, and upgraded in place); 1 stored whole
+/// batches (refused).
+const FORMAT_VERSION: u32 = 3;
+
+/// The layout that kept chunks in sled itself.
+const SLED_CHUNKS_FORMAT: u32 = 2;
 
 /// A storage failure.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -195,6 +206,10 @@ pub struct Store {
     writer: CommitWriter,
     /// Bytes of stored record batches over every open log (what `--max-disk-bytes` caps).
     stored_bytes: Arc<AtomicU64>,
+    /// Bytes in every open log's segment files.
+    segment_bytes: Arc<AtomicU64>,
+    /// The data directory.
+    dir: std::path::PathBuf,
     /// What every log's cached tail may hold together.
     tail_budget: Arc<tail::TailBudget>,
     /// The free space of the store's filesystem, and the reserve kept on it.
@@ -215,11 +230,11 @@ impl Store {
         let db = open_sled(dir, &config)?;
         check_format(dir, &db, initialised)?;
         let marks = if config.repair {
-            drop_retired_logs(&db, &checkpoint::Marks::new())?;
+            drop_retired_logs(&db, dir, &checkpoint::Marks::new())?;
             repair::run(&db, dir)?.0
         } else {
             let marks = recorded_marks(dir, initialised)?;
-            drop_retired_logs(&db, &marks)?;
+            drop_retired_logs(&db, dir, &marks)?;
             marks
         };
         let disk = disk::Disk::new(dir, config.disk_probe.clone(), config.min_free_disk_bytes)
@@ -252,6 +267,8 @@ impl Store {
             db,
             writer,
             stored_bytes: Arc::new(AtomicU64::new(0)),
+            segment_bytes: Arc::new(AtomicU64::new(0)),
+            dir: dir.to_path_buf(),
             tail_budget: tail::TailBudget::new(
                 usize::try_from(config.tail_cache_bytes).unwrap_or(usize::MAX),
             ),
@@ -279,9 +296,18 @@ impl Store {
 
     /// The room left on disk for the store (see [`disk`]); sampled at most every
     /// [`disk::REFRESH`], so cheap to ask on every publish.
+    ///
+    /// Segment files give their space back to the filesystem when retention or a topic
+    /// deletion removes them, so only sled's file has space inside to reuse: the records
+    /// kept in sled (by stores written before segment files) are what its ratio applies to.
     pub fn room(&self) -> disk::Room {
-        self.disk
-            .room(self.stored_bytes(), || self.db.size_on_disk().unwrap_or(0))
+        let segments = self.segment_bytes.load(Ordering::Relaxed);
+        let in_sled = self.stored_bytes().saturating_sub(segments);
+        let mut room = self
+            .disk
+            .room(in_sled, || self.db.size_on_disk().unwrap_or(0));
+        room.store_bytes += segments;
+        room
     }
 
     /// What the writer measured of itself: its histograms.
@@ -345,11 +371,18 @@ impl Store {
             .map(|p| {
                 let name = log_tree_name(topic.id, p);
                 let tree = self.db.open_tree(&name)?;
+                let segments =
+                    segment::Segments::open(&self.dir, &name, Arc::clone(&self.segment_bytes))
+                        .map_err(|e| {
+                            StorageError::Sled(format!("partition log {name}: segment files: {e}"))
+                        })?;
                 let log = PartitionLog::open(
                     tree,
+                    segments,
                     self.bounds.clone(),
                     Arc::clone(&self.stored_bytes),
                     Arc::clone(&self.tail_budget),
+                    self.marks.get(&name).copied().unwrap_or(0),
                 )
                 .map_err(with_repair_hint)?;
                 producers::recover(&log).map_err(with_repair_hint)?;

@@ -41,6 +41,7 @@ pub(super) fn recorded_marks(
 /// record whose topic is missing was not deleted (see [`checkpoint`]): the store is damaged.
 pub(super) fn drop_retired_logs(
     db: &sled::Db,
+    dir: &Path,
     marks: &checkpoint::Marks,
 ) -> Result<(), StorageError> {
     let topics = db.open_tree("topics")?;
@@ -65,7 +66,10 @@ pub(super) fn drop_retired_logs(
             db.drop_tree(name.as_bytes())?;
         }
     }
-    Ok(())
+    segment::remove_unknown(dir, |name| {
+        topic_of(name).is_some_and(|id| live.contains(&id))
+    })
+    .map_err(|e| StorageError::Sled(format!("{}: {e}", dir.display())))
 }
 
 pub(crate) fn log_tree_name(topic_id: u64, partition: u32) -> String {
@@ -125,9 +129,22 @@ pub(super) fn check_format(
     let meta = db.open_tree("meta")?;
     match meta.get("format")? {
         Some(v) if v.as_ref() == FORMAT_VERSION.to_be_bytes() => Ok(()),
+        // Chunks kept in sled are still read (see `chunk`); new ones go to segment files,
+        // which a broker reading format 2 would not find, so the store says so from now on.
+        Some(v) if v.as_ref() == SLED_CHUNKS_FORMAT.to_be_bytes() => {
+            meta.insert("format", &FORMAT_VERSION.to_be_bytes())?;
+            db.flush()?;
+            tracing::info!(
+                dir = %dir.display(),
+                "store format {SLED_CHUNKS_FORMAT} upgraded to {FORMAT_VERSION}: its records \
+                 stay in sled and are read there, new ones go to segment files"
+            );
+            Ok(())
+        }
         Some(v) => Err(StorageError::Corrupt(format!(
             "{} holds storage format {}, and this broker reads format {FORMAT_VERSION} \
-             (chunks with checksums); start it on a new data directory",
+             (segment files) or {SLED_CHUNKS_FORMAT} (chunks with checksums in sled); start it \
+             on a new data directory",
             dir.display(),
             <[u8; 4]>::try_from(v.as_ref()).map_or_else(
                 |_| "unknown".to_string(),

@@ -13,10 +13,13 @@
 use std::path::Path;
 
 use super::checkpoint::{self, Marks};
-use super::chunk;
+use super::chunk::{self, Source};
 use super::log::{Bounds, STATE_KEYS};
 use super::records::TopicRecord;
+use super::segment::Segments;
 use super::StorageError;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
 /// Stored values deleted at once past a log's first damage.
 const DELETE_ROUND: usize = 4096;
@@ -47,7 +50,15 @@ pub(super) fn run(db: &sled::Db, dir: &Path) -> Result<(Marks, Vec<LogRepair>), 
         let topic = TopicRecord::decode(&name, &value)?;
         for partition in 0..topic.partitions {
             let log = super::log_tree_name(topic.id, partition);
-            let repair = repair_log(&log, &db.open_tree(&log)?, &bounds)?;
+            let segments = Segments::open(dir, &log, Arc::new(AtomicU64::new(0)))
+                .map_err(|e| StorageError::Sled(format!("partition log {log}: {e}")))?;
+            let tree = db.open_tree(&log)?;
+            let source = Source {
+                log: &log,
+                tree: &tree,
+                segments: &segments,
+            };
+            let repair = repair_log(source, &bounds)?;
             match &repair.damage {
                 None => tracing::info!(
                     log,
@@ -78,11 +89,8 @@ pub(super) fn run(db: &sled::Db, dir: &Path) -> Result<(Marks, Vec<LogRepair>), 
 
 /// Verifies one log's chunks in order and deletes everything from the first damaged or
 /// missing one on; updates the log's saved bounds to what was kept.
-fn repair_log(
-    name: &str,
-    tree: &sled::Tree,
-    bounds: &sled::Tree,
-) -> Result<LogRepair, StorageError> {
+fn repair_log(source: Source<'_>, bounds: &sled::Tree) -> Result<LogRepair, StorageError> {
+    let (name, tree) = (source.log, source.tree);
     let saved = match bounds.get(tree.name()) {
         Ok(Some(value)) => Bounds::decode(&value).ok(),
         _ => None,
@@ -102,7 +110,7 @@ fn repair_log(
     };
     let mut bytes = 0;
     if let Some(first) = first {
-        for stored in chunk::walk(name, tree, first) {
+        for stored in source.walk(first) {
             match stored {
                 Ok(chunk) => {
                     repair.chunks += 1;

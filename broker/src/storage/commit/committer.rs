@@ -43,6 +43,8 @@ pub(super) enum Handoff {
         done: Vec<Done>,
         /// The logs it wrote, each with its next offset as of the hand-over.
         synced: Vec<(Arc<PartitionLog>, u64)>,
+        /// Whether it wrote more than appends, so sled must be flushed too.
+        sled: bool,
         /// Why it cannot be committed (saving bounds failed): answered with this.
         failed: Option<StorageError>,
     },
@@ -125,8 +127,9 @@ fn run(
                 Handoff::Group {
                     done,
                     synced,
+                    sled,
                     failed,
-                } => groups.push((done, synced, failed)),
+                } => groups.push((done, synced, sled, failed)),
                 Handoff::Barrier(tx) => {
                     // What comes after it waits for the next round.
                     barrier = Some(tx);
@@ -134,20 +137,24 @@ fn run(
                 }
             }
         }
+        let live = |failed: &Option<StorageError>| failed.is_none();
+        let sled = groups
+            .iter()
+            .any(|(_, _, sled, failed)| *sled && live(failed));
         let synced: Vec<_> = groups
             .iter_mut()
-            .filter(|(_, _, failed)| failed.is_none())
-            .flat_map(|(_, synced, _)| synced.drain(..))
+            .filter(|(_, _, _, failed)| live(failed))
+            .flat_map(|(_, synced, _, _)| synced.drain(..))
             .collect();
-        let flushed = if groups.iter().any(|(_, _, failed)| failed.is_none()) {
+        let flushed = if groups.iter().any(|(_, _, _, failed)| live(failed)) {
             watchdog.start();
-            let flushed = lock(durable).flush(db, synced, stats);
+            let flushed = lock(durable).flush(db, synced, sled, stats);
             watchdog.finish();
             flushed
         } else {
             Ok(())
         };
-        for (done, _, failed) in groups {
+        for (done, _, _, failed) in groups {
             let commit = match failed {
                 Some(err) => Err(err),
                 None => flushed.clone().map(|()| Durability::Synced),

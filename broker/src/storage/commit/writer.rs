@@ -47,10 +47,12 @@ pub(super) fn run(shared: &Shared, rx: Receiver<Op>) -> Result<(), StorageError>
         if writer.committer.is_some() && more && !stopping {
             // Under `always`: the committer syncs and answers; the writer goes on.
             let synced = writer.take_unsynced();
+            let sled = needs_sled(&done);
             if let Some(committer) = &writer.committer {
                 committer.hand_off(Handoff::Group {
                     done,
                     synced,
+                    sled,
                     failed: saved.err(),
                 });
             }
@@ -59,7 +61,8 @@ pub(super) fn run(shared: &Shared, rx: Receiver<Op>) -> Result<(), StorageError>
             if let Some(committer) = &writer.committer {
                 committer.drain();
             }
-            let commit = saved.and_then(|()| writer.commit(stopping));
+            let sled = stopping || needs_sled(&done);
+            let commit = saved.and_then(|()| writer.commit(stopping, sled));
             shared.watchdog.finish();
             writer.answer(done, commit);
         }
@@ -93,19 +96,31 @@ pub(super) struct Durable {
 }
 
 impl Durable {
-    /// Flushes sled and syncs what it wrote; then each of `synced` (a log with its next
-    /// offset as of before the flush began) has that offset as its mark.
+    /// Syncs the segment files of `synced` (each a log with its next offset as of before
+    /// the flush began), and with `sled` flushes sled and syncs what it wrote; then each of
+    /// `synced` has that offset as its mark.
+    ///
+    /// The records are durable once their segment files are: sled's index of them may lag
+    /// (see `storage::log`'s recovery). So a group of appends alone syncs the files, and
+    /// sled is flushed for a group that changed anything else (offsets, groups, topics,
+    /// retention) and by `interval` and at a stop.
     pub(super) fn flush(
         &mut self,
         db: &sled::Db,
         synced: Vec<(Arc<PartitionLog>, u64)>,
+        sled: bool,
         stats: &StoreStats,
     ) -> Result<(), StorageError> {
         let began = Instant::now();
-        db.flush()?;
-        self.syncer
-            .sync()
-            .map_err(|e| StorageError::Sled(format!("fdatasync failed: {e}")))?;
+        for (log, _) in &synced {
+            log.sync()?;
+        }
+        if sled {
+            db.flush()?;
+            self.syncer
+                .sync()
+                .map_err(|e| StorageError::Sled(format!("fdatasync failed: {e}")))?;
+        }
         stats.flush_seconds.record_duration(began.elapsed());
         for (log, next) in synced {
             if !log.is_retired() {
@@ -288,9 +303,15 @@ impl Writer {
         Ok(())
     }
 
+    /// Syncs every segment file written and flushes and syncs sled.
     pub(super) fn flush_and_sync(&mut self) -> Result<(), StorageError> {
+        self.sync(true)
+    }
+
+    /// Syncs every segment file written, and with `sled` flushes and syncs sled.
+    fn sync(&mut self, sled: bool) -> Result<(), StorageError> {
         let synced = self.take_unsynced();
-        lock(&self.durable).flush(&self.db, synced, &self.stats)?;
+        lock(&self.durable).flush(&self.db, synced, sled, &self.stats)?;
         self.last_flush = Instant::now();
         Ok(())
     }
@@ -306,11 +327,12 @@ impl Writer {
             .collect()
     }
 
-    /// Makes this group's writes as durable as the policy asks.
-    pub(super) fn commit(&mut self, force: bool) -> Result<Durability, StorageError> {
+    /// Makes this group's writes as durable as the policy asks; `sled` when the group
+    /// wrote more than appends (see [`Durable::flush`]).
+    pub(super) fn commit(&mut self, force: bool, sled: bool) -> Result<Durability, StorageError> {
         match self.policy {
             FsyncPolicy::Always => {
-                self.flush_and_sync()?;
+                self.sync(sled)?;
                 Ok(Durability::Synced)
             }
             _ if force => {
@@ -377,6 +399,9 @@ pub(super) fn answer(item: Done, commit: &Result<Durability, StorageError>) {
                     })
                 }
             };
+            // Let go of the log before answering: a caller told its append is done may
+            // count on the writer holding the log no more (see `Store::drop_retired`).
+            drop(log);
             let _ = reply.send(result);
         }
         Done::Run { reply, result } => {
@@ -387,6 +412,7 @@ pub(super) fn answer(item: Done, commit: &Result<Durability, StorageError>) {
             if matches!(result, Ok(true)) {
                 log.wake_readers();
             }
+            drop(log);
             let _ = reply.send(result);
         }
     }
@@ -402,6 +428,12 @@ pub(super) fn write_batch(
     let base = log.write_next();
     let stored = log.insert(chunk::cut(batch, base, now_ms(), None, buf)?)?;
     Ok((base, batch.record_count, stored))
+}
+
+/// Whether a group's commit must flush sled too: it holds more than appends, whose records
+/// are durable in their segment files alone.
+pub(super) fn needs_sled(done: &[Done]) -> bool {
+    done.iter().any(|item| !matches!(item, Done::Append { .. }))
 }
 
 /// The error for operations refused while the writer is stuck.

@@ -20,15 +20,21 @@ async fn store_of_three_batches() -> (tempfile::TempDir, String) {
     (dir, name)
 }
 
-/// Flips a bit at byte `at` of the chunk stored at `offset` in log `name` of the closed
-/// store in `dir`, through sled, so that only the chunk's own checksum can tell.
+/// Flips a bit at byte `at` of the value of the chunk stored at `offset` in log `name` of
+/// the closed store in `dir`, in its segment file, so that only the chunk's own checksum
+/// can tell.
 fn flip_a_bit(dir: &std::path::Path, name: &str, offset: u64, at: usize) {
     let db = sled::open(dir).unwrap();
     let tree = db.open_tree(name).unwrap();
-    let mut value = tree.get(chunk::key(offset)).unwrap().unwrap().to_vec();
-    value[at] ^= 1;
-    tree.insert(chunk::key(offset), value).unwrap();
-    db.flush().unwrap();
+    let value = tree.get(chunk::key(offset)).unwrap().unwrap();
+    let pointer = segment::Pointer::decode(&value).expect("a chunk in a segment file");
+    let path = dir
+        .join(segment::DIR)
+        .join(name)
+        .join(format!("{:020}.seg", pointer.segment));
+    let mut file = std::fs::read(&path).unwrap();
+    file[pointer.position as usize + segment::FRAME_HEAD + at] ^= 1;
+    std::fs::write(&path, file).unwrap();
 }
 
 fn open_repairing(dir: &std::path::Path, repair: bool) -> Result<Arc<Store>, StorageError> {
@@ -169,5 +175,146 @@ fn a_store_in_an_older_format_is_refused_with_its_format_named() {
     assert!(
         text.contains("storage format 1") && text.contains(&format!("format {FORMAT_VERSION}")),
         "{text}"
+    );
+}
+
+/// The segment file of log `name` in the closed store in `dir` that starts at offset 0.
+fn first_segment_file(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    dir.join(segment::DIR)
+        .join(name)
+        .join(format!("{:020}.seg", 0))
+}
+
+#[tokio::test]
+async fn after_a_crash_the_index_is_rebuilt_from_the_segment_files_and_a_torn_frame_cut() {
+    let (dir, name) = store_of_three_batches().await;
+    // What a crash leaves when sled had not written the index of the last two batches,
+    // the last batch's frame only partly reached the disk, and the offsets file says
+    // nothing was synced.
+    {
+        let db = sled::open(dir.path()).unwrap();
+        let tree = db.open_tree(&name).unwrap();
+        let last = segment::Pointer::decode(&tree.get(chunk::key(20)).unwrap().unwrap()).unwrap();
+        tree.remove(chunk::key(10)).unwrap();
+        tree.remove(chunk::key(20)).unwrap();
+        db.flush().unwrap();
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(first_segment_file(dir.path(), &name))
+            .unwrap();
+        file.set_len(last.end() - 3).unwrap();
+    }
+    checkpoint::write(dir.path(), &checkpoint::Marks::new()).unwrap();
+    let (store, logs) = open_one_topic(dir.path());
+    let log = &logs[0];
+    assert_eq!(log.next_offset(), 20, "the whole second batch is back");
+    let read = payloads(&log.read(0, 100, usize::MAX).unwrap());
+    assert_eq!(read.len(), 20);
+    assert_eq!((&read[10][..], &read[19][..]), ("1-0", "1-9"));
+    // The torn frame is gone: what comes next follows the second batch.
+    assert_eq!(append(&store, log, &["after"]).await.base_offset, 20);
+    assert_eq!(payloads(&log.read(20, 100, usize::MAX).unwrap()), ["after"]);
+    drop(logs);
+    store.close().unwrap();
+    drop(store);
+    let (_store, logs) = open_one_topic(dir.path());
+    assert_eq!(logs[0].read(0, 100, usize::MAX).unwrap().records, 21);
+}
+
+#[tokio::test]
+async fn index_entries_naming_frames_a_crash_lost_are_dropped() {
+    let (dir, name) = store_of_three_batches().await;
+    // The index reached the disk, the third batch's frame did not.
+    let file = first_segment_file(dir.path(), &name);
+    let kept = {
+        let db = sled::open(dir.path()).unwrap();
+        let tree = db.open_tree(&name).unwrap();
+        segment::Pointer::decode(&tree.get(chunk::key(20)).unwrap().unwrap())
+            .unwrap()
+            .position
+    };
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(kept)
+        .unwrap();
+    // Synced up to 20: the third batch was never confirmed under `always`.
+    let mut marks = checkpoint::Marks::new();
+    marks.insert(name.clone(), 20);
+    checkpoint::write(dir.path(), &marks).unwrap();
+    let (store, logs) = open_one_topic(dir.path());
+    let log = &logs[0];
+    assert_eq!(log.next_offset(), 20);
+    assert_eq!(log.read(0, 100, usize::MAX).unwrap().records, 20);
+    assert_eq!(append(&store, log, &["next"]).await.base_offset, 20);
+
+    // Below the synced offset, a lost frame is damage the broker refuses to paper over.
+    drop(logs);
+    store.close().unwrap();
+    drop(store);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(kept - 10)
+        .unwrap();
+    let store = open_repairing(dir.path(), false).unwrap();
+    let topic = store.load_topics().unwrap().remove(0);
+    let err = store.open_logs(&topic).expect_err("refused");
+    let text = err.to_string();
+    assert!(text.contains("--repair-store"), "{text}");
+}
+
+#[tokio::test]
+async fn a_store_that_kept_its_chunks_in_sled_is_read_and_upgraded() {
+    let (dir, name) = store_of_three_batches().await;
+    // Rewrite it as format 2 left it: every chunk in sled itself, no segment files.
+    {
+        let db = sled::open(dir.path()).unwrap();
+        let tree = db.open_tree(&name).unwrap();
+        let total = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let segments = segment::Segments::open(dir.path(), &name, total).unwrap();
+        let source = chunk::Source {
+            log: &name,
+            tree: &tree,
+            segments: &segments,
+        };
+        let chunks: Vec<chunk::Chunk> = source.walk(0).collect::<Result<_, _>>().unwrap();
+        assert_eq!(chunks.len(), 3);
+        for stored in chunks {
+            for (key, value) in chunk::sled_values(&stored.batch, stored.tag) {
+                tree.insert(key, value).unwrap();
+            }
+        }
+        db.open_tree("meta")
+            .unwrap()
+            .insert("format", &SLED_CHUNKS_FORMAT.to_be_bytes())
+            .unwrap();
+        db.flush().unwrap();
+        std::fs::remove_dir_all(dir.path().join(segment::DIR)).unwrap();
+    }
+    {
+        let (store, logs) = open_one_topic(dir.path());
+        let read = payloads(&logs[0].read(0, 100, usize::MAX).unwrap());
+        assert_eq!((read.len(), &read[29][..]), (30, "2-9"));
+        assert_eq!(append(&store, &logs[0], &["new"]).await.base_offset, 30);
+        drop(logs);
+        store.close().unwrap();
+    }
+    let db = sled::open(dir.path()).unwrap();
+    let format = db
+        .open_tree("meta")
+        .unwrap()
+        .get("format")
+        .unwrap()
+        .unwrap();
+    assert_eq!(format.as_ref(), FORMAT_VERSION.to_be_bytes());
+    drop(db);
+    let (_store, logs) = open_one_topic(dir.path());
+    let read = payloads(&logs[0].read(0, 100, usize::MAX).unwrap());
+    assert_eq!(
+        (read.len(), &read[0][..], &read[30][..]),
+        (31, "0-0", "new")
     );
 }
