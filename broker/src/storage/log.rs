@@ -59,7 +59,8 @@ pub struct PartitionLog {
     /// The producer states stored for this log account for every batch below this offset
     /// (see `storage::producers`); later batches are replayed from their tags on open.
     states_through: AtomicU64,
-    /// The latest committed batches, served without sled (see `storage::tail`).
+    /// The latest committed batches, served without the index or the files (see
+    /// `storage::tail`).
     tail: Tail,
     /// Where its chunks are kept.
     segments: Segments,
@@ -199,8 +200,9 @@ impl PartitionLog {
     }
 
     /// [`read`](Self::read) from async code: reads of the most recent records (the tail
-    /// consumers keep up with) are served inline, from the cached tail or from sled, which
-    /// still holds those pages in memory; older ones may need the disk and are read on a
+    /// consumers keep up with) are served inline, from the cached tail or from the files,
+    /// whose newest pages the system still holds in memory; older ones may need the disk
+    /// and are read on a
     /// blocking thread. Skipping the thread hop takes a scheduling round trip off every
     /// live delivery.
     pub async fn read_async(
@@ -241,7 +243,8 @@ impl PartitionLog {
         self.read_stored(offset, next, max_records, max_bytes)
     }
 
-    /// [`read`](Self::read) from sled, of records below `next`. Blocks.
+    /// [`read`](Self::read) through the index and the segment files, of records below
+    /// `next`. Blocks.
     fn read_stored(
         &self,
         offset: u64,

@@ -659,3 +659,53 @@ fn under_always_groups_handed_to_the_committer_are_answered_in_order_synced_and_
     let logs = store.open_logs(&topics[0]).unwrap();
     assert_eq!(logs.iter().map(|l| l.next_offset()).sum::<u64>(), 2 * EACH);
 }
+
+#[tokio::test]
+async fn retention_deletes_a_segment_file_once_every_chunk_in_it_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+    let (_, logs) = store
+        .create_topic("t", 1, RetentionPolicy::default())
+        .unwrap();
+    let log = &logs[0];
+    let files = || -> Vec<String> {
+        let mut names: Vec<String> =
+            std::fs::read_dir(dir.path().join("segments").join(log.name()))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+        names.sort();
+        names
+    };
+    let keep = |max_messages| RetentionPolicy {
+        max_messages,
+        ..RetentionPolicy::default()
+    };
+    append(&store, log, &["a", "b"]).await;
+    append(&store, log, &["c"]).await;
+    assert_eq!(files(), [format!("{:020}.seg", 0)]);
+    // Retention reaches into the only file: it stays (it holds "c"), and the next write
+    // starts a new one.
+    assert!(store.trim(log, keep(1)).await.unwrap().unwrap());
+    assert_eq!(files().len(), 1);
+    append(&store, log, &["d"]).await;
+    assert_eq!(
+        files(),
+        [format!("{:020}.seg", 0), format!("{:020}.seg", 3)]
+    );
+    let in_files = log.segment_bytes();
+    // Once "c" goes too, so does the first file, and its bytes with it.
+    assert!(store.trim(log, keep(1)).await.unwrap().unwrap());
+    assert_eq!(files(), [format!("{:020}.seg", 3)]);
+    assert!(log.segment_bytes() < in_files);
+    assert_eq!(payloads(&log.read(3, 10, usize::MAX).unwrap()), ["d"]);
+    // A partition emptied by retention keeps no file; offsets go on.
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let aged = RetentionPolicy {
+        max_age_ms: 1,
+        ..RetentionPolicy::default()
+    };
+    assert!(store.trim(log, aged).await.unwrap().unwrap());
+    assert!(files().is_empty());
+    assert_eq!(append(&store, log, &["e"]).await.base_offset, 4);
+}
