@@ -43,8 +43,6 @@ pub(super) enum Handoff {
         done: Vec<Done>,
         /// The logs it wrote, each with its next offset as of the hand-over.
         synced: Vec<(Arc<PartitionLog>, u64)>,
-        /// Whether it wrote more than appends, so sled must be flushed too.
-        sled: bool,
         /// Why it cannot be committed (saving bounds failed): answered with this.
         failed: Option<StorageError>,
     },
@@ -60,8 +58,8 @@ pub(super) struct Committer {
 
 impl Committer {
     pub(super) fn start(
-        db: sled::Db,
         durable: Arc<Mutex<Durable>>,
+        flusher: Option<Sender<Waiting>>,
         stats: Arc<StoreStats>,
         watchdog: Arc<Watchdog>,
     ) -> Result<Committer, StorageError> {
@@ -70,7 +68,16 @@ impl Committer {
         let answered = Arc::clone(&pending);
         let handle = std::thread::Builder::new()
             .name("herald-committer".into())
-            .spawn(move || run(&rx, &db, &durable, &stats, &watchdog, &answered))
+            .spawn(move || {
+                run(
+                    &rx,
+                    &durable,
+                    flusher.as_ref(),
+                    &stats,
+                    &watchdog,
+                    &answered,
+                )
+            })
             .map_err(|e| StorageError::Sled(format!("cannot start the committer thread: {e}")))?;
         Ok(Committer {
             tx: Some(tx),
@@ -113,8 +120,8 @@ impl Drop for Committer {
 
 fn run(
     rx: &Receiver<Handoff>,
-    db: &sled::Db,
     durable: &Mutex<Durable>,
+    flusher: Option<&Sender<Waiting>>,
     stats: &StoreStats,
     watchdog: &Watchdog,
     pending: &AtomicUsize,
@@ -127,9 +134,8 @@ fn run(
                 Handoff::Group {
                     done,
                     synced,
-                    sled,
                     failed,
-                } => groups.push((done, synced, sled, failed)),
+                } => groups.push((done, synced, failed)),
                 Handoff::Barrier(tx) => {
                     // What comes after it waits for the next round.
                     barrier = Some(tx);
@@ -137,31 +143,25 @@ fn run(
                 }
             }
         }
-        let live = |failed: &Option<StorageError>| failed.is_none();
-        let sled = groups
-            .iter()
-            .any(|(_, _, sled, failed)| *sled && live(failed));
         let synced: Vec<_> = groups
             .iter_mut()
-            .filter(|(_, _, _, failed)| live(failed))
-            .flat_map(|(_, synced, _, _)| synced.drain(..))
+            .filter(|(_, _, failed)| failed.is_none())
+            .flat_map(|(_, synced, _)| synced.drain(..))
             .collect();
-        let flushed = if groups.iter().any(|(_, _, _, failed)| live(failed)) {
+        let flushed = if groups.iter().any(|(_, _, failed)| failed.is_none()) {
             watchdog.start();
-            let flushed = lock(durable).flush(db, synced, sled, stats);
+            let flushed = lock(durable).sync_segments(synced, stats);
             watchdog.finish();
             flushed
         } else {
             Ok(())
         };
-        for (done, _, _, failed) in groups {
+        for (done, _, failed) in groups {
             let commit = match failed {
                 Some(err) => Err(err),
                 None => flushed.clone().map(|()| Durability::Synced),
             };
-            for item in done {
-                answer(item, &commit);
-            }
+            answer_group(done, commit, flusher);
             pending.fetch_sub(1, SeqCst);
         }
         if let Some(tx) = barrier {

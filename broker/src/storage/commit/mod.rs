@@ -31,8 +31,10 @@ use super::sync::Syncer;
 use super::{PartitionLog, RetentionPolicy, StorageError};
 
 mod committer;
+mod flusher;
 mod writer;
 use committer::*;
+use flusher::*;
 use writer::*;
 
 /// The most operations one commit gathers, so one flush never waits on an unbounded backlog.
@@ -268,28 +270,38 @@ impl CommitWriter {
             .map_err(|e| StorageError::Sled(format!("cannot start the offsets recorder: {e}")))?;
         let (tx, rx) = channel::unbounded();
         let stats = Arc::new(StoreStats::default());
+        let syncer = Arc::new(Mutex::new(syncer));
         let durable = Arc::new(Mutex::new(Durable {
-            syncer,
             marks,
             recorder,
             marks_offered: Instant::now(),
         }));
         let committing = Arc::new(Watchdog::new(timeout));
-        let committer = match policy {
-            FsyncPolicy::Always => Some(Committer::start(
+        let flusher = match policy {
+            FsyncPolicy::Always => Some(Flusher::start(
                 db.clone(),
+                Arc::clone(&syncer),
+                Arc::clone(&stats),
+            )?),
+            _ => None,
+        };
+        let committer = match &flusher {
+            Some(flusher) => Some(Committer::start(
                 Arc::clone(&durable),
+                flusher.sender(),
                 Arc::clone(&stats),
                 Arc::clone(&committing),
             )?),
-            _ => None,
+            None => None,
         };
         let shared = Arc::new(Shared {
             writer: Mutex::new(Writer {
                 db,
                 policy,
                 durable,
+                syncer,
                 committer,
+                flusher,
                 last_flush: Instant::now(),
                 unsaved: Vec::new(),
                 bounds_saved: Instant::now(),

@@ -47,12 +47,10 @@ pub(super) fn run(shared: &Shared, rx: Receiver<Op>) -> Result<(), StorageError>
         if writer.committer.is_some() && more && !stopping {
             // Under `always`: the committer syncs and answers; the writer goes on.
             let synced = writer.take_unsynced();
-            let sled = needs_sled(&done);
             if let Some(committer) = &writer.committer {
                 committer.hand_off(Handoff::Group {
                     done,
                     synced,
-                    sled,
                     failed: saved.err(),
                 });
             }
@@ -61,10 +59,14 @@ pub(super) fn run(shared: &Shared, rx: Receiver<Op>) -> Result<(), StorageError>
             if let Some(committer) = &writer.committer {
                 committer.drain();
             }
-            let sled = stopping || needs_sled(&done);
-            let commit = saved.and_then(|()| writer.commit(stopping, sled));
+            let commit = saved.and_then(|()| writer.commit(stopping));
             shared.watchdog.finish();
-            writer.answer(done, commit);
+            match &writer.flusher {
+                Some(flusher) if !stopping => {
+                    answer_group(done, commit, flusher.sender().as_ref());
+                }
+                _ => writer.answer(done, commit),
+            }
         }
         shared.queued.fetch_sub(taken, SeqCst);
         if stopping {
@@ -76,6 +78,7 @@ pub(super) fn run(shared: &Shared, rx: Receiver<Op>) -> Result<(), StorageError>
     writer.stopped = true;
     // Everything handed over is answered before the last flush.
     drop(writer.committer.take());
+    drop(writer.flusher.take());
     let flushed = writer.flush_and_sync();
     let mut durable = lock(&writer.durable);
     let durable = &mut *durable;
@@ -85,10 +88,9 @@ pub(super) fn run(shared: &Shared, rx: Receiver<Op>) -> Result<(), StorageError>
     flushed
 }
 
-/// What a flush makes true and records: kept where the writer and the committer both
-/// reach it, taken by whoever flushes.
+/// What a sync of the segment files makes true and records: kept where the writer and the
+/// committer both reach it, taken by whoever syncs.
 pub(super) struct Durable {
-    pub(super) syncer: Syncer,
     /// Each log's next offset as of its last sync.
     pub(super) marks: checkpoint::Marks,
     pub(super) recorder: checkpoint::Recorder,
@@ -97,29 +99,19 @@ pub(super) struct Durable {
 
 impl Durable {
     /// Syncs the segment files of `synced` (each a log with its next offset as of before
-    /// the flush began), and with `sled` flushes sled and syncs what it wrote; then each of
-    /// `synced` has that offset as its mark.
+    /// the sync began); then each has that offset as its mark.
     ///
     /// The records are durable once their segment files are: sled's index of them may lag
-    /// (see `storage::log`'s recovery). So a group of appends alone syncs the files, and
-    /// sled is flushed for a group that changed anything else (offsets, groups, topics,
-    /// retention) and by `interval` and at a stop.
-    pub(super) fn flush(
+    /// (see `storage::log`'s recovery). What lives in sled alone waits for sled's flush
+    /// (see `flusher`).
+    pub(super) fn sync_segments(
         &mut self,
-        db: &sled::Db,
         synced: Vec<(Arc<PartitionLog>, u64)>,
-        sled: bool,
         stats: &StoreStats,
     ) -> Result<(), StorageError> {
         let began = Instant::now();
         for (log, _) in &synced {
             log.sync()?;
-        }
-        if sled {
-            db.flush()?;
-            self.syncer
-                .sync()
-                .map_err(|e| StorageError::Sled(format!("fdatasync failed: {e}")))?;
         }
         stats.flush_seconds.record_duration(began.elapsed());
         for (log, next) in synced {
@@ -139,8 +131,12 @@ pub(super) struct Writer {
     pub(super) db: sled::Db,
     pub(super) policy: FsyncPolicy,
     pub(super) durable: Arc<Mutex<Durable>>,
+    /// Makes what sled flushed durable (see `storage::sync`).
+    pub(super) syncer: Arc<Mutex<Syncer>>,
     /// Under `always`: the thread that syncs and answers written groups.
     pub(super) committer: Option<Committer>,
+    /// Under `always`: the thread that flushes sled for what waits on it.
+    pub(super) flusher: Option<Flusher>,
     pub(super) last_flush: Instant,
     /// Logs written since their bounds were last saved, and when that was.
     pub(super) unsaved: Vec<Arc<PartitionLog>>,
@@ -311,7 +307,10 @@ impl Writer {
     /// Syncs every segment file written, and with `sled` flushes and syncs sled.
     fn sync(&mut self, sled: bool) -> Result<(), StorageError> {
         let synced = self.take_unsynced();
-        lock(&self.durable).flush(&self.db, synced, sled, &self.stats)?;
+        lock(&self.durable).sync_segments(synced, &self.stats)?;
+        if sled {
+            flush_sled(&self.db, &self.syncer, &self.stats)?;
+        }
         self.last_flush = Instant::now();
         Ok(())
     }
@@ -327,12 +326,13 @@ impl Writer {
             .collect()
     }
 
-    /// Makes this group's writes as durable as the policy asks; `sled` when the group
-    /// wrote more than appends (see [`Durable::flush`]).
-    pub(super) fn commit(&mut self, force: bool, sled: bool) -> Result<Durability, StorageError> {
+    /// Makes this group's writes as durable as the policy asks. Under `always` that is its
+    /// segment files (what waits for sled too goes to the flusher: see
+    /// [`answer_group`]), and with `force` sled as well.
+    pub(super) fn commit(&mut self, force: bool) -> Result<Durability, StorageError> {
         match self.policy {
             FsyncPolicy::Always => {
-                self.sync(sled)?;
+                self.sync(force)?;
                 Ok(Durability::Synced)
             }
             _ if force => {
@@ -428,12 +428,6 @@ pub(super) fn write_batch(
     let base = log.write_next();
     let stored = log.insert(chunk::cut(batch, base, now_ms(), None, buf)?)?;
     Ok((base, batch.record_count, stored))
-}
-
-/// Whether a group's commit must flush sled too: it holds more than appends, whose records
-/// are durable in their segment files alone.
-pub(super) fn needs_sled(done: &[Done]) -> bool {
-    done.iter().any(|item| !matches!(item, Done::Append { .. }))
 }
 
 /// The error for operations refused while the writer is stuck.
