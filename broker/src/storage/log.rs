@@ -28,7 +28,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use herald_protocol::Batch;
 
-use super::chunk::{self, Chunk, Cuts, Source};
+use super::chunk::{self, Chunk, Cursor, Cuts, Source};
 use super::segment::{Pointer, Segments};
 use super::tail::{Tail, TailBudget};
 use super::{RetentionPolicy, StorageError};
@@ -118,10 +118,10 @@ impl PartitionLog {
         };
         let name = String::from_utf8_lossy(&tree.name()).into_owned();
         let recovered = recover(&name, &tree, &segments, synced, saved.next)?;
-        let next = match last_chunk(&name, &tree, &segments)? {
+        let next = match recovered.next {
             // Bounds saved ahead of what survived a crash name records that are gone.
-            Some(last) if recovered.cut => last.batch.next_offset(),
-            Some(last) => last.batch.next_offset().max(saved.next),
+            Some(next) if recovered.cut => next,
+            Some(next) => next.max(saved.next),
             None => saved.next,
         };
         let first = match tree.range(..STATE_KEYS).next().transpose()? {
@@ -252,15 +252,9 @@ impl PartitionLog {
         max_records: u32,
         max_bytes: usize,
     ) -> Result<ReadBatches, StorageError> {
-        // The chunk holding `offset` starts at the last chunk key at or before it (a chunk
-        // stored in pieces holds one record, so no piece lies between the two).
-        let start = match self.tree.range(..=key(offset)).next_back() {
-            Some(entry) => chunk::offset_of(&entry?.0),
-            None => offset,
-        };
         let stored = self
             .source()
-            .walk(start)
+            .walk(offset, next)
             .map(|chunk| chunk.map(|c| c.batch));
         collect(stored, offset, next, max_records, max_bytes)
     }
@@ -312,8 +306,8 @@ impl PartitionLog {
     }
 
     /// Called by the writer: appends the chunks of one published batch, whose offsets
-    /// start at [`write_next`](Self::write_next), to the segment files, and indexes them
-    /// in one atomic sled write. Returns the chunks as batches (sharing their frames'
+    /// start at [`write_next`](Self::write_next), to the segment files in one write, and
+    /// indexes the first. Returns the chunks as batches (sharing their frames'
     /// bytes) for [`cache`](Self::cache) once they are committed.
     pub(super) fn insert(&self, cuts: Cuts) -> Result<Vec<Batch>, StorageError> {
         if self.is_retired() {
@@ -329,20 +323,9 @@ impl PartitionLog {
             .append(first.0.base_offset, &cuts.frames)
             .map_err(|e| io_error(&self.name, &e))?;
         let bytes = cuts.frames.len() as u64;
-        if let [(chunk, start, len)] = &cuts.chunks[..] {
-            let pointer = Pointer {
-                segment,
-                position: position + *start as u64,
-                len: *len,
-            };
-            self.tree
-                .insert(key(chunk.base_offset), &pointer.encode()[..])?;
-        } else {
-            let mut batch = sled::Batch::default();
-            for (offset, pointer) in cuts.pointers(segment, position) {
-                batch.insert(&key(offset)[..], &pointer.encode()[..]);
-            }
-            self.tree.apply_batch(batch)?;
+        // The index is sparse: the batch's first chunk; the rest follow it in the file.
+        if let Some((offset, pointer)) = cuts.pointers(segment, position).next() {
+            self.tree.insert(key(offset), &pointer.encode()[..])?;
         }
         self.write_next.store(next, Ordering::Relaxed);
         self.grow(bytes);
@@ -396,7 +379,7 @@ impl PartitionLog {
         &self,
         offset: u64,
     ) -> impl Iterator<Item = Result<Chunk, StorageError>> + '_ {
-        self.source().walk(offset)
+        self.source().walk(offset, self.write_next())
     }
 
     fn grow(&self, bytes: u64) {
@@ -426,9 +409,12 @@ impl PartitionLog {
     /// in one atomic sled batch before the first offset moves past them, so a reader sees
     /// the log before the round or after it. Returns whether it deleted anything.
     fn trim_round(&self, policy: &RetentionPolicy, now_ms: u64) -> Result<bool, StorageError> {
-        let (mut head, mut freed, mut chunks) = (self.first_offset(), 0, 0);
+        let first = self.first_offset();
+        let (mut head, mut freed, mut chunks) = (first, 0, 0);
         let mut removals = sled::Batch::default();
-        for chunk in self.chunks_from(head).take(TRIM_ROUND) {
+        // The first chunk kept, when it is in a segment file: the index must name it.
+        let mut kept = None;
+        for chunk in self.chunks_from(first).take(TRIM_ROUND + 1) {
             let chunk = chunk?;
             let left = self.write_next().saturating_sub(chunk.batch.next_offset());
             let bytes_left = self.size_bytes().saturating_sub(freed + chunk.stored_bytes);
@@ -436,11 +422,13 @@ impl PartitionLog {
                 && chunk.batch.append_time_ms.saturating_add(policy.max_age_ms) <= now_ms;
             let too_many = policy.max_messages > 0 && left >= policy.max_messages;
             let too_big = policy.max_bytes > 0 && bytes_left >= policy.max_bytes;
-            if !(expired || too_many || too_big) {
+            if chunks == TRIM_ROUND || !(expired || too_many || too_big) {
+                kept = chunk.pointer.map(|p| (chunk.batch.base_offset, p));
                 break;
             }
-            for key in chunk.keys {
-                removals.remove(key);
+            if chunk.pointer.is_none() {
+                // Kept in sled itself (an older store): its value and pieces go.
+                chunk.keys.into_iter().for_each(|key| removals.remove(key));
             }
             freed += chunk.stored_bytes;
             head = chunk.batch.next_offset();
@@ -448,6 +436,12 @@ impl PartitionLog {
         }
         if chunks == 0 {
             return Ok(false);
+        }
+        for entry in self.tree.range(key(first)..key(head)).keys() {
+            removals.remove(entry?);
+        }
+        if let Some((offset, pointer)) = kept {
+            removals.insert(&key(offset)[..], &pointer.encode()[..]);
         }
         self.tree.apply_batch(removals)?;
         self.shrink(freed);
@@ -570,23 +564,6 @@ fn state_key(producer_id: u64) -> [u8; 16] {
     key
 }
 
-/// The last chunk stored, read whole. Blocks.
-fn last_chunk(
-    name: &str,
-    tree: &sled::Tree,
-    segments: &Segments,
-) -> Result<Option<Chunk>, StorageError> {
-    let Some((last, _)) = tree.range(..STATE_KEYS).next_back().transpose()? else {
-        return Ok(None);
-    };
-    let source = Source {
-        log: name,
-        tree,
-        segments,
-    };
-    source.get(chunk::offset_of(&last))
-}
-
 /// A segment file's failure, naming the log (a full disk is told apart).
 fn io_error(log: &str, err: &std::io::Error) -> StorageError {
     let text = format!("partition log {log}: segment file: {err}");
@@ -600,15 +577,19 @@ fn io_error(log: &str, err: &std::io::Error) -> StorageError {
 /// What [`recover`] did.
 #[derive(Debug, Default)]
 struct Recovered {
-    /// Bytes of frames indexed from the files.
+    /// One past the last intact chunk, if there is one.
+    next: Option<u64>,
+    /// Bytes of chunks found past the saved bounds.
     bytes: u64,
     /// Whether index entries or frames were cut.
     cut: bool,
 }
 
-/// Brings the index of log `name` in line with its segment files (see the module's docs):
-/// verifies the indexed chunks from the one holding offset `synced`, indexes the intact
-/// frames the files hold past them, and cuts both at the first damage. Blocks.
+/// Brings the index of log `name` and its segment files in line (see the module's docs):
+/// verifies the chunks from the last indexed one below offset `synced` to the end of the
+/// files, and cuts both at the first that is torn, damaged or out of order. With nothing
+/// indexed, the files are read from their start, past the chunks below `saved_next`
+/// (retention deleted those), and their first chunk is indexed. Blocks.
 fn recover(
     name: &str,
     tree: &sled::Tree,
@@ -621,7 +602,6 @@ fn recover(
         tree,
         segments,
     };
-    let io = |e: std::io::Error| io_error(name, &e);
     let mut recovered = Recovered::default();
     // Index entries into files retention deleted before a crash (their removal from the
     // index had not reached the disk): the files are gone, so are the chunks.
@@ -636,119 +616,92 @@ fn recover(
         }
         tree.apply_batch(stale)?;
     }
-    let start = match tree.range(..=key(synced)).next_back() {
-        Some(entry) => chunk::offset_of(&entry?.0),
-        None => match tree.range(..STATE_KEYS).next() {
-            Some(entry) => chunk::offset_of(&entry?.0),
-            None => synced,
-        },
-    };
-    // Where the files are read on from, and the offset the next frame must start at.
-    let mut resume: Option<(u64, u64)> = None;
-    let mut expected: Option<u64> = None;
-    let mut bad: Option<u64> = None;
-    for entry in tree.range(key(start)..STATE_KEYS) {
-        let (key, value) = entry?;
-        let offset = chunk::offset_of(&key);
-        if key.len() != 8 {
-            continue; // a piece of an older store's chunk
+    // The chunk to start from is below the synced offset, so known good (or damage).
+    let below = tree
+        .range(..key(synced))
+        .next_back()
+        .or_else(|| tree.range(..STATE_KEYS).next())
+        .transpose()?;
+    let indexed = below.is_some();
+    let (cursor, mut cut_at) = match &below {
+        Some((start, value)) => {
+            let at = Pointer::decode(value).map(|p| (p.segment, p.position));
+            (Cursor::Key(chunk::offset_of(start)), at)
         }
-        let pointer = Pointer::decode(&value);
-        match source.get(offset) {
-            Ok(Some(chunk)) if expected.is_none_or(|e| e == offset) => {
-                expected = Some(chunk.batch.next_offset());
-                if let Some(pointer) = pointer {
-                    resume = Some((pointer.segment, pointer.end()));
-                }
-            }
-            // An older store's chunk kept in sled: its damage is for reads to report and
-            // `--repair-store` to deal with, as before.
-            _ if pointer.is_none() => break,
-            // A chunk below the synced offset was synced whole (a commit never splits
-            // one): losing it is damage, not a crash's torn tail.
-            _ if offset < synced => {
-                return Err(StorageError::Corrupt(format!(
-                    "partition log {name}: the chunk at offset {offset}, below the offset                      {synced} recorded as synced, is missing from its segment file or damaged"
-                )));
-            }
-            _ => {
-                bad = Some(offset);
-                break;
-            }
-        }
-    }
-    if let (Some(bad), None) = (bad, expected) {
-        // Nothing verified: the files are read on from the chunk before the bad one.
-        if let Some(entry) = tree.range(..key(bad)).next_back() {
-            let (before, value) = entry?;
-            let chunk = source.get(chunk::offset_of(&before))?.ok_or_else(|| {
-                StorageError::Corrupt(format!("partition log {name}: its index changed"))
-            })?;
-            expected = Some(chunk.batch.next_offset());
-            resume = Pointer::decode(&value).map(|p| (p.segment, p.end()));
-        }
-    }
-    if let Some(bad) = bad {
-        let doomed: Vec<sled::IVec> = tree
-            .range(key(bad)..STATE_KEYS)
-            .keys()
-            .collect::<Result<_, _>>()?;
-        tracing::warn!(
-            log = name,
-            offset = bad,
-            entries = doomed.len(),
-            "index entries past the synced offset name chunks the segment files lack; dropped"
-        );
-        let mut removals = sled::Batch::default();
-        doomed.into_iter().for_each(|k| removals.remove(k));
-        tree.apply_batch(removals)?;
-        recovered.cut = true;
-    }
-    let (segment, position) = match resume {
-        Some(at) => at,
         None => match segments.first_segment() {
-            Some(first) => (first, 0),
+            Some(first) => (
+                Cursor::File {
+                    offset: None,
+                    segment: first,
+                    position: 0,
+                },
+                Some((first, 0)),
+            ),
             None => return Ok(recovered),
         },
     };
-    // With nothing indexed, frames below the saved next offset are what retention deleted
-    // (the files go after the index entries): they are passed over, not brought back.
-    let floor = if expected.is_none() { saved_next } else { 0 };
-    let mut index = sled::Batch::default();
-    let mut indexed = 0u64;
-    let mut end = (segment, position);
-    for frame in segments.frames_from(segment, position) {
-        let (pointer, value) = frame.map_err(io)?;
-        let Ok(chunk) = chunk::parse(name, &key(expected.unwrap_or(0)), value, Some(pointer))
-        else {
-            break;
+    let mut first_indexed = None;
+    let mut failed = None;
+    for stored in source.walk_from(Some(cursor), u64::MAX) {
+        let chunk = match stored {
+            Ok(chunk) => chunk,
+            Err(err) => {
+                failed = Some(err);
+                break;
+            }
         };
-        if expected.is_none() && chunk.batch.next_offset() <= floor {
-            end = (pointer.segment, pointer.end());
+        let end = chunk.pointer.map(|p| (p.segment, p.end()));
+        if !indexed && chunk.batch.next_offset() <= saved_next {
+            cut_at = end;
             continue;
         }
-        if expected.is_some_and(|e| e != chunk.batch.base_offset) {
-            break;
+        if !indexed && first_indexed.is_none() {
+            first_indexed = chunk.pointer.map(|p| (chunk.batch.base_offset, p));
         }
-        expected = Some(chunk.batch.next_offset());
-        index.insert(&key(chunk.batch.base_offset)[..], &pointer.encode()[..]);
-        recovered.bytes += pointer.frame_bytes();
-        indexed += 1;
-        end = (pointer.segment, pointer.end());
+        if chunk.batch.base_offset >= saved_next {
+            recovered.bytes += chunk.stored_bytes;
+        }
+        recovered.next = Some(chunk.batch.next_offset());
+        if end.is_some() {
+            cut_at = end;
+        }
+    }
+    let at = recovered
+        .next
+        .or_else(|| below.as_ref().map(|(k, _)| chunk::offset_of(k)))
+        .unwrap_or(saved_next);
+    if let Some(err) = failed {
+        // A chunk below the synced offset was synced whole (a commit never splits one):
+        // losing it is damage, not a crash's torn tail.
+        if at < synced {
+            return Err(err);
+        }
+        tracing::warn!(log = name, offset = at, %err, "the log is cut at its first damaged chunk past the synced offset");
+    }
+    let mut index = sled::Batch::default();
+    let mut dropped = 0;
+    for entry in tree.range(key(at)..STATE_KEYS).keys() {
+        index.remove(entry?);
+        dropped += 1;
+    }
+    if let Some((offset, pointer)) = first_indexed {
+        index.insert(&key(offset)[..], &pointer.encode()[..]);
     }
     tree.apply_batch(index)?;
     let before = segments.bytes();
-    segments.truncate(end.0, end.1).map_err(io)?;
-    let dropped = before - segments.bytes();
-    if dropped > 0 {
-        recovered.cut = true;
+    if let Some((segment, position)) = cut_at {
+        segments
+            .truncate(segment, position)
+            .map_err(|e| io_error(name, &e))?;
     }
-    if indexed > 0 || dropped > 0 {
+    let cut_bytes = before - segments.bytes();
+    recovered.cut = dropped > 0 || cut_bytes > 0;
+    if recovered.cut || first_indexed.is_some() {
         tracing::info!(
             log = name,
-            indexed,
-            dropped_bytes = dropped,
-            next = expected,
+            next = recovered.next,
+            dropped_entries = dropped,
+            dropped_bytes = cut_bytes,
             "recovered the segment files past the index"
         );
     }

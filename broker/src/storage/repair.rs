@@ -110,7 +110,7 @@ fn repair_log(source: Source<'_>, bounds: &sled::Tree) -> Result<LogRepair, Stor
     };
     let mut bytes = 0;
     if let Some(first) = first {
-        for stored in source.walk(first) {
+        for stored in source.walk(first, u64::MAX) {
             match stored {
                 Ok(chunk) => {
                     repair.chunks += 1;

@@ -212,7 +212,7 @@ impl Segments {
         segment.file.write_all_at(frames, position)?;
         segment
             .len
-            .store(position + frames.len() as u64, Ordering::Relaxed);
+            .store(position + frames.len() as u64, Ordering::Release);
         self.grew(frames.len() as u64);
         if !segment.dirty.swap(true, Ordering::AcqRel) {
             self.dirty
@@ -372,38 +372,28 @@ impl Segments {
             .is_none_or(|&base| base <= offset)
     }
 
-    /// The frames from `segment`/`position` on, through every later file, in order: each
-    /// as its pointer and value, until a file ends or a frame cannot be read whole (then
-    /// the next file). Blocks.
-    pub fn frames_from(
-        &self,
-        segment: u64,
-        position: u64,
-    ) -> impl Iterator<Item = io::Result<(Pointer, Bytes)>> + '_ {
-        let files: Vec<Arc<Segment>> = self
-            .files()
-            .range(segment..)
-            .map(|(_, f)| Arc::clone(f))
-            .collect();
-        let mut files = files.into_iter();
-        let mut current: Option<(Arc<Segment>, u64)> = files.next().map(|f| {
-            let at = if f.base == segment { position } else { 0 };
-            (f, at)
-        });
-        std::iter::from_fn(move || loop {
-            let (file, at) = current.as_mut()?;
-            match read_frame(file, *at) {
-                Ok(Some((pointer, value))) => {
-                    *at = pointer.end();
-                    return Some(Ok((pointer, value)));
-                }
-                Ok(None) => current = files.next().map(|f| (f, 0)),
-                Err(err) => {
-                    current = None;
-                    return Some(Err(err));
-                }
-            }
-        })
+    /// The frame at `segment`/`position`, or when that file holds no whole frame there
+    /// (its end, or a torn frame), the next file's first; `None` when there is none.
+    /// Blocks.
+    pub fn frame_at(&self, segment: u64, position: u64) -> io::Result<Option<(Pointer, Bytes)>> {
+        let (file, next) = {
+            let files = self.files();
+            let Some(file) = files.get(&segment).cloned() else {
+                return Ok(None);
+            };
+            let next = files
+                .range(segment + 1..)
+                .next()
+                .map(|(_, f)| Arc::clone(f));
+            (file, next)
+        };
+        if let Some(found) = read_frame(&file, position)? {
+            return Ok(Some(found));
+        }
+        match next {
+            Some(next) => read_frame(&next, 0),
+            None => Ok(None),
+        }
     }
 
     fn grew(&self, bytes: u64) {
@@ -417,16 +407,21 @@ impl Segments {
     }
 }
 
+/// What a frame read takes at first: most frames (a chunk of up to 6 KiB) fit, so one read
+/// gets the length and the value together.
+const FIRST_READ: u64 = 8 * 1024;
+
 /// The frame at `position` of `segment`, if a whole one starts there (a zero or
 /// impossible length, or a file ending within it, is none).
 fn read_frame(segment: &Segment, position: u64) -> io::Result<Option<(Pointer, Bytes)>> {
-    let file_len = segment.len.load(Ordering::Relaxed);
+    let file_len = segment.len.load(Ordering::Acquire);
     if position + FRAME_HEAD as u64 > file_len {
         return Ok(None);
     }
-    let mut head = [0; FRAME_HEAD];
-    segment.file.read_exact_at(&mut head, position)?;
-    let len = u32::from_be_bytes(head);
+    let first = FIRST_READ.min(file_len - position) as usize;
+    let mut buf = vec![0; first];
+    segment.file.read_exact_at(&mut buf, position)?;
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
     let pointer = Pointer {
         segment: segment.base,
         position,
@@ -435,11 +430,15 @@ fn read_frame(segment: &Segment, position: u64) -> io::Result<Option<(Pointer, B
     if len == 0 || pointer.end() > file_len {
         return Ok(None);
     }
-    let mut value = vec![0; len as usize];
-    segment
-        .file
-        .read_exact_at(&mut value, position + FRAME_HEAD as u64)?;
-    Ok(Some((pointer, Bytes::from(value))))
+    let whole = pointer.frame_bytes() as usize;
+    if whole > first {
+        buf.resize(whole, 0);
+        segment
+            .file
+            .read_exact_at(&mut buf[first..], position + first as u64)?;
+    }
+    buf.truncate(whole);
+    Ok(Some((pointer, Bytes::from(buf).slice(FRAME_HEAD..))))
 }
 
 /// Removes the segment directories in `store_dir` that belong to none of `live` logs
@@ -490,10 +489,12 @@ mod tests {
             assert_eq!(Pointer::decode(&pointer.encode()), Some(*pointer));
             assert_eq!(segments.read(*pointer).unwrap().unwrap(), &value[..]);
         }
-        let read: Vec<Bytes> = segments
-            .frames_from(0, pointers[2].position)
-            .map(|f| f.unwrap().1)
-            .collect();
+        let mut read = Vec::new();
+        let mut at = pointers[2].position;
+        while let Some((pointer, value)) = segments.frame_at(0, at).unwrap() {
+            read.push(value);
+            at = pointer.end();
+        }
         assert_eq!(read, values[2..]);
         let stored: u64 = pointers.iter().map(Pointer::frame_bytes).sum();
         assert_eq!(
@@ -505,7 +506,7 @@ mod tests {
         // Cut after the third frame: the rest is gone, and appends go on from there.
         segments.truncate(0, pointers[3].position).unwrap();
         assert_eq!(segments.read(pointers[3]).unwrap(), None);
-        assert_eq!(segments.frames_from(0, 0).count(), 3);
+        assert_eq!(segments.frame_at(0, pointers[3].position).unwrap(), None);
         let (_, again) = segments.append(3, &frame(b"again")).unwrap();
         assert_eq!(again, pointers[3].position);
 
@@ -535,7 +536,8 @@ mod tests {
         let file = OpenOptions::new().write(true).open(path).unwrap();
         file.set_len(second.end() - 1).unwrap();
         let segments = Segments::open(dir.path(), "log.1.0", total).unwrap();
-        assert_eq!(segments.frames_from(0, 0).count(), 1);
+        assert!(segments.frame_at(0, 0).unwrap().is_some());
+        assert_eq!(segments.frame_at(0, second.position).unwrap(), None);
         assert_eq!(segments.read(second).unwrap(), None);
     }
 }

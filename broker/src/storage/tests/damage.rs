@@ -280,7 +280,7 @@ async fn a_store_that_kept_its_chunks_in_sled_is_read_and_upgraded() {
             tree: &tree,
             segments: &segments,
         };
-        let chunks: Vec<chunk::Chunk> = source.walk(0).collect::<Result<_, _>>().unwrap();
+        let chunks: Vec<chunk::Chunk> = source.walk(0, u64::MAX).collect::<Result<_, _>>().unwrap();
         assert_eq!(chunks.len(), 3);
         for stored in chunks {
             for (key, value) in chunk::sled_values(&stored.batch, stored.tag) {

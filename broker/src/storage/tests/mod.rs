@@ -709,3 +709,37 @@ async fn retention_deletes_a_segment_file_once_every_chunk_in_it_is_gone() {
     assert!(files().is_empty());
     assert_eq!(append(&store, log, &["e"]).await.base_offset, 4);
 }
+
+#[tokio::test]
+async fn retention_inside_a_large_batch_keeps_it_readable_from_its_new_head_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let big: Vec<String> = (0..100).map(|i| format!("{i:0>1000}")).collect();
+    let big: Vec<&str> = big.iter().map(String::as_str).collect();
+    let first = {
+        let (store, logs) = open_one_topic(dir.path());
+        let log = &logs[0];
+        // 100 KB in one published batch: many chunks behind one index entry.
+        append(&store, log, &big).await;
+        let keep = RetentionPolicy {
+            max_messages: 50,
+            ..RetentionPolicy::default()
+        };
+        assert!(store.trim(log, keep).await.unwrap().unwrap());
+        let first = log.first_offset();
+        assert!((1..=50).contains(&first), "{first}");
+        assert_eq!(
+            log.read(first, 1000, usize::MAX).unwrap().records,
+            100 - first
+        );
+        // A read from inside a chunk past the new head.
+        assert_eq!(payloads(&log.read(77, 1, usize::MAX).unwrap()), [big[77]]);
+        drop(logs);
+        store.close().unwrap();
+        first
+    };
+    let (_store, logs) = open_one_topic(dir.path());
+    let log = &logs[0];
+    assert_eq!((log.first_offset(), log.next_offset()), (first, 100));
+    let read = payloads(&log.read(first, 1000, usize::MAX).unwrap());
+    assert_eq!(read, big[first as usize..]);
+}
