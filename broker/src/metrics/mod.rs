@@ -23,8 +23,8 @@
 //! - edges: `herald_connections{way}`, `herald_sessions_total{way}`,
 //!   `herald_session_expiries_total{way}`, `herald_requests_total{way,type,outcome}`,
 //!   `herald_authentication_failures_total`;
-//! - storage: `herald_storage_append_seconds`, `herald_storage_flush_seconds`
-//!   (histograms), `herald_storage_commit_group_size` (histogram),
+//! - storage: `herald_storage_append_seconds`, `herald_storage_flush_seconds`,
+//!   `herald_storage_index_flush_seconds` (histograms), `herald_storage_commit_group_size` (histogram),
 //!   `herald_storage_disk_bytes`, `herald_storage_free_disk_bytes`,
 //!   `herald_storage_reserve_bytes`, `herald_storage_writer_queue`;
 //! - process: `herald_process_resident_memory_bytes`, `herald_process_open_fds`,
@@ -86,6 +86,7 @@ pub struct Snapshot {
     pub authentication_failures: u64,
     pub append_seconds: Option<HistogramSnapshot>,
     pub flush_seconds: Option<HistogramSnapshot>,
+    pub index_flush_seconds: Option<HistogramSnapshot>,
     pub commit_group_size: Option<HistogramSnapshot>,
     pub disk_bytes: u64,
     pub free_disk_bytes: u64,
@@ -202,6 +203,7 @@ pub async fn gather(core: &Core, started: Instant, max_topics: usize) -> Snapsho
     let stats = shared.store.stats();
     snapshot.append_seconds = Some(stats.append_seconds.snapshot());
     snapshot.flush_seconds = Some(stats.flush_seconds.snapshot());
+    snapshot.index_flush_seconds = Some(stats.index_flush_seconds.snapshot());
     snapshot.commit_group_size = Some(stats.group_size.snapshot());
     let room = shared.store.room();
     snapshot.disk_bytes = room.used();
@@ -516,8 +518,14 @@ impl Collector for Encoded {
         histogram(
             &mut e,
             "herald_storage_flush_seconds",
-            "One flush and fdatasync of the store.",
+            "One fdatasync of the segment files a commit wrote (what a confirm under always waits for).",
             &s.flush_seconds,
+        )?;
+        histogram(
+            &mut e,
+            "herald_storage_index_flush_seconds",
+            "One flush and fdatasync of sled: the index, offsets, acks, groups and topics.",
+            &s.index_flush_seconds,
         )?;
         histogram(
             &mut e,

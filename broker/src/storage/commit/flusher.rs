@@ -79,7 +79,7 @@ pub(super) fn flush_sled(
         .unwrap_or_else(PoisonError::into_inner)
         .sync()
         .map_err(|e| StorageError::Sled(format!("fdatasync failed: {e}")))?;
-    stats.flush_seconds.record_duration(began.elapsed());
+    stats.index_flush_seconds.record_duration(began.elapsed());
     Ok(())
 }
 
