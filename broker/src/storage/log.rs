@@ -64,6 +64,8 @@ pub struct PartitionLog {
     tail: Tail,
     /// Where its chunks are kept.
     segments: Segments,
+    /// Where recent reads ended (see [`ReadHints`]).
+    hints: ReadHints,
 }
 
 /// Where producer-state keys start; batch keys all sort below it.
@@ -152,6 +154,7 @@ impl PartitionLog {
             states_through: AtomicU64::new(states_through),
             tail: Tail::new(tail_budget),
             segments,
+            hints: ReadHints::default(),
         })
     }
 
@@ -252,11 +255,29 @@ impl PartitionLog {
         max_records: u32,
         max_bytes: usize,
     ) -> Result<ReadBatches, StorageError> {
-        let stored = self
-            .source()
-            .walk(offset, next)
-            .map(|chunk| chunk.map(|c| c.batch));
-        collect(stored, offset, next, max_records, max_bytes)
+        let source = self.source();
+        let chunks: Box<dyn Iterator<Item = Result<Chunk, StorageError>>> =
+            match self.hints.find(offset) {
+                Some(cursor) => {
+                    Box::new(source.walk_from(Some(cursor), next).filter(move |c| {
+                        c.as_ref().map_or(true, |c| c.batch.next_offset() > offset)
+                    }))
+                }
+                None => Box::new(source.walk(offset, next)),
+            };
+        let mut last = None;
+        let stored = chunks.map(|chunk| {
+            let chunk = chunk?;
+            if let Some(pointer) = chunk.pointer {
+                last = Some((chunk.batch.base_offset, chunk.batch.next_offset(), pointer));
+            }
+            Ok(chunk.batch)
+        });
+        let read = collect(stored, offset, next, max_records, max_bytes);
+        if let Some(last) = last {
+            self.hints.remember(last);
+        }
+        read
     }
 
     /// [`read`](Self::read) from the cached tail, if it holds `offset`.
@@ -517,6 +538,60 @@ impl PartitionLog {
     /// Wakes whoever waits on this log, so they look again (retention moved its start).
     pub(super) fn wake_readers(&self) {
         self.appended.notify_waiters();
+    }
+}
+
+/// The last chunks recent reads from the segment files returned, so the next read of a
+/// consumer reading in order starts at its chunk directly. The index names only the
+/// first chunk of each published batch, and without a hint a read from inside a batch of
+/// many chunks reads the chunks before it too (measured: W3 13% slower).
+///
+/// A hint never goes stale: a chunk's place in its file never changes while the log is
+/// open (files are appended to, and cut only when opened). If retention deleted its file
+/// meanwhile, the read finds nothing, as it would from the index.
+#[derive(Debug, Default)]
+struct ReadHints(std::sync::Mutex<std::collections::VecDeque<(u64, u64, Pointer)>>);
+
+/// Hints kept per log: a few consumer groups reading in order each find theirs.
+const READ_HINTS: usize = 8;
+
+impl ReadHints {
+    /// Where a read from `offset` starts, if a recent read ended near it.
+    fn find(&self, offset: u64) -> Option<Cursor> {
+        let hints = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        hints.iter().rev().find_map(|&(base, next, pointer)| {
+            if (base..next).contains(&offset) {
+                Some(Cursor::File {
+                    offset: Some(base),
+                    segment: pointer.segment,
+                    position: pointer.position,
+                })
+            } else if offset == next {
+                Some(Cursor::File {
+                    offset: Some(next),
+                    segment: pointer.segment,
+                    position: pointer.end(),
+                })
+            } else {
+                None
+            }
+        })
+    }
+
+    /// Records the last chunk a read returned: its base and next offsets and its frame.
+    fn remember(&self, last: (u64, u64, Pointer)) {
+        let mut hints = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        hints.retain(|&(base, _, _)| base != last.0);
+        if hints.len() == READ_HINTS {
+            hints.pop_front();
+        }
+        hints.push_back(last);
     }
 }
 

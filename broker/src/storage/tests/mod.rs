@@ -743,3 +743,32 @@ async fn retention_inside_a_large_batch_keeps_it_readable_from_its_new_head_afte
     let read = payloads(&log.read(first, 1000, usize::MAX).unwrap());
     assert_eq!(read, big[first as usize..]);
 }
+
+#[tokio::test]
+async fn small_reads_in_order_through_a_large_batch_return_what_one_read_does() {
+    let dir = tempfile::tempdir().unwrap();
+    // No cached tail: every read goes to the segment files.
+    let store = store_with_tail(dir.path(), 0);
+    let (_, logs) = store
+        .create_topic("t", 1, RetentionPolicy::default())
+        .unwrap();
+    let log = &logs[0];
+    let items: Vec<String> = (0..300).map(|i| format!("{i:0>200}")).collect();
+    let items: Vec<&str> = items.iter().map(String::as_str).collect();
+    append(&store, log, &items[..150]).await;
+    append(&store, log, &items[150..]).await;
+    let whole = payloads(&log.read(0, 1000, usize::MAX).unwrap());
+    assert_eq!(whole, items);
+    // A consumer reading 7 records at a time (so most reads start inside a chunk), and a
+    // second one reading 1,000 bytes at a time beside it.
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    while a.len() < 300 || b.len() < 300 {
+        if a.len() < 300 {
+            a.extend(payloads(&log.read(a.len() as u64, 7, usize::MAX).unwrap()));
+        }
+        if b.len() < 300 {
+            b.extend(payloads(&log.read(b.len() as u64, 1000, 1000).unwrap()));
+        }
+    }
+    assert_eq!((a, b), (whole.clone(), whole));
+}
