@@ -663,10 +663,7 @@ fn under_always_groups_handed_to_the_committer_are_answered_in_order_synced_and_
 #[tokio::test]
 async fn retention_deletes_a_segment_file_once_every_chunk_in_it_is_gone() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
-    let (_, logs) = store
-        .create_topic("t", 1, RetentionPolicy::default())
-        .unwrap();
+    let (store, logs) = open_one_topic(dir.path());
     let log = &logs[0];
     let files = || -> Vec<String> {
         let mut names: Vec<String> =
