@@ -1,5 +1,5 @@
-//! Storage on sled: topic metadata, partition logs, group positions, and the one writer
-//! thread that commits them.
+//! Storage: partition logs in segment files, indexed in sled beside the topic metadata and
+//! group positions, and the one writer thread that commits them.
 //!
 //! # Layout
 //!
@@ -284,7 +284,7 @@ impl Store {
     }
 
     /// Bytes of stored record batches in every open partition log: what retention frees.
-    /// sled's own files are larger (its log and index; see the README's space figures).
+    /// The files take a little more: frame headers, and sled's index and state.
     pub fn stored_bytes(&self) -> u64 {
         self.stored_bytes.load(Ordering::Relaxed)
     }
