@@ -138,6 +138,12 @@ pub fn cut(
         ..batch.clone()
     };
     buf.clear();
+    // Room for every frame at once (the batch's bytes, and each chunk's frame, checksum,
+    // flags, batch header and tag): growing the buffer chunk by chunk copied it over and
+    // over (5% of the broker's samples at 1 KiB in a profile; W1 within noise).
+    let per_chunk = FRAME_HEAD + HEAD_LEN + BATCH_HEADER_LEN + TAG_LEN;
+    let records = rest.records.len();
+    buf.reserve(records + (records / (CHUNK_BYTES / 2) + 2) * per_chunk);
     let mut placed = Vec::new();
     if rest.codec != Codec::None {
         // Compressed bytes cannot be cut at a record: the batch is one chunk.
