@@ -41,7 +41,7 @@ use bytes::{Bytes, BytesMut};
 use herald_protocol::{record::BATCH_HEADER_LEN, Batch, Codec};
 
 use super::producers::ProducerBatch;
-use super::segment::{Pointer, Segments, FRAME_HEAD};
+use super::segment::{io_error, Pointer, Segments, FRAME_HEAD};
 use super::StorageError;
 
 /// The most bytes of batch encoding one chunk holds, cut at record boundaries (a single
@@ -366,7 +366,7 @@ impl<'a> Source<'a> {
         segment: u64,
         position: u64,
     ) -> Result<Option<Chunk>, StorageError> {
-        let io = |e: std::io::Error| StorageError::Sled(format!("partition log {}: {e}", self.log));
+        let io = |e: std::io::Error| io_error(self.log, &e);
         let Some((pointer, value)) = self.segments.frame_at(segment, position).map_err(io)? else {
             return Ok(None);
         };
@@ -396,7 +396,7 @@ impl<'a> Source<'a> {
             let value = self
                 .segments
                 .read(pointer)
-                .map_err(|e| StorageError::Sled(format!("partition log {}: {e}", self.log)))?
+                .map_err(|e| io_error(self.log, &e))?
                 .ok_or_else(|| {
                     corrupt(
                         self.log,

@@ -29,7 +29,7 @@ use bytes::{Bytes, BytesMut};
 use herald_protocol::Batch;
 
 use super::chunk::{self, Chunk, Cursor, Cuts, Source};
-use super::segment::{Pointer, Segments};
+use super::segment::{io_error, Pointer, Segments};
 use super::tail::{Tail, TailBudget};
 use super::{RetentionPolicy, StorageError};
 
@@ -637,16 +637,6 @@ fn state_key(producer_id: u64) -> [u8; 16] {
     let mut key = [0xFF; 16];
     key[8..].copy_from_slice(&producer_id.to_be_bytes());
     key
-}
-
-/// A segment file's failure, naming the log (a full disk is told apart).
-fn io_error(log: &str, err: &std::io::Error) -> StorageError {
-    let text = format!("partition log {log}: segment file: {err}");
-    if err.kind() == std::io::ErrorKind::StorageFull {
-        StorageError::NoSpace(text)
-    } else {
-        StorageError::Sled(text)
-    }
 }
 
 /// What [`recover`] did.

@@ -373,9 +373,7 @@ impl Store {
                 let tree = self.db.open_tree(&name)?;
                 let segments =
                     segment::Segments::open(&self.dir, &name, Arc::clone(&self.segment_bytes))
-                        .map_err(|e| {
-                            StorageError::Sled(format!("partition log {name}: segment files: {e}"))
-                        })?;
+                        .map_err(|e| segment::io_error(&name, &e))?;
                 let log = PartitionLog::open(
                     tree,
                     segments,

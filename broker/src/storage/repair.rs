@@ -16,7 +16,7 @@ use super::checkpoint::{self, Marks};
 use super::chunk::{self, Source};
 use super::log::{Bounds, STATE_KEYS};
 use super::records::TopicRecord;
-use super::segment::Segments;
+use super::segment::{self, Segments};
 use super::StorageError;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -51,7 +51,7 @@ pub(super) fn run(db: &sled::Db, dir: &Path) -> Result<(Marks, Vec<LogRepair>), 
         for partition in 0..topic.partitions {
             let log = super::log_tree_name(topic.id, partition);
             let segments = Segments::open(dir, &log, Arc::new(AtomicU64::new(0)))
-                .map_err(|e| StorageError::Sled(format!("partition log {log}: {e}")))?;
+                .map_err(|e| segment::io_error(&log, &e))?;
             let tree = db.open_tree(&log)?;
             let source = Source {
                 log: &log,

@@ -40,6 +40,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
 
+use super::StorageError;
+
 /// Where segment directories live, under the data directory.
 pub(super) const DIR: &str = "segments";
 
@@ -324,6 +326,7 @@ impl Segments {
             let later: Vec<Arc<Segment>> = later.iter().filter_map(|b| files.remove(b)).collect();
             (files.get(&segment).cloned(), later)
         };
+        let removed = !later.is_empty();
         for file in later {
             std::fs::remove_file(&file.path)?;
             self.shrank(file.len.load(Ordering::Relaxed));
@@ -337,7 +340,11 @@ impl Segments {
                 self.shrank(len - position);
             }
         }
-        File::open(&self.dir)?.sync_all()
+        // Only a removed file changes the directory (every open of a log cuts at its end).
+        if removed {
+            File::open(&self.dir)?.sync_all()?;
+        }
+        Ok(())
     }
 
     /// Removes the log's directory and every file in it (its topic was deleted). Blocks.
@@ -439,6 +446,16 @@ fn read_frame(segment: &Segment, position: u64) -> io::Result<Option<(Pointer, B
     }
     buf.truncate(whole);
     Ok(Some((pointer, Bytes::from(buf).slice(FRAME_HEAD..))))
+}
+
+/// A segment file's failure, naming the log (a full disk is told apart).
+pub(super) fn io_error(log: &str, err: &std::io::Error) -> StorageError {
+    let text = format!("partition log {log}: segment file: {err}");
+    if err.kind() == std::io::ErrorKind::StorageFull {
+        StorageError::NoSpace(text)
+    } else {
+        StorageError::Sled(text)
+    }
 }
 
 /// Removes the segment directories in `store_dir` that belong to none of `live` logs
