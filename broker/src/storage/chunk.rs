@@ -291,7 +291,8 @@ impl<'a> Source<'a> {
     /// until one would start at or past `end` (the log's end as the caller knows it: the
     /// writer may be writing past it). Blocks.
     ///
-    /// The index is sparse: it names the first chunk of every published batch, and the
+    /// The index is sparse: it names the first chunk of a published batch every
+    /// `INDEX_INTERVAL_BYTES` or so (and of each file's first batch), and the
     /// chunks after it follow one another in the segment files, so the walk starts at the
     /// entry at or before `offset` and reads on frame by frame. Chunks kept in sled itself
     /// (older stores) are each indexed, and looked up one by one.

@@ -20,14 +20,50 @@ async fn store_of_three_batches() -> (tempfile::TempDir, String) {
     (dir, name)
 }
 
+/// Where the chunk starting at `offset` of log `name` lies in its segment files, in the
+/// closed store in `dir`: read on through the files from the index entry before it (the
+/// index names only some batches; see `log::INDEX_INTERVAL_BYTES`).
+fn pointer_of(dir: &std::path::Path, name: &str, offset: u64) -> segment::Pointer {
+    let db = sled::open(dir).unwrap();
+    let tree = db.open_tree(name).unwrap();
+    let total = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let segments = segment::Segments::open(dir, name, total).unwrap();
+    let source = chunk::Source {
+        log: name,
+        tree: &tree,
+        segments: &segments,
+    };
+    let found = source
+        .walk(offset, u64::MAX)
+        .map(Result::unwrap)
+        .find(|chunk| chunk.batch.base_offset == offset)
+        .and_then(|chunk| chunk.pointer);
+    found.expect("a chunk in a segment file")
+}
+
+/// Has the index of log `name` in the closed store in `dir` name the chunks at `offsets`,
+/// as it names batches of `INDEX_INTERVAL_BYTES` or more. Returns where they lie.
+fn index_chunks<const N: usize>(
+    dir: &std::path::Path,
+    name: &str,
+    offsets: [u64; N],
+) -> [segment::Pointer; N] {
+    let pointers = offsets.map(|offset| pointer_of(dir, name, offset));
+    let db = sled::open(dir).unwrap();
+    let tree = db.open_tree(name).unwrap();
+    for (offset, pointer) in offsets.into_iter().zip(pointers) {
+        tree.insert(chunk::key(offset), &pointer.encode()[..])
+            .unwrap();
+    }
+    db.flush().unwrap();
+    pointers
+}
+
 /// Flips a bit at byte `at` of the value of the chunk stored at `offset` in log `name` of
 /// the closed store in `dir`, in its segment file, so that only the chunk's own checksum
 /// can tell.
 fn flip_a_bit(dir: &std::path::Path, name: &str, offset: u64, at: usize) {
-    let db = sled::open(dir).unwrap();
-    let tree = db.open_tree(name).unwrap();
-    let value = tree.get(chunk::key(offset)).unwrap().unwrap();
-    let pointer = segment::Pointer::decode(&value).expect("a chunk in a segment file");
+    let pointer = pointer_of(dir, name, offset);
     let path = dir
         .join(segment::DIR)
         .join(name)
@@ -91,6 +127,9 @@ async fn a_repair_keeps_each_log_up_to_its_first_damaged_chunk() {
 #[tokio::test]
 async fn a_damaged_chunk_is_an_error_to_its_reader_not_bytes() {
     let (dir, name) = store_of_three_batches().await;
+    // Opening verifies the chunks from the last entry below the synced offset on; with an
+    // entry per batch, that is the third, and the damaged second is left to its reader.
+    index_chunks(dir.path(), &name, [10, 20]);
     flip_a_bit(dir.path(), &name, 10, 60);
     let store = open_repairing(dir.path(), false).unwrap();
     let topic = store.load_topics().unwrap().remove(0);
@@ -192,9 +231,9 @@ async fn after_a_crash_the_index_is_rebuilt_from_the_segment_files_and_a_torn_fr
     // the last batch's frame only partly reached the disk, and the offsets file says
     // nothing was synced.
     {
+        let last = pointer_of(dir.path(), &name, 20);
         let db = sled::open(dir.path()).unwrap();
         let tree = db.open_tree(&name).unwrap();
-        let last = segment::Pointer::decode(&tree.get(chunk::key(20)).unwrap().unwrap()).unwrap();
         tree.remove(chunk::key(10)).unwrap();
         tree.remove(chunk::key(20)).unwrap();
         db.flush().unwrap();
@@ -224,15 +263,10 @@ async fn after_a_crash_the_index_is_rebuilt_from_the_segment_files_and_a_torn_fr
 #[tokio::test]
 async fn index_entries_naming_frames_a_crash_lost_are_dropped() {
     let (dir, name) = store_of_three_batches().await;
-    // The index reached the disk, the third batch's frame did not.
+    // The index reached the disk, the third batch's frame did not. The index names every
+    // batch here, as it does batches of `INDEX_INTERVAL_BYTES` or more.
     let file = first_segment_file(dir.path(), &name);
-    let kept = {
-        let db = sled::open(dir.path()).unwrap();
-        let tree = db.open_tree(&name).unwrap();
-        segment::Pointer::decode(&tree.get(chunk::key(20)).unwrap().unwrap())
-            .unwrap()
-            .position
-    };
+    let kept = index_chunks(dir.path(), &name, [10, 20])[1].position;
     std::fs::OpenOptions::new()
         .write(true)
         .open(&file)

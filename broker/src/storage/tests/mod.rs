@@ -769,3 +769,47 @@ async fn small_reads_in_order_through_a_large_batch_return_what_one_read_does() 
     }
     assert_eq!((a, b), (whole.clone(), whole));
 }
+
+#[tokio::test]
+async fn small_batches_share_index_entries_and_every_offset_still_reads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let items: Vec<String> = (0..300).map(|i| format!("{i:0>100}")).collect();
+    let name = {
+        let (store, logs) = open_one_topic(dir.path());
+        let log = &logs[0];
+        for item in &items {
+            append(&store, log, &[item]).await;
+        }
+        let name = log.name();
+        drop(logs);
+        store.close().unwrap();
+        name
+    };
+    // About 40 KB of single-record batches: one entry per `INDEX_INTERVAL_BYTES` or so,
+    // not one per batch.
+    let entries = {
+        let db = sled::open(dir.path()).unwrap();
+        let tree = db.open_tree(&name).unwrap();
+        tree.range(..log::STATE_KEYS).count()
+    };
+    let stored: u64 = items.iter().map(|i| i.len() as u64 + 40).sum();
+    assert!(
+        entries >= 2 && entries as u64 <= stored / log::INDEX_INTERVAL_BYTES + 1,
+        "{entries} entries for 300 batches"
+    );
+    // Every offset reads back alone (most from between entries), in and out of order,
+    // with no cached tail to serve them.
+    let store = store_with_tail(dir.path(), 0);
+    let topic = store.load_topics().unwrap().remove(0);
+    let logs = store.open_logs(&topic).unwrap();
+    let log = &logs[0];
+    assert_eq!(log.next_offset(), 300);
+    for offset in (0..300).rev().chain(0..300) {
+        let read = payloads(&log.read(offset, 1, usize::MAX).unwrap());
+        assert_eq!(read, [items[offset as usize].as_str()], "offset {offset}");
+    }
+    assert_eq!(payloads(&log.read(0, 1000, usize::MAX).unwrap()), items);
+    // And what is appended now goes on from there.
+    assert_eq!(append(&store, log, &["next"]).await.base_offset, 300);
+    assert_eq!(payloads(&log.read(299, 2, usize::MAX).unwrap())[1], "next");
+}
