@@ -239,7 +239,11 @@ async fn batches_that_lie_or_are_damaged_are_refused_and_nothing_is_stored() {
     let broker = TestBroker::start_with(|c| c.max_frame_bytes = 1 << 20).await;
     let client = broker.client().await;
     client.create_topic("t", 1).await.unwrap();
-    let records: Vec<Record> = (0..50).map(|i| record(Codec::Lz4, i)).collect();
+    // And sent to no partition of a topic with several, so the broker would route it.
+    client.create_topic("routed", 4).await.unwrap();
+    let records: Vec<Record> = (0..50)
+        .map(|i| record(Codec::Lz4, i).with_key(format!("k{i}")))
+        .collect();
     let mut raw = Raw::greeted(broker.addr()).await;
     let mut id = 100;
     for codec in [Codec::Lz4, Codec::Zstd] {
@@ -275,25 +279,31 @@ async fn batches_that_lie_or_are_damaged_are_refused_and_nothing_is_stored() {
         unknown[24] = 9;
         cases.push(("an unknown codec", unknown));
         for (what, batch) in cases {
-            id += 1;
-            raw.send(
-                id,
-                Publish {
-                    topic: "t".into(),
-                    partition: 0,
-                    producer_id: 0,
-                    sequence: 0,
-                    batch: batch.into(),
-                },
-            )
-            .await;
-            let message = raw.expect_error(id, ErrorCode::MalformedFrame).await;
-            assert!(!message.is_empty(), "{codec}, {what}");
-            raw.expect_alive().await;
+            for (topic, partition) in [("t", 0), ("routed", ANY_PARTITION)] {
+                id += 1;
+                raw.send(
+                    id,
+                    Publish {
+                        topic: topic.into(),
+                        partition,
+                        producer_id: 0,
+                        sequence: 0,
+                        batch: batch.clone().into(),
+                    },
+                )
+                .await;
+                let message = raw.expect_error(id, ErrorCode::MalformedFrame).await;
+                assert!(!message.is_empty(), "{codec}, {what}, {topic}");
+                raw.expect_alive().await;
+            }
         }
     }
-    let info = client.describe_topic("t").await.unwrap();
-    assert_eq!(info.partitions[0].next_offset, 0, "nothing stored");
+    for topic in ["t", "routed"] {
+        let info = client.describe_topic(topic).await.unwrap();
+        for partition in &info.partitions {
+            assert_eq!(partition.next_offset, 0, "nothing stored in {topic}");
+        }
+    }
     // The connection and the broker serve on.
     let reply = raw
         .call(Publish {

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use herald_protocol::{encode_batch_with, partition_for_key, Batch, Record};
+use herald_protocol::{encode_batch_with, partition_for_key, Batch, Codec, Record};
 
 use crate::error::BrokerError;
 use crate::storage::{Appended, Durability, PartitionLog, ProducerBatch, Store, TopicRecord};
@@ -86,7 +86,20 @@ impl Topic {
         producer: Option<ProducerBatch>,
     ) -> Result<impl Future<Output = Result<Published, BrokerError>> + Send + 'static, BrokerError>
     {
-        let stats = batch.validate().map_err(BrokerError::BadBatch)?;
+        // A compressed batch that may be split by key is decompressed once, here: its
+        // records are checked and routed from the same copy (checking the compressed batch
+        // and then iterating it to route decompressed it twice).
+        let routed = partition.is_none() && producer.is_none() && self.partitions.len() > 1;
+        let plain = match batch.codec {
+            Codec::None => None,
+            _ if routed => Some(batch.decompressed().map_err(BrokerError::BadBatch)?),
+            _ => None,
+        };
+        let stats = plain
+            .as_ref()
+            .unwrap_or(&batch)
+            .validate()
+            .map_err(BrokerError::BadBatch)?;
         if batch.record_count == 0 {
             return Err(BrokerError::EmptyBatch);
         }
@@ -109,7 +122,7 @@ impl Topic {
         };
         let parts = match partition {
             Some(p) => vec![(self.partition(p)?, p, batch, None)],
-            None => self.route(batch, stats.any_key)?,
+            None => self.route(batch, plain.as_ref(), stats.any_key)?,
         };
         let pending: Vec<_> = parts
             .into_iter()
@@ -133,9 +146,12 @@ impl Topic {
     }
 
     #[allow(clippy::type_complexity)]
+    /// Splits `batch` by key; `plain` is the batch decompressed, when it is compressed
+    /// and was decompressed already.
     fn route(
         &self,
         batch: Batch,
+        plain: Option<&Batch>,
         keyed: bool,
     ) -> Result<Vec<(&Arc<PartitionLog>, u32, Batch, Option<Vec<usize>>)>, BrokerError> {
         let count = self.partitions.len() as u32;
@@ -149,7 +165,7 @@ impl Topic {
             )]);
         }
         let mut by_partition: BTreeMap<u32, (Vec<Record>, Vec<usize>)> = BTreeMap::new();
-        for (index, stored) in batch.iter().enumerate() {
+        for (index, stored) in plain.unwrap_or(&batch).iter().enumerate() {
             let record = stored.map_err(BrokerError::BadBatch)?.record;
             let p = record
                 .key
