@@ -57,6 +57,11 @@ pub struct Flags {
     #[arg(long, env = "HERALD_TAIL_CACHE_MB")]
     pub tail_cache_mb: Option<u64>,
 
+    /// The size of each partition's segment files, in MiB (1 to 1024): retention frees
+    /// disk space a whole file at a time.
+    #[arg(long, env = "HERALD_SEGMENT_MB", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub segment_mb: Option<u64>,
+
     /// Most simultaneous client connections; more are refused with TooManyConnections.
     #[arg(long, env = "HERALD_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
@@ -221,6 +226,7 @@ impl Flags {
         set(&mut base.fsync_interval_ms, self.fsync_interval_ms);
         set(&mut base.cache_mb, self.cache_mb);
         set(&mut base.tail_cache_mb, self.tail_cache_mb);
+        set(&mut base.segment_mb, self.segment_mb);
         set(&mut base.max_connections, self.max_connections);
         set(&mut base.max_frame_bytes, self.max_frame_bytes);
         set(&mut base.max_message_bytes, self.max_message_bytes);

@@ -95,6 +95,7 @@ pub struct Config {
     pub fsync_interval_ms: u64,
     pub cache_mb: u64,
     pub tail_cache_mb: u64,
+    pub segment_mb: u64,
     pub max_connections: usize,
     pub max_frame_bytes: u32,
     pub max_message_bytes: u32,
@@ -153,6 +154,7 @@ impl Default for Config {
             fsync_interval_ms: 100,
             cache_mb: 128,
             tail_cache_mb: 32,
+            segment_mb: 64,
             max_connections: 10_000,
             max_frame_bytes: herald_protocol::DEFAULT_MAX_FRAME_BYTES,
             max_message_bytes: 1024 * 1024,
@@ -230,7 +232,15 @@ impl Config {
 
     /// The defaults overlaid with TOML `text`; the error names the key and line.
     pub fn from_toml(text: &str) -> Result<Config, String> {
-        toml::from_str(text).map_err(|err| err.to_string().trim_end().to_string())
+        let config: Config =
+            toml::from_str(text).map_err(|err| err.to_string().trim_end().to_string())?;
+        if !(1..=1024).contains(&config.segment_mb) {
+            return Err(format!(
+                "segment_mb = {}: must be 1 to 1024 (MiB)",
+                config.segment_mb
+            ));
+        }
+        Ok(config)
     }
 
     /// Settings for a broker on `127.0.0.1:0`, without the HTTP gateway, storing in
@@ -267,6 +277,7 @@ impl Config {
             min_free_disk_bytes: self.min_free_disk_bytes,
             disk_probe: self.disk_probe.clone(),
             timeout: Duration::from_millis(self.storage_timeout_ms.max(1)),
+            segment_file_bytes: self.segment_mb.saturating_mul(1024 * 1024),
         }
     }
 
@@ -333,6 +344,24 @@ mod tests {
     }
 
     #[test]
+    fn the_segment_size_flag_takes_1_to_1024_mib_and_reaches_the_store() {
+        let parse = |size: &str| {
+            Flags::try_parse_from(["herald-broker", "--segment-mb", size]).map(|f| f.segment_mb)
+        };
+        assert_eq!(parse("8").unwrap(), Some(8));
+        for bad in ["0", "1025", "big"] {
+            let err = parse(bad).unwrap_err().to_string();
+            assert!(err.contains("--segment-mb"), "{bad}: {err}");
+        }
+        let config = flags(&["--segment-mb", "8"]).apply(Config::default());
+        assert_eq!(config.store().segment_file_bytes, 8 * 1024 * 1024);
+        assert_eq!(
+            Config::default().store().segment_file_bytes,
+            crate::storage::segment::SEGMENT_BYTES
+        );
+    }
+
+    #[test]
     fn a_config_without_a_file_is_the_defaults_and_the_flags() {
         let config = Config::load(flags(&["--listen", "127.0.0.1:0"])).unwrap();
         assert_eq!(config.listen, SocketAddr::from(([127, 0, 0, 1], 0)));
@@ -353,6 +382,14 @@ mod tests {
         );
         let syntax = Config::from_toml("listen = \n").unwrap_err();
         assert!(syntax.contains("line 1"), "{syntax}");
+        for size in [0, 1025] {
+            let segment = Config::from_toml(&format!("segment_mb = {size}\n")).unwrap_err();
+            assert!(
+                segment.contains("segment_mb") && segment.contains("1 to 1024"),
+                "{segment}"
+            );
+        }
+        assert_eq!(Config::from_toml("segment_mb = 1\n").unwrap().segment_mb, 1);
 
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing.toml");

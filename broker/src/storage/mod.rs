@@ -170,6 +170,8 @@ pub struct StoreConfig {
     pub disk_probe: disk::Probe,
     /// The longest a caller waits for the writer; see [`bounded`].
     pub timeout: std::time::Duration,
+    /// The size at which a partition's segment file is closed (`--segment-mb`).
+    pub segment_file_bytes: u64,
 }
 
 impl Default for StoreConfig {
@@ -182,6 +184,7 @@ impl Default for StoreConfig {
             min_free_disk_bytes: None,
             disk_probe: disk::Probe::statvfs(),
             timeout: std::time::Duration::from_secs(30),
+            segment_file_bytes: segment::SEGMENT_BYTES,
         }
     }
 }
@@ -208,6 +211,8 @@ pub struct Store {
     stored_bytes: Arc<AtomicU64>,
     /// Bytes in every open log's segment files.
     segment_bytes: Arc<AtomicU64>,
+    /// The size at which a segment file is closed.
+    segment_file_bytes: u64,
     /// The data directory.
     dir: std::path::PathBuf,
     /// What every log's cached tail may hold together.
@@ -268,6 +273,7 @@ impl Store {
             writer,
             stored_bytes: Arc::new(AtomicU64::new(0)),
             segment_bytes: Arc::new(AtomicU64::new(0)),
+            segment_file_bytes: config.segment_file_bytes,
             dir: dir.to_path_buf(),
             tail_budget: tail::TailBudget::new(
                 usize::try_from(config.tail_cache_bytes).unwrap_or(usize::MAX),
@@ -373,7 +379,8 @@ impl Store {
                 let tree = self.db.open_tree(&name)?;
                 let segments =
                     segment::Segments::open(&self.dir, &name, Arc::clone(&self.segment_bytes))
-                        .map_err(|e| segment::io_error(&name, &e))?;
+                        .map_err(|e| segment::io_error(&name, &e))?
+                        .with_file_bytes(self.segment_file_bytes);
                 let log = PartitionLog::open(
                     tree,
                     segments,

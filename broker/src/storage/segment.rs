@@ -2,8 +2,8 @@
 //!
 //! A partition log's chunks (see `storage::chunk`) are appended to files under
 //! `segments/log.ID.P/`, each named by the base offset of its first chunk (20 digits, so
-//! names sort as offsets do). A file takes chunks until it holds [`SEGMENT_BYTES`]; the next
-//! chunk starts a new one. sled keeps a sparse offset index: the key of a batch's first
+//! names sort as offsets do). A file takes chunks until it holds its log's file size
+//! ([`SEGMENT_BYTES`] unless `--segment-mb` says otherwise); the next chunk starts a new one. sled keeps a sparse offset index: the key of a batch's first
 //! chunk, every `log::INDEX_INTERVAL_BYTES` or so and for each file's first batch, maps to
 //! a 20-byte [`Pointer`] to its frame here; the chunks between are read on from there.
 //!
@@ -46,7 +46,9 @@ use super::StorageError;
 /// Where segment directories live, under the data directory.
 pub(super) const DIR: &str = "segments";
 
-/// The size at which a segment file is closed and the next chunk starts a new one.
+/// The size at which a segment file is closed and the next chunk starts a new one, by
+/// default (`--segment-mb`). Kafka's default is 1 GiB; retention frees space a whole file
+/// at a time, and 64 MiB keeps that grain small on the modest disks this broker is for.
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 
 /// The bytes before a frame's value: its length.
@@ -125,6 +127,8 @@ pub struct Segments {
     removed: AtomicBool,
     /// Set when the next chunk is to start a new file (see [`roll`](Self::roll)).
     roll: AtomicBool,
+    /// The size at which a file is closed.
+    file_bytes: u64,
 }
 
 impl std::fmt::Debug for Segments {
@@ -181,7 +185,15 @@ impl Segments {
             total,
             removed: AtomicBool::new(false),
             roll: AtomicBool::new(false),
+            file_bytes: SEGMENT_BYTES,
         })
+    }
+
+    /// These files, closed at `bytes` (at least 1) rather than [`SEGMENT_BYTES`]. Files
+    /// written before with another size are read as they are.
+    pub fn with_file_bytes(mut self, bytes: u64) -> Segments {
+        self.file_bytes = bytes.max(1);
+        self
     }
 
     fn files(&self) -> MutexGuard<'_, BTreeMap<u64, Arc<Segment>>> {
@@ -233,7 +245,7 @@ impl Segments {
         let roll = self.roll.swap(false, Ordering::Relaxed);
         if let Some(last) = files.values().next_back() {
             let len = last.len.load(Ordering::Relaxed);
-            if len == 0 || (len < SEGMENT_BYTES && !roll) {
+            if len == 0 || (len < self.file_bytes && !roll) {
                 return Ok(Arc::clone(last));
             }
         }

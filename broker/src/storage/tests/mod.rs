@@ -813,3 +813,70 @@ async fn small_batches_share_index_entries_and_every_offset_still_reads_back() {
     assert_eq!(append(&store, log, &["next"]).await.base_offset, 300);
     assert_eq!(payloads(&log.read(299, 2, usize::MAX).unwrap())[1], "next");
 }
+
+#[tokio::test]
+async fn segment_files_close_at_the_configured_size_and_retention_deletes_them_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || StoreConfig {
+        segment_file_bytes: 16 * 1024,
+        ..StoreConfig::default()
+    };
+    let items: Vec<String> = (0..200).map(|i| format!("{i:0>1000}")).collect();
+    let files = |name: &str| -> Vec<u64> {
+        let mut lens: Vec<(String, u64)> =
+            std::fs::read_dir(dir.path().join(segment::DIR).join(name))
+                .unwrap()
+                .map(|e| {
+                    let e = e.unwrap();
+                    (
+                        e.file_name().into_string().unwrap(),
+                        e.metadata().unwrap().len(),
+                    )
+                })
+                .collect();
+        lens.sort();
+        lens.into_iter().map(|(_, len)| len).collect()
+    };
+    let name = {
+        let store = Store::open(dir.path(), config()).unwrap();
+        let (_, logs) = store
+            .create_topic("t", 1, RetentionPolicy::default())
+            .unwrap();
+        // Batches of 10 records, about 10 KB each: a file takes two.
+        for batch in items.chunks(10) {
+            let batch: Vec<&str> = batch.iter().map(String::as_str).collect();
+            append(&store, &logs[0], &batch).await;
+        }
+        let name = logs[0].name();
+        drop(logs);
+        store.close().unwrap();
+        name
+    };
+    let lens = files(&name);
+    assert_eq!(lens.len(), 10, "{lens:?}");
+    // A file closes once it holds the size; the batch that crosses it stays whole in it.
+    assert!(
+        lens.iter().all(|len| (16 * 1024..32 * 1024).contains(len)),
+        "{lens:?}"
+    );
+
+    let store = Store::open(dir.path(), config()).unwrap();
+    let topic = store.load_topics().unwrap().remove(0);
+    let logs = store.open_logs(&topic).unwrap();
+    let log = &logs[0];
+    assert_eq!(payloads(&log.read(0, 1000, usize::MAX).unwrap()), items);
+    let keep = RetentionPolicy {
+        max_messages: 55,
+        ..RetentionPolicy::default()
+    };
+    while store.trim(log, keep).await.unwrap().unwrap() {}
+    // Retention keeps whole chunks (up to 6 KiB, a few records of 1 KB each): at least 55
+    // records, less than a chunk more. Every file wholly before the first kept record is
+    // gone.
+    let first = log.first_offset();
+    assert!((136..=145).contains(&first), "{first}");
+    let left = files(&name);
+    assert_eq!(left.len(), 10 - (first as usize / 20), "{left:?}");
+    let read = payloads(&log.read(first, 1000, usize::MAX).unwrap());
+    assert_eq!(read, items[first as usize..]);
+}
