@@ -90,11 +90,10 @@ impl Topic {
         // records are checked and routed from the same copy (checking the compressed batch
         // and then iterating it to route decompressed it twice).
         let routed = partition.is_none() && producer.is_none() && self.partitions.len() > 1;
-        let plain = match batch.codec {
-            Codec::None => None,
-            _ if routed => Some(batch.decompressed().map_err(BrokerError::BadBatch)?),
-            _ => None,
-        };
+        let plain = (routed && batch.codec != Codec::None)
+            .then(|| batch.decompressed())
+            .transpose()
+            .map_err(BrokerError::BadBatch)?;
         let stats = plain
             .as_ref()
             .unwrap_or(&batch)

@@ -12,8 +12,9 @@
 //! its own file when it likes. So opening a log verifies every chunk from the offset last
 //! recorded as synced (see `storage::checkpoint`; from the start when none is) to the end
 //! of the index, then reads on through the files past the last chunk verified. Every
-//! intact frame that follows in offset order is indexed; at the first that is torn, fails
-//! its checksum, or does not follow, the index and the files are cut, as Kafka recovers the
+//! intact frame that follows in offset order is kept (the sparse index reaches it by
+//! reading on); at the first that is torn, fails its checksum, or does not follow, the
+//! index and the files are cut, as Kafka recovers the
 //! segments it had not flushed. Below the recorded offset a damaged chunk is an error when
 //! read, and `--repair-store` deals with it.
 //!
@@ -34,8 +35,9 @@ use super::tail::{Tail, TailBudget};
 use super::{RetentionPolicy, StorageError};
 
 /// How far apart the index's entries are, at least, in bytes appended (Kafka's
-/// `index.interval.bytes` has the same default). A batch this large or larger is always
-/// named; smaller ones are named once this many bytes have followed the last entry.
+/// `index.interval.bytes` has the same default): a batch is named when this many bytes
+/// were appended since the start of the last batch named (so in a run of batches this
+/// large, each is), or when it starts a file.
 ///
 /// Naming every batch cost a sled insert per publish, which at a steady 5,000 single
 /// records a second was the largest share of the broker's own work after the socket (sled

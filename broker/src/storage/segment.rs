@@ -3,9 +3,10 @@
 //! A partition log's chunks (see `storage::chunk`) are appended to files under
 //! `segments/log.ID.P/`, each named by the base offset of its first chunk (20 digits, so
 //! names sort as offsets do). A file takes chunks until it holds its log's file size
-//! ([`SEGMENT_BYTES`] unless `--segment-mb` says otherwise); the next chunk starts a new one. sled keeps a sparse offset index: the key of a batch's first
-//! chunk, every `log::INDEX_INTERVAL_BYTES` or so and for each file's first batch, maps to
-//! a 20-byte [`Pointer`] to its frame here; the chunks between are read on from there.
+//! ([`SEGMENT_BYTES`] unless `--segment-mb` says otherwise); the next chunk starts a new
+//! one. sled keeps a sparse offset index: the key of a batch's first chunk, every
+//! `log::INDEX_INTERVAL_BYTES` or so and for each file's first batch, maps to a 20-byte
+//! [`Pointer`] to its frame here; the chunks between are read on from there.
 //!
 //! ```text
 //! frame: len u32 BE ‖ value (len bytes: crc32c ‖ flags ‖ batch encoding ‖ tag, as in sled)
