@@ -14,9 +14,9 @@
 //! of the index, then reads on through the files past the last chunk verified. Every
 //! intact frame that follows in offset order is kept (the sparse index reaches it by
 //! reading on); at the first that is torn, fails its checksum, or does not follow, the
-//! index and the files are cut, as Kafka recovers the
-//! segments it had not flushed. Below the recorded offset a damaged chunk is an error when
-//! read, and `--repair-store` deals with it.
+//! index and the files are cut, as Kafka recovers the segments it had not flushed. Below
+//! the recorded offset a damaged chunk is an error when read, and `--repair-store` deals
+//! with it.
 //!
 //! The same tree keeps the partition's idempotent-producer state (see
 //! `storage::producers`) under 16-byte keys `FF×8 ‖ producer id`, which sort after every
