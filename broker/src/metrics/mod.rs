@@ -24,7 +24,7 @@
 //!   `herald_session_expiries_total{way}`, `herald_requests_total{way,type,outcome}`,
 //!   `herald_authentication_failures_total`;
 //! - storage: `herald_storage_append_seconds`, `herald_storage_flush_seconds`,
-//!   `herald_storage_index_flush_seconds` (histograms), `herald_storage_commit_group_size` (histogram),
+//!   `herald_storage_index_flush_seconds`, `herald_storage_commit_group_size` (histograms),
 //!   `herald_storage_disk_bytes`, `herald_storage_free_disk_bytes`,
 //!   `herald_storage_reserve_bytes`, `herald_storage_writer_queue`;
 //! - process: `herald_process_resident_memory_bytes`, `herald_process_open_fds`,

@@ -55,25 +55,42 @@ impl Syncer {
     }
 }
 
-/// Blob files synced at once: each fdatasync waits on the disk, so waiting on several
-/// together costs little more than waiting on one.
+/// Files synced at once: each fdatasync waits on the disk, so waiting on several together
+/// costs little more than waiting on one.
 const PARALLEL_SYNCS: usize = 8;
 
 /// `fdatasync`s every file in `paths`, up to [`PARALLEL_SYNCS`] at a time.
 fn sync_all_data(paths: &[PathBuf]) -> io::Result<()> {
-    if paths.len() == 1 {
-        return sync_data(&paths[0]);
+    at_once(
+        paths,
+        |path| sync_data(path),
+        || io::Error::other("a sync thread panicked"),
+    )
+}
+
+/// Runs `each` on every item, on up to [`PARALLEL_SYNCS`] threads at once (this one among
+/// them, and none besides for a single item); returns the first error. `panicked` is the
+/// error for a thread that panicked. For syncs, which each wait on the disk.
+pub(super) fn at_once<T: Sync, E: Send>(
+    items: &[T],
+    each: impl Fn(&T) -> Result<(), E> + Sync,
+    panicked: impl Fn() -> E,
+) -> Result<(), E> {
+    if items.len() <= 1 {
+        return items.iter().try_for_each(&each);
     }
-    let per_thread = paths.len().div_ceil(PARALLEL_SYNCS);
+    let per_thread = items.len().div_ceil(PARALLEL_SYNCS);
+    let mut chunks = items.chunks(per_thread);
+    let mine = chunks.next().unwrap_or_default();
+    let each = &each;
     std::thread::scope(|scope| {
-        let workers: Vec<_> = paths
-            .chunks(per_thread)
-            .map(|chunk| scope.spawn(move || chunk.iter().try_for_each(|path| sync_data(path))))
+        let workers: Vec<_> = chunks
+            .map(|chunk| scope.spawn(move || chunk.iter().try_for_each(each)))
             .collect();
-        workers.into_iter().try_for_each(|worker| {
-            worker
-                .join()
-                .unwrap_or_else(|_| Err(io::Error::other("a sync thread panicked")))
+        let first = mine.iter().try_for_each(each);
+        workers.into_iter().fold(first, |all, worker| {
+            let result = worker.join().unwrap_or_else(|_| Err(panicked()));
+            all.and(result)
         })
     })
 }
@@ -84,5 +101,64 @@ fn sync_data(path: &Path) -> io::Result<()> {
         // sled removed it meanwhile: nothing left to make durable.
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(err) => Err(err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    #[test]
+    fn at_once_runs_every_item_on_at_most_eight_threads_and_returns_an_error() {
+        for count in [0, 1, 2, 8, 9, 100] {
+            let items: Vec<usize> = (0..count).collect();
+            let seen = Mutex::new(Vec::new());
+            let threads = Mutex::new(HashSet::new());
+            at_once(
+                &items,
+                |&item| {
+                    seen.lock().unwrap().push(item);
+                    threads.lock().unwrap().insert(std::thread::current().id());
+                    Ok::<(), String>(())
+                },
+                || "panicked".to_string(),
+            )
+            .unwrap();
+            let mut seen = seen.into_inner().unwrap();
+            seen.sort();
+            assert_eq!(seen, items, "every item once");
+            let threads = threads.into_inner().unwrap();
+            assert!(
+                threads.len() <= PARALLEL_SYNCS,
+                "{count}: {}",
+                threads.len()
+            );
+            if count == 1 {
+                assert!(threads.contains(&std::thread::current().id()), "in line");
+            }
+        }
+        let ran = AtomicUsize::new(0);
+        let failed = at_once(
+            &[1, 2, 3, 4],
+            |&item| {
+                ran.fetch_add(1, Ordering::Relaxed);
+                if item == 3 {
+                    Err(format!("item {item}"))
+                } else {
+                    Ok(())
+                }
+            },
+            || "panicked".to_string(),
+        );
+        assert_eq!(failed, Err("item 3".to_string()));
+        assert_eq!(ran.load(Ordering::Relaxed), 4, "the others still ran");
+        let panicked = at_once(
+            &[1, 2],
+            |&item| if item == 2 { panic!("boom") } else { Ok(()) },
+            || "a thread panicked".to_string(),
+        );
+        assert_eq!(panicked, Err("a thread panicked".to_string()));
     }
 }

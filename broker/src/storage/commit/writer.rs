@@ -129,28 +129,14 @@ impl Durable {
     }
 }
 
-/// Syncs the segment files of several logs at once, one thread each beside this one: each
+/// Syncs the segment files of several logs at once (see `storage::sync::at_once`): each
 /// `fdatasync` waits on the disk, which takes them together in about the time of one.
 fn sync_logs(synced: &[(Arc<PartitionLog>, u64)]) -> Result<(), StorageError> {
-    let Some(((first, _), rest)) = synced.split_first() else {
-        return Ok(());
-    };
-    if rest.is_empty() {
-        return first.sync();
-    }
-    std::thread::scope(|scope| {
-        let others: Vec<_> = rest
-            .iter()
-            .map(|(log, _)| scope.spawn(move || log.sync()))
-            .collect();
-        let mine = first.sync();
-        others.into_iter().fold(mine, |all, other| {
-            let other = other.join().unwrap_or_else(|_| {
-                Err(StorageError::Sled("a segment sync thread panicked".into()))
-            });
-            all.and(other)
-        })
-    })
+    crate::storage::sync::at_once(
+        synced,
+        |(log, _)| log.sync(),
+        || StorageError::Sled("a segment sync thread panicked".into()),
+    )
 }
 
 pub(super) struct Writer {
