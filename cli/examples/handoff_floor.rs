@@ -8,13 +8,21 @@
 //! like `herald bench --rate` (the bench's own pacer), and prints the percentiles W4
 //! reports. Whatever it measures, no broker of this shape can do better here.
 //!
+//! Given a directory as well, the writer commits as `--fsync always` does: it takes every
+//! message queued, appends them (170 bytes each, a stored 100 B record) to a file there,
+//! `fdatasync`s once and passes them all on. That is the floor of W4 under `always` on the
+//! disk holding that directory.
+//!
 //! ```sh
 //! cargo run --release --example handoff_floor -- 5000 10 15   # msg/s, seconds, WORK_US
+//! cargo run --release --example handoff_floor -- 5000 10 15 ./herald-data   # with synced commits
 //! ```
 
 #[path = "../src/cli/bench/pacer.rs"]
 mod pacer;
 
+use std::io::Write;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -30,6 +38,15 @@ async fn main() -> std::io::Result<()> {
             .unwrap_or(default)
     };
     let (rate, seconds, work_us) = (arg(1, 5000), arg(2, 10), arg(3, 15));
+    let mut synced = match std::env::args().nth(4).map(PathBuf::from) {
+        Some(dir) => Some(SyncedFile::create(&dir)?),
+        None => None,
+    };
+    let sync = if synced.is_some() {
+        ", group commits synced"
+    } else {
+        ""
+    };
     let messages = rate * seconds;
     let clock = Instant::now();
     let now_ns = move || clock.elapsed().as_nanos() as u64;
@@ -47,17 +64,29 @@ async fn main() -> std::io::Result<()> {
             }
         }
     });
-    // The writer thread: some work, then wake the dispatcher task.
-    std::thread::spawn(move || {
-        while let Ok(stamp) = writer_queue.recv() {
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_micros(work_us) {
-                std::hint::spin_loop();
+    // The writer thread: some work, then wake the dispatcher task. With a file, it takes
+    // everything queued, appends it, syncs once and passes it all on: a group commit.
+    let writer = std::thread::spawn(move || {
+        while let Ok(first) = writer_queue.recv() {
+            let group: Vec<u64> = std::iter::once(first)
+                .chain(writer_queue.try_iter())
+                .collect();
+            for _ in &group {
+                let start = Instant::now();
+                while start.elapsed() < Duration::from_micros(work_us) {
+                    std::hint::spin_loop();
+                }
             }
-            if to_dispatcher.send(stamp).is_err() {
-                return;
+            if let Some(file) = &mut synced {
+                file.append(group.len())?;
+            }
+            for stamp in group {
+                if to_dispatcher.send(stamp).is_err() {
+                    return Ok(());
+                }
             }
         }
+        Ok::<_, std::io::Error>(())
     });
     // The dispatcher task: → the consumer's socket.
     tokio::spawn(async move {
@@ -69,7 +98,9 @@ async fn main() -> std::io::Result<()> {
     });
     // The consumer task: records publish→delivery.
     let consumer = tokio::spawn(async move {
-        let mut latency = Histogram::<u64>::new(3).expect("histogram");
+        // Bounded as the bench's are: up to an hour, in microseconds.
+        let mut latency =
+            Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("histogram");
         let mut stamp = [0u8; 8];
         for _ in 0..messages {
             consumer.read_exact(&mut stamp).await?;
@@ -88,15 +119,43 @@ async fn main() -> std::io::Result<()> {
         }
     }
     let latency = consumer.await.expect("consumer task")?;
+    drop(producer);
+    writer.join().expect("writer thread")?;
     println!(
-        "{messages} messages at {rate}/s, writer work {work_us} µs: publish→delivery p50 {} \
-         p99 {} p99.9 {} max {} µs",
+        "{messages} messages at {rate}/s, writer work {work_us} µs{sync}: publish→delivery \
+         p50 {} p99 {} p99.9 {} max {} µs",
         latency.value_at_quantile(0.5),
         latency.value_at_quantile(0.99),
         latency.value_at_quantile(0.999),
         latency.max()
     );
     Ok(())
+}
+
+/// A file that each message is appended to and synced, removed at the end.
+struct SyncedFile {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl SyncedFile {
+    fn create(dir: &std::path::Path) -> std::io::Result<SyncedFile> {
+        let path = dir.join(format!("handoff-floor-{}", std::process::id()));
+        let file = std::fs::File::create(&path)?;
+        Ok(SyncedFile { file, path })
+    }
+
+    /// Appends `records` stored records of 100 B and syncs them.
+    fn append(&mut self, records: usize) -> std::io::Result<()> {
+        self.file.write_all(&vec![0x5a; 170 * records])?;
+        self.file.sync_data()
+    }
+}
+
+impl Drop for SyncedFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 /// Two ends of a loopback TCP connection, without Nagle's delay.
