@@ -32,8 +32,8 @@ pub async fn readyz(State(gateway): State<Gateway>) -> Response {
     }
     if shared.store.writer_stalled() {
         reasons.push(format!(
-            "the store's writer has been busy with one commit for longer than the storage \
-             timeout of {} ms",
+            "the store's writer, or its index flush, has been busy with one commit for \
+             longer than the storage timeout of {} ms",
             shared.config.storage_timeout_ms
         ));
     }

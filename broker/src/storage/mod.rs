@@ -326,7 +326,8 @@ impl Store {
         self.writer.queue_depth()
     }
 
-    /// Whether the writer has been stuck on one commit group past the storage timeout.
+    /// Whether the writer has been stuck on one commit group, or (under `always`) sled's
+    /// flush on one flush, past the storage timeout.
     pub fn writer_stalled(&self) -> bool {
         self.writer.stalled()
     }

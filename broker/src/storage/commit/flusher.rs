@@ -9,6 +9,11 @@
 //! group behind one waited for it; here, appends are answered as soon as their segment
 //! files are synced, and everything else of the group is handed to this thread, which
 //! flushes sled once for everything handed over meanwhile and answers it.
+//!
+//! A flush that hangs (sled's did after `ENOSPC`) is watched as the writer is: once one
+//! has taken longer than the storage timeout, what would wait for it is refused at once
+//! instead of queueing here, and the store reports itself stalled. Appends go on: they
+//! wait for their segment files only.
 
 use super::*;
 
@@ -21,10 +26,13 @@ pub(super) struct Flusher {
 }
 
 impl Flusher {
+    /// Starts the thread; `watchdog` tells when one flush has taken longer than the
+    /// storage timeout.
     pub(super) fn start(
         db: sled::Db,
         syncer: Arc<Mutex<Syncer>>,
         stats: Arc<StoreStats>,
+        watchdog: Arc<Watchdog>,
     ) -> Result<Flusher, StorageError> {
         let (tx, rx) = channel::unbounded::<Waiting>();
         let handle = std::thread::Builder::new()
@@ -35,7 +43,9 @@ impl Flusher {
                     for more in rx.try_iter() {
                         waiting.extend(more);
                     }
+                    watchdog.start();
                     let flushed = flush_sled(&db, &syncer, &stats);
+                    watchdog.finish();
                     for (item, commit) in waiting {
                         let commit = commit.and_then(|d| flushed.clone().map(|()| d));
                         answer(item, &commit);

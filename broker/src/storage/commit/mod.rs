@@ -152,6 +152,9 @@ struct Shared {
     watchdog: Watchdog,
     /// Whether the committer (under `always`) is stuck in a flush.
     committing: Arc<Watchdog>,
+    /// Whether the flusher (under `always`) is stuck in sled's flush: what waits for it
+    /// (everything but appends) is then refused at once.
+    flushing: Arc<Watchdog>,
     /// What the writer measures of itself (the same as the [`Writer`]'s).
     stats: Arc<StoreStats>,
 }
@@ -208,6 +211,19 @@ impl Shared {
     /// the limit.
     fn stuck_for(&self) -> Option<Duration> {
         self.watchdog.stuck_for().max(self.committing.stuck_for())
+    }
+
+    /// Why `op` is refused at once, if something it would wait behind is stuck: the
+    /// writer or the committer, or for all but appends (answered once their segment files
+    /// are synced, see `flusher`) sled's flush.
+    fn refusal(&self, op: &Op) -> Option<StorageError> {
+        if let Some(busy) = self.stuck_for() {
+            return Some(stuck(busy));
+        }
+        if matches!(op, Op::Append { .. }) {
+            return None;
+        }
+        self.flushing.stuck_for().map(flush_stuck)
     }
 
     fn writer(&self) -> MutexGuard<'_, Writer> {
@@ -277,11 +293,13 @@ impl CommitWriter {
             marks_offered: Instant::now(),
         }));
         let committing = Arc::new(Watchdog::new(timeout));
+        let flushing = Arc::new(Watchdog::new(timeout));
         let flusher = match policy {
             FsyncPolicy::Always => Some(Flusher::start(
                 db.clone(),
                 Arc::clone(&syncer),
                 Arc::clone(&stats),
+                Arc::clone(&flushing),
             )?),
             _ => None,
         };
@@ -316,6 +334,7 @@ impl CommitWriter {
             queued: AtomicUsize::new(0),
             watchdog: Watchdog::new(timeout),
             committing,
+            flushing,
             stats,
         });
         let (exited_tx, exited) = channel::bounded(1);
@@ -343,9 +362,16 @@ impl CommitWriter {
         &self.shared.stats
     }
 
-    /// Whether the writer is stuck in one commit group past the storage timeout.
+    /// Whether the writer is stuck in one commit group, or sled's flush in one flush, past
+    /// the storage timeout.
     pub(super) fn stalled(&self) -> bool {
-        self.shared.stuck_for().is_some()
+        self.shared.stuck_for().is_some() || self.shared.flushing.stuck_for().is_some()
+    }
+
+    /// What syncs sled's files after its flushes: a test holds it to make a flush hang.
+    #[cfg(test)]
+    pub(super) fn syncer(&self) -> Arc<Mutex<Syncer>> {
+        Arc::clone(&self.shared.writer().syncer)
     }
 
     /// Operations queued for the writer thread and not carried out yet.
@@ -357,8 +383,8 @@ impl CommitWriter {
     /// the thread has stopped, the operation and its reply are dropped, and the receiver
     /// reports that.
     fn send(&self, op: Op) {
-        if let Some(busy) = self.shared.stuck_for() {
-            return op.fail(stuck(busy));
+        if let Some(err) = self.shared.refusal(&op) {
+            return op.fail(err);
         }
         let Some(op) = self.shared.write_in_place(op) else {
             return;

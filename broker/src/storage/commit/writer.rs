@@ -451,6 +451,15 @@ pub(super) fn stuck(busy: Duration) -> StorageError {
     ))
 }
 
+/// The error for operations refused while sled's flush is stuck.
+pub(super) fn flush_stuck(busy: Duration) -> StorageError {
+    StorageError::Stalled(format!(
+        "the store's index flush has been stuck for {} s: the disk may be full or failing \
+         (publishing goes on; offsets, acks and group changes wait for the flush)",
+        busy.as_secs()
+    ))
+}
+
 pub(super) fn touch(touched: &mut Vec<Arc<PartitionLog>>, log: &Arc<PartitionLog>) {
     if !touched.iter().any(|t| Arc::ptr_eq(t, log)) {
         touched.push(Arc::clone(log));

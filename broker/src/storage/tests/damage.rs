@@ -194,6 +194,75 @@ async fn a_writer_stuck_in_a_write_answers_everyone_within_the_storage_timeout()
     drop(stuck);
 }
 
+#[tokio::test]
+async fn a_stuck_index_flush_refuses_what_waits_for_it_at_once_and_publishing_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let limit = std::time::Duration::from_millis(500);
+    let config = StoreConfig {
+        fsync: FsyncPolicy::Always,
+        timeout: limit,
+        ..StoreConfig::default()
+    };
+    let store = Store::open(dir.path(), config).unwrap();
+    let (_, logs) = store
+        .create_topic("t", 1, RetentionPolicy::default())
+        .unwrap();
+    // sled's flush hangs, as it did on a full disk: the flusher cannot sync sled's files
+    // while a thread of the test holds what syncs them.
+    let syncer = store.writer.syncer();
+    let (holding, held) = std::sync::mpsc::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let _guard = syncer.lock().unwrap();
+        holding.send(()).unwrap();
+        let _ = released.recv();
+    });
+    held.recv().unwrap();
+    // A job (an offset commit, an ack) waits for sled's flush; its caller gives up at the
+    // limit.
+    let started = std::time::Instant::now();
+    let waited = bounded(store.writer.submit(|| Ok(())), limit).await;
+    assert!(
+        matches!(waited, Err(StorageError::Stalled(_))),
+        "{waited:?}"
+    );
+    assert!(started.elapsed() < limit * 3, "{:?}", started.elapsed());
+    let stalled = std::time::Instant::now();
+    while !store.writer_stalled() {
+        assert!(stalled.elapsed() < limit * 10, "never reported stalled");
+        tokio::time::sleep(limit / 10).await;
+    }
+    // Once the flush has been stuck past the limit, what would wait for it is refused at
+    // once, saying why.
+    let refused = std::time::Instant::now();
+    let err = store.writer.submit(|| Ok(())).await.unwrap().unwrap_err();
+    assert!(matches!(err, StorageError::Stalled(_)), "{err:?}");
+    assert!(err.to_string().contains("index flush"), "{err}");
+    assert!(refused.elapsed() < limit, "{:?}", refused.elapsed());
+    // Publishing goes on: an append waits for its segment file only.
+    let appended = bounded(store.append(&logs[0], batch(&["a", "b"])), limit)
+        .await
+        .unwrap();
+    assert_eq!(
+        (appended.base_offset, appended.count, appended.durability),
+        (0, 2, Durability::Synced)
+    );
+    assert_eq!(logs[0].read(0, 10, usize::MAX).unwrap().records, 2);
+    // Once the flush goes through, everything is taken again.
+    drop(release);
+    holder.join().unwrap();
+    let freed = std::time::Instant::now();
+    while store.writer_stalled() {
+        assert!(freed.elapsed() < limit * 10, "still reported stalled");
+        tokio::time::sleep(limit / 10).await;
+    }
+    bounded(store.writer.submit(|| Ok(())), limit * 4)
+        .await
+        .unwrap();
+    drop(logs);
+    store.close().unwrap();
+}
+
 #[test]
 fn a_store_in_an_older_format_is_refused_with_its_format_named() {
     let dir = tempfile::tempdir().unwrap();
