@@ -141,20 +141,31 @@ async fn a_damaged_chunk_is_an_error_to_its_reader_not_bytes() {
     assert!(text.contains("checksum"), "{text}");
 }
 
+/// A store under `always` whose callers wait for the writer at most `limit`, and the logs
+/// of its one topic.
+fn store_with_timeout(
+    dir: &std::path::Path,
+    limit: std::time::Duration,
+) -> (Arc<Store>, Vec<Arc<PartitionLog>>) {
+    let config = StoreConfig {
+        fsync: FsyncPolicy::Always,
+        timeout: limit,
+        ..StoreConfig::default()
+    };
+    let store = Store::open(dir, config).unwrap();
+    let (_, logs) = store
+        .create_topic("t", 1, RetentionPolicy::default())
+        .unwrap();
+    (store, logs)
+}
+
 #[tokio::test]
 async fn a_writer_stuck_in_a_write_answers_everyone_within_the_storage_timeout() {
     let dir = tempfile::tempdir().unwrap();
     // Generous against a loaded machine: every wait below must end near `limit`, while
     // the stuck write lasts six times as long.
     let limit = std::time::Duration::from_millis(500);
-    let config = StoreConfig {
-        timeout: limit,
-        ..StoreConfig::default()
-    };
-    let store = Store::open(dir.path(), config).unwrap();
-    let (_, logs) = store
-        .create_topic("t", 1, RetentionPolicy::default())
-        .unwrap();
+    let (store, logs) = store_with_timeout(dir.path(), limit);
     // A write that hangs, as sled's flush did on a full disk; the clock starts once the
     // writer is in it (on a loaded machine the thread may take a while to get there).
     let (began, writer_in) = std::sync::mpsc::channel();
@@ -198,15 +209,7 @@ async fn a_writer_stuck_in_a_write_answers_everyone_within_the_storage_timeout()
 async fn a_stuck_index_flush_refuses_what_waits_for_it_at_once_and_publishing_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let limit = std::time::Duration::from_millis(500);
-    let config = StoreConfig {
-        fsync: FsyncPolicy::Always,
-        timeout: limit,
-        ..StoreConfig::default()
-    };
-    let store = Store::open(dir.path(), config).unwrap();
-    let (_, logs) = store
-        .create_topic("t", 1, RetentionPolicy::default())
-        .unwrap();
+    let (store, logs) = store_with_timeout(dir.path(), limit);
     // sled's flush hangs, as it did on a full disk: the flusher cannot sync sled's files
     // while a thread of the test holds what syncs them.
     let syncer = store.writer.syncer();
