@@ -242,8 +242,9 @@ async fn a_stuck_index_flush_refuses_what_waits_for_it_at_once_and_publishing_go
     assert!(matches!(err, StorageError::Stalled(_)), "{err:?}");
     assert!(err.to_string().contains("index flush"), "{err}");
     assert!(refused.elapsed() < limit, "{:?}", refused.elapsed());
-    // Publishing goes on: an append waits for its segment file only.
-    let appended = bounded(store.append(&logs[0], batch(&["a", "b"])), limit)
+    // Publishing goes on: an append waits for its segment file only (its sync given room
+    // on a loaded machine).
+    let appended = bounded(store.append(&logs[0], batch(&["a", "b"])), limit * 4)
         .await
         .unwrap();
     assert_eq!(
@@ -263,7 +264,11 @@ async fn a_stuck_index_flush_refuses_what_waits_for_it_at_once_and_publishing_go
         .await
         .unwrap();
     drop(logs);
-    store.close().unwrap();
+    // The last flush is not what is measured here: on a loaded machine it may take longer
+    // than the test's short limit.
+    store
+        .close_within(std::time::Duration::from_secs(30))
+        .unwrap();
 }
 
 #[test]
