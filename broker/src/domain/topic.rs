@@ -144,9 +144,9 @@ impl Topic {
         })
     }
 
-    #[allow(clippy::type_complexity)]
     /// Splits `batch` by key; `plain` is the batch decompressed, when it is compressed
     /// and was decompressed already.
+    #[allow(clippy::type_complexity)]
     fn route(
         &self,
         batch: Batch,

@@ -323,6 +323,23 @@ mod tests {
     }
 
     #[test]
+    fn one_partition_alone_may_hold_the_whole_budget() {
+        // A fresh backlog of 8 MiB in 6 KiB chunks: a group reading it back from the
+        // start is served from memory.
+        let budget = TailBudget::new(8 << 20);
+        let tail = Tail::new(Arc::clone(&budget));
+        let chunks = (8 << 20) / cost(&batch(0, 1, 6 * 1024)) as u64;
+        for i in 0..chunks {
+            tail.push(batch(i, 1, 6 * 1024));
+        }
+        assert!(budget.used() > 7 << 20, "{}", budget.used());
+        assert_eq!(
+            tail.batches_from(0, u32::MAX).map(|b| b.len() as u64),
+            Some(chunks)
+        );
+    }
+
+    #[test]
     fn partitions_that_cache_share_the_budget_and_an_idle_one_gives_its_share_back() {
         let one = cost(&batch(0, 1, 1000));
         let budget = TailBudget::new(10 * one);
