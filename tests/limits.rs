@@ -235,8 +235,10 @@ async fn a_full_disk_quota_refuses_publishes_while_reading_goes_on_until_retenti
     })
     .await;
     let client = broker.client().await;
+    // Old enough that retention deletes nothing while the disk fills, even on a loaded
+    // machine (at 1.5 s, a slow CI run saw the first records trimmed before it read them).
     let retention = Retention {
-        max_age_ms: 1_500,
+        max_age_ms: 4_000,
         ..Retention::default()
     };
     client
